@@ -1,0 +1,161 @@
+//! AI bridges behind one trait. Today: `echo` and `demo`; the provider
+//! bridges (OpenAI Realtime, AVR, AudioSocket, OpenAI-compatible) plug in here.
+//!
+//! An [`Agent`] is sans-IO from the call task's point of view: it is handed
+//! caller audio and DTMF and answers with audio to play and requests.
+
+use crate::config::AgentConfig;
+use crate::media::wav::{Wav, WavError};
+
+/// What an agent asks the call to do after an input.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AgentOutput {
+    /// Audio to queue for playout, 16-bit PCM at the call's rate.
+    pub audio: Vec<i16>,
+    /// Drop queued audio before queueing `audio` (barge-in).
+    pub clear: bool,
+    /// End the call.
+    pub hangup: bool,
+}
+
+pub trait Agent: Send {
+    fn kind(&self) -> &'static str;
+    fn start(&mut self, _out: &mut AgentOutput) {}
+    fn on_audio(&mut self, pcm: &[i16], out: &mut AgentOutput);
+    fn on_dtmf(&mut self, _digit: char, _out: &mut AgentOutput) {}
+    /// Keep at most this much audio queued (echo keeps its added delay low).
+    fn max_queue_ms(&self) -> Option<u32> {
+        None
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("greeting audio: {0}")]
+    Greeting(#[from] WavError),
+    #[error("agent `{kind}` needs {expected} Hz audio, the call runs at {got} Hz")]
+    Rate {
+        kind: &'static str,
+        expected: u32,
+        got: u32,
+    },
+}
+
+/// Builds the agent a route names, for a call running at `sample_rate`.
+pub fn build(cfg: &AgentConfig, sample_rate: u32) -> Result<Box<dyn Agent>, AgentError> {
+    Ok(match cfg {
+        AgentConfig::Echo => Box::new(Echo),
+        AgentConfig::Demo => Box::new(Demo::new(sample_rate)?),
+    })
+}
+
+/// Echo adds at most this much queueing delay on top of one ptime.
+const ECHO_MAX_QUEUE_MS: u32 = 20;
+
+/// Returns the caller's audio as it comes.
+pub struct Echo;
+
+impl Agent for Echo {
+    fn kind(&self) -> &'static str {
+        "echo"
+    }
+    fn on_audio(&mut self, pcm: &[i16], out: &mut AgentOutput) {
+        out.audio.extend_from_slice(pcm);
+    }
+    fn max_queue_ms(&self) -> Option<u32> {
+        Some(ECHO_MAX_QUEUE_MS)
+    }
+}
+
+const GREETING_WAV: &[u8] = include_bytes!("../../assets/greeting.wav");
+
+/// Plays the embedded greeting, then echoes. Caller audio heard during the
+/// greeting is not echoed; the greeting's length is measured in caller
+/// samples received, which arrive in real time, so no clock is needed.
+pub struct Demo {
+    greeting: Option<Vec<i16>>,
+    remaining: usize,
+}
+
+impl Demo {
+    pub fn new(sample_rate: u32) -> Result<Self, AgentError> {
+        let wav = Wav::parse(GREETING_WAV)?;
+        if wav.sample_rate != sample_rate {
+            return Err(AgentError::Rate {
+                kind: "demo",
+                expected: wav.sample_rate,
+                got: sample_rate,
+            });
+        }
+        let pcm = wav.mono();
+        // A short pause after the greeting before the echo starts.
+        let remaining = pcm.len() + sample_rate as usize / 5;
+        Ok(Demo {
+            greeting: Some(pcm),
+            remaining,
+        })
+    }
+}
+
+impl Agent for Demo {
+    fn kind(&self) -> &'static str {
+        "demo"
+    }
+    fn start(&mut self, out: &mut AgentOutput) {
+        if let Some(g) = self.greeting.take() {
+            out.audio.extend(g);
+        }
+    }
+    fn on_audio(&mut self, pcm: &[i16], out: &mut AgentOutput) {
+        if self.remaining > 0 {
+            self.remaining = self.remaining.saturating_sub(pcm.len());
+            return;
+        }
+        out.audio.extend_from_slice(pcm);
+    }
+    fn max_queue_ms(&self) -> Option<u32> {
+        (self.remaining == 0).then_some(ECHO_MAX_QUEUE_MS)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_returns_what_it_hears() {
+        let mut a = build(&AgentConfig::Echo, 8000).unwrap();
+        let mut out = AgentOutput::default();
+        a.on_audio(&[1, 2, 3], &mut out);
+        assert_eq!(out.audio, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn demo_greets_then_echoes_after_the_greeting() {
+        let mut a = build(&AgentConfig::Demo, 8000).unwrap();
+        let mut out = AgentOutput::default();
+        a.start(&mut out);
+        let greeting_len = out.audio.len();
+        assert!(greeting_len > 8000);
+        let mut during = AgentOutput::default();
+        a.on_audio(&[7; 160], &mut during);
+        assert!(during.audio.is_empty(), "no echo during the greeting");
+        let mut fed = 160;
+        let mut after = AgentOutput::default();
+        while after.audio.is_empty() {
+            a.on_audio(&[7; 160], &mut after);
+            fed += 160;
+            assert!(fed < greeting_len + 8000, "echo never started");
+        }
+        assert!(fed > greeting_len, "echo started before the greeting ended");
+    }
+
+    #[test]
+    fn demo_refuses_a_rate_it_has_no_greeting_for() {
+        assert!(matches!(
+            build(&AgentConfig::Demo, 16000),
+            Err(AgentError::Rate { .. })
+        ));
+    }
+}

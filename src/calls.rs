@@ -1,0 +1,117 @@
+//! The registry of active calls, for the API and for shutdown. It holds
+//! handles and a snapshot updated at state changes, never the media state:
+//! each call's task owns that.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio_util::sync::CancellationToken;
+
+/// What the API shows about a call.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CallInfo {
+    pub id: String,
+    pub call_id: String,
+    pub from: String,
+    pub to: String,
+    pub route: String,
+    pub agent: String,
+    pub state: CallState,
+    pub codec: Option<String>,
+    pub local_rtp_port: u16,
+    pub remote_rtp: Option<String>,
+    pub started_at_unix_ms: u64,
+    pub answered_at_unix_ms: Option<u64>,
+    pub dtmf: String,
+    pub media: crate::media::session::MediaStats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    Ringing,
+    Answering,
+    Active,
+    Ending,
+}
+
+struct Entry {
+    info: CallInfo,
+    hangup: CancellationToken,
+}
+
+#[derive(Clone, Default)]
+pub struct CallRegistry {
+    inner: Arc<Mutex<HashMap<String, Entry>>>,
+}
+
+impl CallRegistry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding this lock cannot leave a half-written map
+        // entry that matters more than losing the API view, so recover.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a call unless `max` calls are already active.
+    pub fn try_insert(&self, info: CallInfo, hangup: CancellationToken, max: usize) -> bool {
+        let mut map = self.lock();
+        if map.len() >= max {
+            return false;
+        }
+        map.insert(info.id.clone(), Entry { info, hangup });
+        true
+    }
+
+    pub fn update(&self, id: &str, f: impl FnOnce(&mut CallInfo)) {
+        if let Some(e) = self.lock().get_mut(id) {
+            f(&mut e.info);
+        }
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn list(&self) -> Vec<CallInfo> {
+        let mut v: Vec<CallInfo> = self.lock().values().map(|e| e.info.clone()).collect();
+        v.sort_by_key(|c| c.started_at_unix_ms);
+        v
+    }
+
+    pub fn get(&self, id: &str) -> Option<CallInfo> {
+        self.lock().get(id).map(|e| e.info.clone())
+    }
+
+    /// Asks one call to hang up (BYE if answered, reject if not).
+    pub fn hangup(&self, id: &str) -> bool {
+        match self.lock().get(id) {
+            Some(e) => {
+                e.hangup.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Asks every call to hang up; used when draining on SIGTERM.
+    pub fn hangup_all(&self) {
+        for e in self.lock().values() {
+            e.hangup.cancel();
+        }
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,728 @@
+//! Profiles (`sip-profiles/*.toml`): parsing, validation up front, command-line
+//! overrides and the first-start credentials for local users.
+//!
+//! Everything a running server needs is checked here, before a socket is
+//! opened, so `agentline check-config` and `agentline run` fail the same way,
+//! with a message that names the key.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+/// The profile shipped in the binary, used when no `--profile` is given.
+pub const DEFAULT_PROFILE: &str = include_str!("../sip-profiles/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read profile {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("profile {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("profile {origin}: key `{key}`: {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
+    #[error("state directory {path}: {source}")]
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Transport of a SIP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SipTransport {
+    Udp,
+    Tcp,
+}
+
+impl fmt::Display for SipTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SipTransport::Udp => "udp",
+            SipTransport::Tcp => "tcp",
+        })
+    }
+}
+
+/// `udp:0.0.0.0:5060` - a transport and a socket address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr {
+    pub transport: SipTransport,
+    pub addr: SocketAddr,
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (scheme, rest) = s
+            .split_once(':')
+            .ok_or_else(|| format!("expected `udp:IP:PORT` or `tcp:IP:PORT`, got `{s}`"))?;
+        let transport = match scheme.to_ascii_lowercase().as_str() {
+            "udp" => SipTransport::Udp,
+            "tcp" => SipTransport::Tcp,
+            other => return Err(format!("expected transport udp or tcp, got `{other}`")),
+        };
+        let addr = rest
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("expected IP:PORT after `{scheme}:`, got `{rest}` ({e})"))?;
+        Ok(ListenAddr { transport, addr })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.transport, self.addr)
+    }
+}
+
+/// An inclusive RTP port range; RTP uses the even port, RTCP the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("expected `FIRST-LAST` (e.g. 10000-20000), got `{s}`"))?;
+        let first: u16 = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("expected a port number, got `{a}`"))?;
+        let last: u16 = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("expected a port number, got `{b}`"))?;
+        if first == 0 || last < first.saturating_add(1) {
+            return Err(format!(
+                "expected 0 < FIRST < LAST with room for one RTP/RTCP pair, got `{s}`"
+            ));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("expected `text` or `json`, got `{other}`")),
+        }
+    }
+}
+
+// ---- raw TOML shape -------------------------------------------------------
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    #[serde(default)]
+    sip: RawSip,
+    #[serde(default)]
+    rtp: RawRtp,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    users: Vec<RawUser>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSip {
+    listen: Option<Vec<String>>,
+    domain: Option<String>,
+    external_ip: Option<String>,
+    #[serde(default)]
+    trusted: Vec<String>,
+    max_calls: Option<usize>,
+    user_agent: Option<String>,
+    ring_timeout_s: Option<u64>,
+    nonce_lifetime_s: Option<u64>,
+    min_expires: Option<u32>,
+    max_expires: Option<u32>,
+    shutdown_grace_s: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRtp {
+    ports: Option<String>,
+    bind: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password: Option<String>,
+    password_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    dial: Option<String>,
+    agent: AgentConfig,
+    #[serde(default)]
+    answer_delay_ms: u64,
+}
+
+/// What answers a routed call.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentConfig {
+    /// Returns the caller's audio.
+    Echo,
+    /// Plays the embedded greeting, then echoes.
+    Demo,
+}
+
+impl AgentConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AgentConfig::Echo => "echo",
+            AgentConfig::Demo => "demo",
+        }
+    }
+}
+
+// ---- validated config -----------------------------------------------------
+
+/// Where a local user's password comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    Inline(String),
+    Env(String),
+    /// None given: generated on first start and kept in the state directory.
+    Generated,
+}
+
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: PasswordSource,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// The dialled request-URI user part this route answers.
+    pub dial: String,
+    pub agent: AgentConfig,
+    pub answer_delay_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub origin: String,
+    pub sip_listen: Vec<ListenAddr>,
+    pub domain: String,
+    pub external_ip: Option<IpAddr>,
+    pub trusted: Vec<ipnet::IpNet>,
+    pub max_calls: usize,
+    pub user_agent: String,
+    pub ring_timeout_s: u64,
+    pub nonce_lifetime_s: u64,
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub shutdown_grace_s: u64,
+    pub rtp_ports: PortRange,
+    pub rtp_bind: IpAddr,
+    pub api_listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub state_dir: PathBuf,
+    pub users: Vec<UserConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Command-line values that win over the profile.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub sip_listen: Vec<ListenAddr>,
+    pub rtp_ports: Option<PortRange>,
+    pub api_listen: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads `path`, or the embedded default profile when `path` is `None`.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Self::parse(&text, &p.display().to_string(), overrides)
+            }
+            None => Self::parse(DEFAULT_PROFILE, "(embedded default)", overrides),
+        }
+    }
+
+    pub fn parse(text: &str, origin: &str, ov: &Overrides) -> Result<Config, ConfigError> {
+        let raw: RawProfile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key: key.to_string(),
+            message,
+        };
+
+        let sip_listen = if !ov.sip_listen.is_empty() {
+            ov.sip_listen.clone()
+        } else {
+            let list = raw.sip.listen.unwrap_or_else(|| {
+                vec![
+                    "udp:0.0.0.0:5060".to_string(),
+                    "tcp:0.0.0.0:5060".to_string(),
+                ]
+            });
+            let mut out = Vec::new();
+            for (i, s) in list.iter().enumerate() {
+                out.push(
+                    s.parse::<ListenAddr>()
+                        .map_err(|m| bad(&format!("sip.listen[{i}]"), m))?,
+                );
+            }
+            out
+        };
+        if sip_listen.is_empty() {
+            return Err(bad("sip.listen", "expected at least one listener".into()));
+        }
+        let domain = raw
+            .sip
+            .domain
+            .unwrap_or_else(|| "agentline.local".to_string());
+        if domain.is_empty() || domain.contains(['"', ' ', '\\']) {
+            return Err(bad(
+                "sip.domain",
+                format!("expected a host name, got `{domain}`"),
+            ));
+        }
+        let external_ip = match raw.sip.external_ip {
+            Some(s) => Some(
+                s.parse::<IpAddr>()
+                    .map_err(|_| bad("sip.external_ip", format!("expected an IP, got `{s}`")))?,
+            ),
+            None => None,
+        };
+        let mut trusted = Vec::new();
+        for (i, s) in raw.sip.trusted.iter().enumerate() {
+            let net = s
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    bad(
+                        &format!("sip.trusted[{i}]"),
+                        format!("expected a network like 192.0.2.0/24 or an IP, got `{s}`"),
+                    )
+                })?;
+            trusted.push(net);
+        }
+        let max_calls = raw.sip.max_calls.unwrap_or(200);
+        if max_calls == 0 {
+            return Err(bad("sip.max_calls", "expected at least 1".into()));
+        }
+        let min_expires = raw.sip.min_expires.unwrap_or(60);
+        let max_expires = raw.sip.max_expires.unwrap_or(3600);
+        if min_expires == 0 || max_expires < min_expires {
+            return Err(bad(
+                "sip.max_expires",
+                format!("expected 0 < min_expires ({min_expires}) <= max_expires ({max_expires})"),
+            ));
+        }
+
+        let rtp_ports = match ov.rtp_ports {
+            Some(r) => r,
+            None => raw
+                .rtp
+                .ports
+                .as_deref()
+                .unwrap_or("10000-20000")
+                .parse()
+                .map_err(|m| bad("rtp.ports", m))?,
+        };
+        let rtp_bind = match raw.rtp.bind {
+            Some(s) => s
+                .parse()
+                .map_err(|_| bad("rtp.bind", format!("expected an IP, got `{s}`")))?,
+            None => IpAddr::from([0, 0, 0, 0]),
+        };
+        let api_listen = match ov.api_listen {
+            Some(a) => a,
+            None => {
+                let s = raw.api.listen.as_deref().unwrap_or("127.0.0.1:8080");
+                s.parse()
+                    .map_err(|_| bad("api.listen", format!("expected IP:PORT, got `{s}`")))?
+            }
+        };
+        let log_format = match ov.log_format {
+            Some(f) => f,
+            None => match raw.log.format {
+                Some(s) => s.parse().map_err(|m| bad("log.format", m))?,
+                None => LogFormat::Text,
+            },
+        };
+        let state_dir = ov
+            .state_dir
+            .clone()
+            .or(raw.state.dir)
+            .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("state"));
+
+        let mut users = Vec::new();
+        let mut names = HashSet::new();
+        for (i, u) in raw.users.into_iter().enumerate() {
+            let key = format!("users[{i}]");
+            if u.name.is_empty()
+                || !u
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
+            {
+                return Err(bad(
+                    &format!("{key}.name"),
+                    format!("expected letters, digits or ._-+, got `{}`", u.name),
+                ));
+            }
+            if !names.insert(u.name.clone()) {
+                return Err(bad(
+                    &format!("{key}.name"),
+                    format!("user `{}` is defined twice", u.name),
+                ));
+            }
+            let password = match (u.password, u.password_env) {
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        &format!("{key}.password"),
+                        "give either password or password_env, not both".into(),
+                    ))
+                }
+                (Some(p), None) if p.is_empty() => {
+                    return Err(bad(
+                        &format!("{key}.password"),
+                        "an empty password is not allowed; omit it to have one generated".into(),
+                    ))
+                }
+                (Some(p), None) => PasswordSource::Inline(p),
+                (None, Some(v)) => PasswordSource::Env(v),
+                (None, None) => PasswordSource::Generated,
+            };
+            users.push(UserConfig {
+                name: u.name,
+                password,
+            });
+        }
+
+        let mut routes = Vec::new();
+        let mut dials = HashSet::new();
+        for (i, r) in raw.routes.into_iter().enumerate() {
+            let key = format!("routes[{i}]");
+            let dial = r
+                .dial
+                .ok_or_else(|| bad(&format!("{key}.dial"), "expected the dialled user".into()))?;
+            if dial.is_empty() {
+                return Err(bad(
+                    &format!("{key}.dial"),
+                    "expected a non-empty user".into(),
+                ));
+            }
+            if !dials.insert(dial.clone()) {
+                return Err(bad(
+                    &format!("{key}.dial"),
+                    format!("`{dial}` is routed twice"),
+                ));
+            }
+            if r.answer_delay_ms > 120_000 {
+                return Err(bad(
+                    &format!("{key}.answer_delay_ms"),
+                    format!("expected at most 120000, got {}", r.answer_delay_ms),
+                ));
+            }
+            routes.push(RouteConfig {
+                dial,
+                agent: r.agent,
+                answer_delay_ms: r.answer_delay_ms,
+            });
+        }
+
+        Ok(Config {
+            origin: origin.to_string(),
+            sip_listen,
+            domain,
+            external_ip,
+            trusted,
+            max_calls,
+            user_agent: raw
+                .sip
+                .user_agent
+                .unwrap_or_else(|| format!("agentline/{}", env!("CARGO_PKG_VERSION"))),
+            ring_timeout_s: raw.sip.ring_timeout_s.unwrap_or(120),
+            nonce_lifetime_s: raw.sip.nonce_lifetime_s.unwrap_or(300),
+            min_expires,
+            max_expires,
+            shutdown_grace_s: raw.sip.shutdown_grace_s.unwrap_or(30),
+            rtp_ports,
+            rtp_bind,
+            api_listen,
+            log_format,
+            state_dir,
+            users,
+            routes,
+        })
+    }
+
+    pub fn route(&self, dialled: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.dial == dialled)
+    }
+
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// A local user with the password it authenticates with.
+#[derive(Clone)]
+pub struct Credential {
+    pub name: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret.
+        f.debug_struct("Credential")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves every user's password: inline, from the environment, or from the
+/// state directory (generating and storing one on first start). Returns the
+/// credentials and the names whose password was generated just now, so the
+/// caller can print them once.
+pub fn resolve_credentials(
+    cfg: &Config,
+) -> Result<(Vec<Credential>, Vec<Credential>), ConfigError> {
+    let mut out = Vec::new();
+    let mut fresh = Vec::new();
+    for (i, u) in cfg.users.iter().enumerate() {
+        let password = match &u.password {
+            PasswordSource::Inline(p) => p.clone(),
+            PasswordSource::Env(var) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => v,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        origin: cfg.origin.clone(),
+                        key: format!("users[{i}].password_env"),
+                        message: format!("environment variable `{var}` is not set or empty"),
+                    })
+                }
+            },
+            PasswordSource::Generated => {
+                let dir = cfg.state_dir.join("credentials");
+                let path = dir.join(&u.name);
+                match std::fs::read_to_string(&path) {
+                    Ok(p) if !p.trim().is_empty() => p.trim().to_string(),
+                    _ => {
+                        let p = generate_password();
+                        write_secret(&dir, &path, &p)?;
+                        fresh.push(Credential {
+                            name: u.name.clone(),
+                            password: p.clone(),
+                        });
+                        p
+                    }
+                }
+            }
+        };
+        out.push(Credential {
+            name: u.name.clone(),
+            password,
+        });
+    }
+    Ok((out, fresh))
+}
+
+fn generate_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::thread_rng();
+    (0..16)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn write_secret(dir: &Path, path: &Path, secret: &str) -> Result<(), ConfigError> {
+    let err = |source| ConfigError::State {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(err)?;
+        f.write_all(secret.as_bytes()).map_err(err)?;
+    }
+    #[cfg(not(unix))]
+    std::fs::write(path, secret).map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", &Overrides::default())
+    }
+
+    #[test]
+    fn embedded_default_profile_is_valid_and_has_no_fixed_password() {
+        let cfg = parse(DEFAULT_PROFILE).unwrap();
+        assert!(cfg.route("echo").is_some());
+        assert!(cfg.route("demo").is_some());
+        assert!(!cfg.users.is_empty());
+        for u in &cfg.users {
+            assert_eq!(u.password, PasswordSource::Generated, "user {}", u.name);
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named_in_the_error() {
+        let e = parse("[sip]\nlisten_typo = []\n").unwrap_err().to_string();
+        assert!(e.contains("listen_typo"), "{e}");
+    }
+
+    #[test]
+    fn bad_listen_address_names_the_key() {
+        let e = parse("[sip]\nlisten = [\"sctp:1.2.3.4:5060\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sip.listen[0]"), "{e}");
+    }
+
+    #[test]
+    fn bad_rtp_range_names_the_key() {
+        let e = parse("[rtp]\nports = \"20000-10000\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rtp.ports"), "{e}");
+    }
+
+    #[test]
+    fn unknown_agent_kind_is_rejected() {
+        let e = parse("[[routes]]\ndial = \"x\"\nagent = { kind = \"telepathy\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("telepathy"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_the_profile() {
+        let ov = Overrides {
+            sip_listen: vec!["tcp:127.0.0.1:5999".parse().unwrap()],
+            rtp_ports: Some("30000-30010".parse().unwrap()),
+            api_listen: Some("127.0.0.1:9999".parse().unwrap()),
+            ..Default::default()
+        };
+        let cfg = Config::parse(DEFAULT_PROFILE, "x", &ov).unwrap();
+        assert_eq!(cfg.sip_listen, ov.sip_listen);
+        assert_eq!(
+            cfg.rtp_ports,
+            PortRange {
+                first: 30000,
+                last: 30010
+            }
+        );
+        assert_eq!(cfg.api_listen.port(), 9999);
+    }
+
+    #[test]
+    fn trusted_networks_match_sources() {
+        let cfg = parse("[sip]\ntrusted = [\"10.0.0.0/8\", \"192.0.2.7\"]\n").unwrap();
+        assert!(cfg.is_trusted("10.1.2.3".parse().unwrap()));
+        assert!(cfg.is_trusted("192.0.2.7".parse().unwrap()));
+        assert!(!cfg.is_trusted("192.0.2.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn generated_password_is_stored_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ov = Overrides {
+            state_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        let cfg = Config::parse("[[users]]\nname = \"1000\"\n", "x", &ov).unwrap();
+        let (creds, fresh) = resolve_credentials(&cfg).unwrap();
+        assert_eq!(fresh.len(), 1);
+        assert!(creds[0].password.len() >= 16);
+        let (again, fresh2) = resolve_credentials(&cfg).unwrap();
+        assert!(fresh2.is_empty(), "second start must not regenerate");
+        assert_eq!(again[0].password, creds[0].password);
+    }
+}

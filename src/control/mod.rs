@@ -1,0 +1,68 @@
+//! HTTP control API: `GET /health`, `GET /calls`, `GET /calls/{id}`.
+
+use std::net::SocketAddr;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::sip::server::SipHandle;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub sip: SipHandle,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/calls", get(calls))
+        .route("/calls/{id}", get(call))
+        .with_state(state)
+}
+
+async fn health(State(s): State<ApiState>) -> impl IntoResponse {
+    let shared = &s.sip.shared;
+    let draining = shared.draining.is_cancelled();
+    Json(json!({
+        "status": if draining { "draining" } else { "ok" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "active_calls": shared.calls.len(),
+        "rtp_ports_in_use": shared.ports.in_use(),
+        "dialogs": s.sip.dialog_count(),
+        "registrations": s.sip.registration_count(),
+    }))
+}
+
+async fn calls(State(s): State<ApiState>) -> impl IntoResponse {
+    Json(s.sip.shared.calls.list())
+}
+
+async fn call(State(s): State<ApiState>, Path(id): Path<String>) -> impl IntoResponse {
+    match s.sip.shared.calls.get(&id) {
+        Some(c) => Json(c).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such call"})),
+        )
+            .into_response(),
+    }
+}
+
+/// Binds the API listener; the returned future serves until `stop`.
+pub async fn serve(
+    addr: SocketAddr,
+    state: ApiState,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "HTTP API listening");
+    Ok(async move {
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    })
+}

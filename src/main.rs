@@ -1,0 +1,165 @@
+//! The `agentline` command line: parse arguments, load the profile, start the
+//! runtime. Everything else lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use agentline::config::{Config, ListenAddr, LogFormat, Overrides, PasswordSource, PortRange};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "agentline",
+    version,
+    about = "SIP/RTP media server for AI voice agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (with the embedded default profile unless --profile is given).
+    Run(ProfileArgs),
+    /// Validate a profile and exit: 0 when valid, 1 with the bad key named.
+    CheckConfig(ProfileArgs),
+}
+
+#[derive(Args)]
+struct ProfileArgs {
+    /// Profile TOML (e.g. sip-profiles/default.toml). Default: the embedded one.
+    #[arg(long, env = "AGENTLINE_PROFILE")]
+    profile: Option<PathBuf>,
+    /// SIP listener, repeatable: udp:IP:PORT or tcp:IP:PORT (replaces sip.listen).
+    #[arg(long = "sip-listen", value_name = "TRANSPORT:IP:PORT")]
+    sip_listen: Vec<ListenAddr>,
+    /// RTP port range, e.g. 10000-20000 (replaces rtp.ports).
+    #[arg(long = "rtp-ports", value_name = "FIRST-LAST")]
+    rtp_ports: Option<PortRange>,
+    /// HTTP API address (replaces api.listen).
+    #[arg(long = "api-listen", value_name = "IP:PORT")]
+    api_listen: Option<SocketAddr>,
+    /// Log format: text or json (replaces log.format).
+    #[arg(long = "log-format", value_name = "text|json")]
+    log_format: Option<LogFormat>,
+    /// Where generated credentials are kept (replaces state.dir).
+    #[arg(long = "state-dir", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl ProfileArgs {
+    fn load(&self) -> Result<Config, agentline::config::ConfigError> {
+        let ov = Overrides {
+            sip_listen: self.sip_listen.clone(),
+            rtp_ports: self.rtp_ports,
+            api_listen: self.api_listen,
+            log_format: self.log_format,
+            state_dir: self.state_dir.clone(),
+        };
+        Config::load(self.profile.as_deref(), &ov)
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rsipstack=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::CheckConfig(args) => match args.load() {
+            Ok(cfg) => {
+                for (i, u) in cfg.users.iter().enumerate() {
+                    if let PasswordSource::Env(var) = &u.password {
+                        if std::env::var(var).map(|v| v.is_empty()).unwrap_or(true) {
+                            eprintln!(
+                                "profile {}: key `users[{i}].password_env`: environment variable `{var}` is not set or empty",
+                                cfg.origin
+                            );
+                            return ExitCode::from(1);
+                        }
+                    }
+                }
+                println!(
+                    "{}: ok ({} listeners, {} users, {} routes)",
+                    cfg.origin,
+                    cfg.sip_listen.len(),
+                    cfg.users.len(),
+                    cfg.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Run(args) => {
+            let cfg = match args.load() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            init_logging(cfg.log_format);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let result = rt.block_on(async move {
+                let shutdown = CancellationToken::new();
+                let s = shutdown.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    s.cancel();
+                });
+                agentline::server::run(cfg, shutdown).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "agentline failed");
+                    eprintln!("agentline: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutdown signal received");
+}

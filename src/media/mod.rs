@@ -1,0 +1,8 @@
+//! Per-call media, sans-IO: RTP parsing, G.711, DTMF, playout and the call's
+//! media state machine ([`session::Session`]). Only the call task owns sockets.
+pub mod dtmf;
+pub mod g711;
+pub mod ports;
+pub mod rtp;
+pub mod session;
+pub mod wav;

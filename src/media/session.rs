@@ -1,0 +1,433 @@
+//! The call's media state machine, sans-IO: RTP in, decoded frames and DTMF
+//! out to the agent; agent audio in, paced RTP out.
+//!
+//! It never reads a clock or touches a socket: the call task feeds it
+//! `(now, datagram)` and `(now, pcm)`, drains [`Session::poll_transmit`] and
+//! [`Session::poll_event`], and wakes it at [`Session::next_timeout`].
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::dtmf::DtmfReceiver;
+use super::g711;
+use super::rtp::{looks_like_rtcp, PayloadType, RtpPacket, SeqNo, Ssrc};
+use crate::sdp::{Codec, Direction};
+
+/// What the SDP negotiation settled for this call's audio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaParams {
+    pub codec: Codec,
+    pub pt: u8,
+    pub te_pt: Option<u8>,
+    pub ptime_ms: u32,
+    /// Where the SDP says to send; replaced by the latched source (symmetric RTP).
+    pub remote: Option<SocketAddr>,
+    /// Our direction.
+    pub direction: Direction,
+}
+
+impl MediaParams {
+    pub fn samples_per_frame(&self) -> usize {
+        (self.codec.clock_rate() as usize * self.ptime_ms as usize) / 1000
+    }
+}
+
+/// Something the agent (or the log) must hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// Decoded caller audio, 16-bit PCM at the codec's rate.
+    Audio(Vec<i16>),
+    /// An RFC 4733 digit, reported once per event.
+    Dtmf(char),
+    /// RTP now goes to the address the caller's packets come from.
+    Latched(SocketAddr),
+}
+
+/// Per-call media counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MediaStats {
+    pub rx_packets: u64,
+    pub rx_malformed: u64,
+    pub rx_ignored: u64,
+    pub rx_dtmf_digits: u64,
+    pub tx_packets: u64,
+    pub tx_underruns: u64,
+}
+
+/// Symmetric RTP: stay on the current source unless it has been silent this long.
+const RELATCH_AFTER: Duration = Duration::from_millis(500);
+/// If the task was stalled longer than this, restart the clock instead of bursting.
+const MAX_CATCH_UP: Duration = Duration::from_millis(100);
+
+pub struct Session {
+    params: MediaParams,
+    ssrc: Ssrc,
+    seq: SeqNo,
+    timestamp: u32,
+    marker_next: bool,
+    latched: Option<(SocketAddr, Instant)>,
+    playout: VecDeque<i16>,
+    next_send: Instant,
+    sent_any: bool,
+    transmit: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<MediaEvent>,
+    dtmf: DtmfReceiver,
+    stats: MediaStats,
+    scratch: Vec<u8>,
+}
+
+impl Session {
+    /// `ssrc`, `seq` and `timestamp` are the random initial values RFC 3550
+    /// asks for; the caller draws them so this stays deterministic in tests.
+    pub fn new(now: Instant, params: MediaParams, ssrc: u32, seq: u16, timestamp: u32) -> Self {
+        let ptime = Duration::from_millis(params.ptime_ms as u64);
+        Session {
+            params,
+            ssrc: Ssrc(ssrc),
+            seq: SeqNo(seq),
+            timestamp,
+            marker_next: true,
+            latched: None,
+            playout: VecDeque::new(),
+            next_send: now + ptime,
+            sent_any: false,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            dtmf: DtmfReceiver::default(),
+            stats: MediaStats::default(),
+            scratch: Vec::with_capacity(200),
+        }
+    }
+
+    pub fn params(&self) -> &MediaParams {
+        &self.params
+    }
+
+    pub fn stats(&self) -> &MediaStats {
+        &self.stats
+    }
+
+    /// Where outgoing RTP goes now: the latched source, else the SDP address.
+    pub fn remote(&self) -> Option<SocketAddr> {
+        self.latched.map(|(a, _)| a).or(self.params.remote)
+    }
+
+    /// A datagram arrived on the RTP socket.
+    pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
+        if looks_like_rtcp(buf) {
+            // RTCP multiplexed on the RTP port; reports are handled with RTCP.
+            return;
+        }
+        let pkt = match RtpPacket::parse(buf) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.rx_malformed += 1;
+                tracing::debug!(%from, error = %e, "dropped malformed RTP");
+                return;
+            }
+        };
+        let known_pt =
+            pkt.payload_type.0 == self.params.pt || Some(pkt.payload_type.0) == self.params.te_pt;
+        if !known_pt {
+            self.stats.rx_ignored += 1;
+            return;
+        }
+        self.stats.rx_packets += 1;
+        self.latch(now, from);
+        if !self.params.direction.receives() {
+            return;
+        }
+        if Some(pkt.payload_type.0) == self.params.te_pt {
+            match self.dtmf.handle(pkt.timestamp, pkt.payload) {
+                Ok(Some(d)) => {
+                    self.stats.rx_dtmf_digits += 1;
+                    self.events.push_back(MediaEvent::Dtmf(d));
+                }
+                Ok(None) => {}
+                Err(_) => self.stats.rx_malformed += 1,
+            }
+            return;
+        }
+        let pcm = decode(self.params.codec, pkt.payload);
+        self.events.push_back(MediaEvent::Audio(pcm));
+    }
+
+    fn latch(&mut self, now: Instant, from: SocketAddr) {
+        match self.latched {
+            Some((addr, ref mut seen)) if addr == from => *seen = now,
+            Some((_, seen)) if now.duration_since(seen) < RELATCH_AFTER => {}
+            _ => {
+                self.latched = Some((from, now));
+                self.events.push_back(MediaEvent::Latched(from));
+            }
+        }
+    }
+
+    /// Agent audio (16-bit PCM at the codec rate), in bursts of any size.
+    pub fn handle_agent_audio(&mut self, pcm: &[i16]) {
+        self.playout.extend(pcm.iter().copied());
+    }
+
+    /// Drops all queued agent audio at once (barge-in).
+    pub fn clear_playout(&mut self) {
+        self.playout.clear();
+    }
+
+    /// Keeps at most `max_ms` of queued audio, dropping the oldest.
+    pub fn trim_playout(&mut self, max_ms: u32) {
+        let max = self.params.codec.clock_rate() as usize * max_ms as usize / 1000;
+        if self.playout.len() > max {
+            let excess = self.playout.len() - max;
+            self.playout.drain(..excess);
+        }
+    }
+
+    pub fn queued_ms(&self) -> u64 {
+        self.playout.len() as u64 * 1000 / self.params.codec.clock_rate() as u64
+    }
+
+    pub fn next_timeout(&self) -> Instant {
+        self.next_send
+    }
+
+    /// Runs the playout clock: one frame per ptime, on a steady schedule.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let ptime = Duration::from_millis(self.params.ptime_ms as u64);
+        if now.saturating_duration_since(self.next_send) > MAX_CATCH_UP {
+            self.next_send = now;
+        }
+        while now >= self.next_send {
+            self.next_send += ptime;
+            self.send_frame();
+        }
+    }
+
+    fn send_frame(&mut self) {
+        let n = self.params.samples_per_frame();
+        let ts = self.timestamp;
+        self.timestamp = self.timestamp.wrapping_add(n as u32);
+        if self.playout.is_empty() {
+            if self.sent_any {
+                self.stats.tx_underruns += 1;
+            }
+            // A gap: the next packet starts a talk spurt (RFC 3551 section 4.1).
+            self.marker_next = true;
+            return;
+        }
+        let take = n.min(self.playout.len());
+        let mut frame: Vec<i16> = self.playout.drain(..take).collect();
+        frame.resize(n, 0);
+        let (Some(to), true) = (self.remote(), self.params.direction.sends()) else {
+            return;
+        };
+        let payload = encode(self.params.codec, &frame);
+        let pkt = RtpPacket {
+            marker: self.marker_next,
+            payload_type: PayloadType(self.params.pt),
+            seq: self.seq,
+            timestamp: ts,
+            ssrc: self.ssrc,
+            payload: &payload,
+        };
+        pkt.write(&mut self.scratch);
+        self.transmit.push_back((to, self.scratch.clone()));
+        self.seq = self.seq.next();
+        self.marker_next = false;
+        self.sent_any = true;
+        self.stats.tx_packets += 1;
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.transmit.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<MediaEvent> {
+        self.events.pop_front()
+    }
+}
+
+pub fn decode(codec: Codec, payload: &[u8]) -> Vec<i16> {
+    match codec {
+        Codec::Pcmu => payload.iter().map(|&b| g711::ulaw_to_linear(b)).collect(),
+        Codec::Pcma => payload.iter().map(|&b| g711::alaw_to_linear(b)).collect(),
+    }
+}
+
+pub fn encode(codec: Codec, pcm: &[i16]) -> Vec<u8> {
+    match codec {
+        Codec::Pcmu => pcm.iter().map(|&s| g711::linear_to_ulaw(s)).collect(),
+        Codec::Pcma => pcm.iter().map(|&s| g711::linear_to_alaw(s)).collect(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn params() -> MediaParams {
+        MediaParams {
+            codec: Codec::Pcmu,
+            pt: 0,
+            te_pt: Some(101),
+            ptime_ms: 20,
+            remote: Some("127.0.0.1:4000".parse().unwrap()),
+            direction: Direction::SendRecv,
+        }
+    }
+
+    fn rtp(pt: u8, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        RtpPacket {
+            marker: false,
+            payload_type: PayloadType(pt),
+            seq: SeqNo(seq),
+            timestamp: ts,
+            ssrc: Ssrc(7),
+            payload,
+        }
+        .write(&mut out);
+        out
+    }
+
+    fn drain(s: &mut Session) -> Vec<(SocketAddr, Vec<u8>)> {
+        std::iter::from_fn(|| s.poll_transmit()).collect()
+    }
+
+    #[test]
+    fn bursty_agent_audio_is_paced_at_one_frame_per_ptime() {
+        let t0 = Instant::now();
+        let mut s = Session::new(t0, params(), 1, 65534, 1000);
+        s.handle_agent_audio(&vec![1000i16; 160 * 5]);
+        let mut sent = Vec::new();
+        for ms in (0..=200).step_by(5) {
+            s.handle_timeout(t0 + Duration::from_millis(ms));
+            for (_, b) in drain(&mut s) {
+                sent.push((ms, b));
+            }
+        }
+        assert_eq!(sent.len(), 5, "five frames, no more");
+        let pkts: Vec<_> = sent
+            .iter()
+            .map(|(_, b)| RtpPacket::parse(b).unwrap())
+            .map(|p| (p.seq.0, p.timestamp, p.marker, p.payload.len()))
+            .collect();
+        assert_eq!(
+            pkts,
+            vec![
+                (65534, 1000, true, 160),
+                (65535, 1160, false, 160),
+                (0, 1320, false, 160),
+                (1, 1480, false, 160),
+                (2, 1640, false, 160)
+            ]
+        );
+        let times: Vec<u64> = sent.iter().map(|(ms, _)| *ms).collect();
+        assert_eq!(times, vec![20, 40, 60, 80, 100], "one packet every 20 ms");
+        assert!(
+            s.stats().tx_underruns > 0,
+            "gaps after the burst are counted"
+        );
+    }
+
+    #[test]
+    fn timestamps_advance_through_silence_and_marker_starts_a_spurt() {
+        let t0 = Instant::now();
+        let mut s = Session::new(t0, params(), 1, 0, 0);
+        s.handle_agent_audio(&[5; 160]);
+        s.handle_timeout(t0 + Duration::from_millis(20));
+        s.handle_timeout(t0 + Duration::from_millis(40)); // underrun
+        s.handle_agent_audio(&[5; 160]);
+        s.handle_timeout(t0 + Duration::from_millis(60));
+        let p: Vec<_> = drain(&mut s);
+        let a = RtpPacket::parse(&p[0].1).unwrap();
+        let b = RtpPacket::parse(&p[1].1).unwrap();
+        assert_eq!(b.timestamp.wrapping_sub(a.timestamp), 320);
+        assert_eq!(b.seq.0, a.seq.0 + 1, "seq counts packets, not time");
+        assert!(b.marker, "first packet after a gap has the marker bit");
+    }
+
+    #[test]
+    fn symmetric_rtp_sends_to_where_packets_come_from() {
+        let t0 = Instant::now();
+        let mut s = Session::new(t0, params(), 1, 0, 0);
+        let nat: SocketAddr = "198.51.100.7:31000".parse().unwrap();
+        s.handle_rtp(t0, nat, &rtp(0, 1, 0, &[0xff; 160]));
+        assert_eq!(s.remote(), Some(nat));
+        // A stray packet from elsewhere does not steal the stream.
+        let other: SocketAddr = "203.0.113.9:4000".parse().unwrap();
+        s.handle_rtp(
+            t0 + Duration::from_millis(20),
+            other,
+            &rtp(0, 2, 160, &[0xff; 160]),
+        );
+        assert_eq!(s.remote(), Some(nat));
+        // After the first source has been silent, the new one takes over.
+        s.handle_rtp(
+            t0 + Duration::from_secs(2),
+            other,
+            &rtp(0, 3, 320, &[0xff; 160]),
+        );
+        assert_eq!(s.remote(), Some(other));
+    }
+
+    #[test]
+    fn caller_audio_is_decoded_and_malformed_packets_are_counted() {
+        let t0 = Instant::now();
+        let mut s = Session::new(t0, params(), 1, 0, 0);
+        let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        s.handle_rtp(t0, from, &[0x80, 0, 1]);
+        s.handle_rtp(t0, from, &rtp(18, 1, 0, &[0; 20]));
+        s.handle_rtp(t0, from, &rtp(0, 2, 0, &[0x80; 160]));
+        assert_eq!(s.stats().rx_malformed, 1);
+        assert_eq!(s.stats().rx_ignored, 1);
+        let evs: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert_eq!(evs[0], MediaEvent::Latched(from));
+        assert_eq!(evs[1], MediaEvent::Audio(vec![32124; 160]));
+    }
+
+    #[test]
+    fn dtmf_digit_is_reported_once() {
+        let t0 = Instant::now();
+        let mut s = Session::new(t0, params(), 1, 0, 0);
+        let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        for (i, p) in [
+            [7u8, 10, 0, 160],
+            [7, 0x8a, 1, 64],
+            [7, 0x8a, 1, 64],
+            [7, 0x8a, 1, 64],
+        ]
+        .iter()
+        .enumerate()
+        {
+            s.handle_rtp(t0, from, &rtp(101, i as u16, 500, p));
+        }
+        let digits: Vec<_> = std::iter::from_fn(|| s.poll_event())
+            .filter(|e| matches!(e, MediaEvent::Dtmf(_)))
+            .collect();
+        assert_eq!(digits, vec![MediaEvent::Dtmf('7')]);
+    }
+
+    #[test]
+    fn clear_playout_drops_queued_audio_in_the_same_tick() {
+        let t0 = Instant::now();
+        let mut s = Session::new(t0, params(), 1, 0, 0);
+        s.handle_agent_audio(&[9; 1600]);
+        s.clear_playout();
+        s.handle_timeout(t0 + Duration::from_millis(20));
+        assert!(s.poll_transmit().is_none());
+        assert_eq!(s.queued_ms(), 0);
+    }
+
+    #[test]
+    fn inactive_call_sends_nothing() {
+        let t0 = Instant::now();
+        let mut p = params();
+        p.direction = Direction::Inactive;
+        let mut s = Session::new(t0, p, 1, 0, 0);
+        s.handle_agent_audio(&[9; 320]);
+        s.handle_timeout(t0 + Duration::from_millis(40));
+        assert!(s.poll_transmit().is_none());
+    }
+}

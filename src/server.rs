@@ -1,0 +1,83 @@
+//! Runs the whole server: SIP, media, HTTP API, and the drain on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::calls::CallRegistry;
+use crate::config::{resolve_credentials, Config, ConfigError};
+use crate::control::{self, ApiState};
+use crate::sip::server::{self as sip_server, SipError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Sip(#[from] SipError),
+    #[error("HTTP API on {addr}: {source}")]
+    Api {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Starts everything and runs until `shutdown` fires; then stops taking
+/// calls, hangs up the active ones, waits for them (up to the configured
+/// grace) and returns.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let (creds, fresh) = resolve_credentials(&cfg)?;
+    for c in &fresh {
+        // Printed once, on the start that generated it.
+        info!(
+            user = %c.name,
+            password = %c.password,
+            file = %cfg.state_dir.join("credentials").join(&c.name).display(),
+            "generated a password for local user (shown only this once)"
+        );
+    }
+    let cfg = Arc::new(cfg);
+    let calls = CallRegistry::default();
+    let sip = sip_server::start(cfg.clone(), &creds, calls.clone()).await?;
+    let api_stop = CancellationToken::new();
+    let api = control::serve(
+        cfg.api_listen,
+        ApiState { sip: sip.clone() },
+        api_stop.clone(),
+    )
+    .await
+    .map_err(|source| ServerError::Api {
+        addr: cfg.api_listen,
+        source,
+    })?;
+    let api_task = tokio::spawn(api);
+    info!(
+        profile = %cfg.origin,
+        users = creds.len(),
+        routes = cfg.routes.len(),
+        rtp = %cfg.rtp_ports,
+        "agentline ready"
+    );
+
+    shutdown.cancelled().await;
+    let grace = Duration::from_secs(cfg.shutdown_grace_s);
+    info!(active = calls.len(), grace_s = grace.as_secs(), "draining");
+    sip.shared.draining.cancel();
+    calls.hangup_all();
+    let deadline = tokio::time::Instant::now() + grace;
+    while !calls.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !calls.is_empty() {
+        warn!(left = calls.len(), "grace period over with calls still up");
+    }
+    // Let the last BYE transactions see their 200 before the sockets close.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sip.stop.cancel();
+    api_stop.cancel();
+    let _ = api_task.await;
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,494 @@
+//! One call: admission (capacity, RTP ports, dialog), then a task that owns
+//! the call's dialog events, its RTP sockets and its sans-IO media session,
+//! and drives the agent.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TerminatedReason};
+use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::sip::prelude::*;
+use rsipstack::sip::{Header, StatusCode};
+use rsipstack::transaction::transaction::Transaction;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use super::registrar::contact_hostport;
+use super::server::{reply_and_finish, sip_addr, Shared};
+use crate::agent::{self, AgentOutput};
+use crate::calls::{unix_ms, CallInfo, CallState};
+use crate::config::{RouteConfig, SipTransport};
+use crate::media::ports::RtpPorts;
+use crate::media::session::{MediaEvent, MediaParams, Session};
+use crate::sdp::{self, Codec, LocalCaps, LocalMedia, Negotiated};
+
+/// What admission learned about a new INVITE.
+pub struct CallSetup {
+    pub route: RouteConfig,
+    /// The negotiated offer, or `None` for an INVITE without SDP.
+    pub offer: Option<Negotiated>,
+    pub source: SocketAddr,
+    pub transport: SipTransport,
+    pub caller_user: Option<String>,
+}
+
+pub fn local_caps() -> LocalCaps {
+    LocalCaps {
+        codecs: vec![Codec::Pcmu, Codec::Pcma],
+        telephone_event: true,
+        ptime_ms: 20,
+    }
+}
+
+fn header_text(req: &rsipstack::sip::Request, which: &str) -> String {
+    let v = match which {
+        "from" => req.from_header().map(|h| h.value().to_string()),
+        _ => req.to_header().map(|h| h.value().to_string()),
+    };
+    v.unwrap_or_default()
+}
+
+/// Takes the call or rejects it (503 when full or out of ports).
+pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
+    let req = tx.original.clone();
+    let call_id = req
+        .call_id_header()
+        .map(|c| c.value().to_string())
+        .unwrap_or_default();
+    let ports = match shared.ports.allocate() {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "no RTP ports: 503");
+            reply_and_finish(tx, StatusCode::ServiceUnavailable, vec![]);
+            return;
+        }
+    };
+    let (state_tx, state_rx) = shared.dialogs.new_dialog_state_channel();
+    let contact = shared
+        .contact_for(setup.transport)
+        .and_then(|c| rsipstack::sip::Uri::try_from(c).ok());
+    let dialog = match shared
+        .dialogs
+        .get_or_create_server_invite(&tx, state_tx, None, contact)
+    {
+        Ok(d) => d,
+        Err(e) => {
+            info!(error = %e, "cannot create dialog: 400");
+            reply_and_finish(tx, StatusCode::BadRequest, vec![]);
+            return;
+        }
+    };
+    let id = dialog.id().to_string();
+    let hangup = CancellationToken::new();
+    let info = CallInfo {
+        id: id.clone(),
+        call_id: call_id.clone(),
+        from: header_text(&req, "from"),
+        to: header_text(&req, "to"),
+        route: setup.route.dial.clone(),
+        agent: setup.route.agent.kind().to_string(),
+        state: CallState::Ringing,
+        codec: None,
+        local_rtp_port: ports.port,
+        remote_rtp: None,
+        started_at_unix_ms: unix_ms(),
+        answered_at_unix_ms: None,
+        dtmf: String::new(),
+        media: Default::default(),
+    };
+    if !shared
+        .calls
+        .try_insert(info, hangup.clone(), shared.cfg.max_calls)
+    {
+        info!(call_id, "max_calls reached: 503");
+        dialog
+            .reject(Some(StatusCode::ServiceUnavailable), None)
+            .ok();
+        shared.dialogs.remove_dialog(&dialog.id());
+        tokio::spawn(async move {
+            let mut d = dialog;
+            d.handle(&mut tx).await.ok();
+        });
+        return;
+    }
+    // The 487 after a CANCEL is sent by the transaction with its own To-tag;
+    // give it the dialog's tag so it matches our 180 (rsipstack 0.7.14).
+    if let Ok(to) = tx.original.to_header() {
+        let tagged = to.with_tag(dialog.id().local_tag.clone().into());
+        tx.original.headers.unique_push(tagged.into());
+    }
+    // NAT: in-dialog requests (our BYE) go where the INVITE came from.
+    let remote_contact = req
+        .contact_header()
+        .ok()
+        .and_then(|c| contact_hostport(c.value()));
+    if let Some(hp) = &remote_contact {
+        shared
+            .nat
+            .remember(hp.clone(), sip_addr(setup.source, setup.transport));
+    }
+    let mut d = dialog.clone();
+    tokio::spawn(async move {
+        if let Err(e) = d.handle(&mut tx).await {
+            debug!(error = %e, "INVITE transaction ended with error");
+        }
+    });
+    let span = tracing::info_span!("call", call_id = %call_id,
+        from = %header_text(&req, "from"), to = %setup.route.dial);
+    tokio::spawn(
+        async move {
+            let dialog_id = dialog.id();
+            let mut task = CallTask {
+                shared: shared.clone(),
+                dialog,
+                state_rx,
+                ports,
+                hangup,
+                id: id.clone(),
+                setup,
+            };
+            let end = task.run().await;
+            info!(reason = %end, "call ended");
+            shared.dialogs.remove_dialog(&dialog_id);
+            if let Some(hp) = remote_contact {
+                shared.nat.forget(&hp);
+            }
+            shared.calls.remove(&id);
+        }
+        .instrument(span),
+    );
+}
+
+struct CallTask {
+    shared: Arc<Shared>,
+    dialog: InviteDialog,
+    state_rx: DialogStateReceiver,
+    ports: RtpPorts,
+    hangup: CancellationToken,
+    id: String,
+    setup: CallSetup,
+}
+
+enum Wait {
+    Elapsed,
+    Ended(String),
+}
+
+fn sdp_headers() -> Option<Vec<Header>> {
+    Some(vec![Header::ContentType("application/sdp".into())])
+}
+
+impl CallTask {
+    fn local_media(&self) -> LocalMedia {
+        LocalMedia {
+            ip: self.shared.advertised_ip,
+            rtp_port: self.ports.port,
+            session_id: rand::random::<u32>() as u64,
+            session_version: 1,
+        }
+    }
+
+    /// Waits for `dur` while answering dialog events; returns early if the
+    /// call ends (CANCEL, BYE, hangup request).
+    async fn wait_ringing(&mut self, dur: Duration) -> Wait {
+        let deadline = tokio::time::Instant::now() + dur;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Wait::Elapsed,
+                _ = self.hangup.cancelled() => {
+                    self.dialog.reject(Some(StatusCode::ServiceUnavailable), None).ok();
+                    return Wait::Ended("hangup before answer".into());
+                }
+                st = self.state_rx.recv() => match st {
+                    None => return Wait::Ended("dialog gone".into()),
+                    Some(DialogState::Terminated(_, why)) => return Wait::Ended(reason(&why)),
+                    Some(other) => answer_other(other).await,
+                }
+            }
+        }
+    }
+
+    async fn run(&mut self) -> String {
+        info!(source = %self.setup.source, user = ?self.setup.caller_user, "incoming call");
+        if let Err(e) = self.dialog.ringing(None, None) {
+            return format!("cannot send 180: {e}");
+        }
+        let delay = Duration::from_millis(self.setup.route.answer_delay_ms);
+        if let Wait::Ended(r) = self.wait_ringing(delay).await {
+            return r;
+        }
+        let local = self.local_media();
+        let caps = local_caps();
+        let body = match &self.setup.offer {
+            Some(neg) => sdp::build_answer(neg, &local),
+            None => sdp::build_offer(&caps, &local),
+        };
+        self.shared
+            .calls
+            .update(&self.id, |c| c.state = CallState::Answering);
+        if let Err(e) = self.dialog.accept(sdp_headers(), Some(body.into_bytes())) {
+            return format!("cannot send 200: {e}");
+        }
+        // Wait for the ACK.
+        loop {
+            tokio::select! {
+                _ = self.hangup.cancelled() => {
+                    // Answered but not yet confirmed: BYE once the ACK comes.
+                }
+                st = self.state_rx.recv() => match st {
+                    None => return "dialog gone".into(),
+                    Some(DialogState::Confirmed(..)) => break,
+                    Some(DialogState::Terminated(_, why)) => return reason(&why),
+                    Some(other) => answer_other(other).await,
+                }
+            }
+        }
+        let negotiated = match self.setup.offer.clone() {
+            Some(n) => n,
+            None => {
+                let ack_body = self
+                    .dialog
+                    .last_remote_ack()
+                    .map(|a| String::from_utf8_lossy(&a.body).to_string())
+                    .unwrap_or_default();
+                let answer = sdp::SessionDescription::parse(&ack_body)
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| sdp::accept_answer(&s, &caps).map_err(|e| e.to_string()));
+                match answer {
+                    Ok(n) => n,
+                    Err(e) => {
+                        warn!(error = %e, "no usable SDP answer in the ACK");
+                        self.dialog.bye().await.ok();
+                        return format!("bad answer in ACK: {e}");
+                    }
+                }
+            }
+        };
+        self.media_loop(negotiated).await
+    }
+
+    async fn media_loop(&mut self, neg: Negotiated) -> String {
+        let params = MediaParams {
+            codec: neg.codec,
+            pt: neg.pt,
+            te_pt: neg.telephone_event_pt,
+            ptime_ms: neg.ptime_ms,
+            remote: neg.remote_rtp,
+            direction: neg.direction,
+        };
+        let rate = params.codec.clock_rate();
+        let mut agent = match agent::build(&self.setup.route.agent, rate) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "agent failed to start");
+                self.dialog.bye().await.ok();
+                return format!("agent error: {e}");
+            }
+        };
+        let now = Instant::now();
+        let mut session = Session::new(now, params, rand::random(), rand::random(), rand::random());
+        self.shared.calls.update(&self.id, |c| {
+            c.state = CallState::Active;
+            c.codec = Some(neg.codec.encoding_name().to_string());
+            c.remote_rtp = neg.remote_rtp.map(|a| a.to_string());
+            c.answered_at_unix_ms = Some(unix_ms());
+        });
+        info!(codec = neg.codec.encoding_name(), pt = neg.pt, remote = ?neg.remote_rtp,
+              agent = agent.kind(), "call answered");
+        let mut out = AgentOutput::default();
+        agent.start(&mut out);
+        apply_output(&mut session, agent.as_ref(), &mut out);
+
+        let mut buf = vec![0u8; 2048];
+        let mut rtcp_buf = vec![0u8; 1500];
+        let mut last_stats = Instant::now();
+        let end = loop {
+            let wake = tokio::time::Instant::from_std(session.next_timeout());
+            tokio::select! {
+                r = self.ports.rtp.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => session.handle_rtp(Instant::now(), from, &buf[..n]),
+                    Err(e) => debug!(error = %e, "RTP receive error"),
+                },
+                // RTCP reports are drained here; quality stats come with the media engine.
+                _ = self.ports.rtcp.recv_from(&mut rtcp_buf) => {}
+                _ = tokio::time::sleep_until(wake) => session.handle_timeout(Instant::now()),
+                _ = self.hangup.cancelled() => {
+                    if let Err(e) = self.dialog.bye().await {
+                        debug!(error = %e, "BYE failed");
+                    }
+                    break "hangup by server".to_string();
+                }
+                st = self.state_rx.recv() => match st {
+                    None => break "dialog gone".to_string(),
+                    Some(DialogState::Terminated(_, why)) => break reason(&why),
+                    Some(DialogState::Updated(_, req, handle)) => {
+                        self.on_reinvite(&mut session, &req, handle).await;
+                    }
+                    Some(DialogState::Info(_, req, handle)) => {
+                        if let Some(d) = dtmf_from_info(&req) {
+                            self.on_dtmf(d, agent.as_mut(), &mut session);
+                        }
+                        handle.reply(StatusCode::OK).await.ok();
+                    }
+                    Some(other) => answer_other(other).await,
+                }
+            }
+            while let Some(ev) = session.poll_event() {
+                match ev {
+                    MediaEvent::Audio(pcm) => {
+                        agent.on_audio(&pcm, &mut out);
+                        apply_output(&mut session, agent.as_ref(), &mut out);
+                    }
+                    MediaEvent::Dtmf(d) => self.on_dtmf(d, agent.as_mut(), &mut session),
+                    MediaEvent::Latched(addr) => {
+                        info!(%addr, "RTP latched");
+                        self.shared
+                            .calls
+                            .update(&self.id, |c| c.remote_rtp = Some(addr.to_string()));
+                    }
+                }
+            }
+            if out.hangup {
+                self.dialog.bye().await.ok();
+                break "agent hung up".to_string();
+            }
+            while let Some((to, bytes)) = session.poll_transmit() {
+                if let Err(e) = self.ports.rtp.send_to(&bytes, to).await {
+                    debug!(error = %e, %to, "RTP send failed");
+                }
+            }
+            if last_stats.elapsed() >= Duration::from_secs(1) {
+                last_stats = Instant::now();
+                let stats = session.stats().clone();
+                self.shared.calls.update(&self.id, |c| c.media = stats);
+            }
+        };
+        let s = session.stats();
+        info!(
+            rx = s.rx_packets,
+            tx = s.tx_packets,
+            malformed = s.rx_malformed,
+            underruns = s.tx_underruns,
+            dtmf = s.rx_dtmf_digits,
+            "media summary"
+        );
+        end
+    }
+
+    fn on_dtmf(&self, digit: char, agent: &mut dyn agent::Agent, session: &mut Session) {
+        info!(%digit, "DTMF");
+        self.shared.calls.update(&self.id, |c| c.dtmf.push(digit));
+        let mut out = AgentOutput::default();
+        agent.on_dtmf(digit, &mut out);
+        apply_output(session, agent, &mut out);
+    }
+
+    /// re-INVITE/UPDATE: answer a new offer, keep the call. Full hold and
+    /// codec change handling belongs to the media engine.
+    async fn on_reinvite(
+        &self,
+        session: &mut Session,
+        req: &rsipstack::sip::Request,
+        handle: rsipstack::dialog::dialog::TransactionHandle,
+    ) {
+        let local = self.local_media();
+        if req.body.is_empty() {
+            let offer = sdp::build_offer(&local_caps(), &local);
+            handle
+                .respond(StatusCode::OK, sdp_headers(), Some(offer.into_bytes()))
+                .await
+                .ok();
+            return;
+        }
+        let text = String::from_utf8_lossy(&req.body);
+        let neg = sdp::SessionDescription::parse(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|s| sdp::negotiate_offer(&s, &local_caps()).map_err(|e| e.to_string()));
+        match neg {
+            Ok(n) => {
+                let answer = sdp::build_answer(&n, &local);
+                info!(direction = ?n.direction, "re-INVITE answered");
+                let _ = session; // parameters stay; direction changes come with hold support
+                handle
+                    .respond(StatusCode::OK, sdp_headers(), Some(answer.into_bytes()))
+                    .await
+                    .ok();
+            }
+            Err(e) => {
+                info!(error = %e, "re-INVITE offer refused: 488");
+                handle.reply(StatusCode::NotAcceptableHere).await.ok();
+            }
+        }
+    }
+}
+
+fn apply_output(session: &mut Session, agent: &dyn agent::Agent, out: &mut AgentOutput) {
+    if out.clear {
+        session.clear_playout();
+    }
+    if !out.audio.is_empty() {
+        session.handle_agent_audio(&out.audio);
+        out.audio.clear();
+    }
+    out.clear = false;
+    if let Some(max) = agent.max_queue_ms() {
+        session.trim_playout(max);
+    }
+}
+
+/// Every in-dialog event carries a transaction handle: answer it, or the
+/// stack sends 501 when the handle is dropped.
+async fn answer_other(state: DialogState) {
+    match state {
+        DialogState::Options(_, _, h)
+        | DialogState::Info(_, _, h)
+        | DialogState::Notify(_, _, h)
+        | DialogState::Message(_, _, h) => {
+            h.reply(StatusCode::OK).await.ok();
+        }
+        DialogState::Updated(_, _, h)
+        | DialogState::Refer(_, _, h)
+        | DialogState::Publish(_, _, h) => {
+            h.reply(StatusCode::NotImplemented).await.ok();
+        }
+        _ => {}
+    }
+}
+
+fn reason(why: &TerminatedReason) -> String {
+    match why {
+        TerminatedReason::UacBye => "caller hung up".into(),
+        TerminatedReason::UacCancel => "caller cancelled".into(),
+        TerminatedReason::UasBye => "we hung up".into(),
+        TerminatedReason::Timeout => "no ACK (timeout)".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// SIP INFO DTMF: `application/dtmf-relay` (`Signal=5`) or `application/dtmf` (`5`).
+pub fn dtmf_from_info(req: &rsipstack::sip::Request) -> Option<char> {
+    let ct = req
+        .headers
+        .iter()
+        .find_map(|h| match h {
+            Header::ContentType(c) => Some(c.value().to_ascii_lowercase()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let body = String::from_utf8_lossy(&req.body);
+    let raw = if ct.contains("dtmf-relay") {
+        body.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("signal")
+                .then(|| v.trim().to_string())
+        })?
+    } else if ct.contains("application/dtmf") {
+        body.trim().to_string()
+    } else {
+        return None;
+    };
+    let c = raw.chars().next()?.to_ascii_uppercase();
+    "0123456789*#ABCD".contains(c).then_some(c)
+}

@@ -1,0 +1,536 @@
+//! The SIP side of the server: rsipstack endpoint and transports, the
+//! dispatch of new transactions (REGISTER, OPTIONS, INVITE, in-dialog
+//! requests), and call admission. Each admitted call runs in its own task
+//! ([`super::call`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::sip::prelude::*;
+use rsipstack::sip::{Header, Method, Request, StatusCode};
+use rsipstack::transaction::endpoint::TargetLocator;
+use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transport::connection::SipConnection;
+use rsipstack::transport::{udp::UdpConnection, SipAddr, TcpListenerConnection, TransportLayer};
+use rsipstack::EndpointBuilder;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::auth::{AuthOutcome, Authenticator};
+use super::call::{self, CallSetup};
+use super::registrar::{contact_hostport, ContactUpdate, Registrar};
+use crate::calls::CallRegistry;
+use crate::config::{Config, Credential, SipTransport};
+use crate::media::ports::PortPool;
+use crate::sdp;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SipError {
+    #[error("SIP listener {addr}: {message}")]
+    Listen { addr: String, message: String },
+    #[error("SIP stack: {0}")]
+    Stack(String),
+}
+
+/// State shared by the dispatcher and every call task.
+pub struct Shared {
+    pub cfg: Arc<Config>,
+    pub auth: Authenticator,
+    pub registrar: Registrar,
+    pub calls: CallRegistry,
+    pub ports: PortPool,
+    pub dialogs: Arc<DialogLayer>,
+    /// The address written into Contact and SDP.
+    pub advertised_ip: IpAddr,
+    /// Our Contact per transport (`sip:agentline@IP:PORT;transport=tcp`).
+    pub contacts: Vec<(SipTransport, String)>,
+    /// Set when draining for shutdown: new calls get 503.
+    pub draining: CancellationToken,
+    pub nat: Arc<NatLocator>,
+}
+
+impl Shared {
+    pub fn contact_for(&self, t: SipTransport) -> Option<&str> {
+        self.contacts
+            .iter()
+            .find(|(tt, _)| *tt == t)
+            .or_else(|| self.contacts.first())
+            .map(|(_, c)| c.as_str())
+    }
+}
+
+/// What the control API and the shutdown path need from the SIP side.
+#[derive(Clone)]
+pub struct SipHandle {
+    pub shared: Arc<Shared>,
+    pub stop: CancellationToken,
+}
+
+impl SipHandle {
+    pub fn dialog_count(&self) -> usize {
+        self.shared.dialogs.len()
+    }
+    pub fn registration_count(&self) -> usize {
+        self.shared.registrar.count(Instant::now())
+    }
+}
+
+/// Sends requests for phones behind NAT to where their packets come from
+/// (RFC 3581 symmetric response routing, applied to new requests), instead of
+/// the private address in their Contact.
+#[derive(Default)]
+pub struct NatLocator {
+    registrar: std::sync::OnceLock<Arc<Shared>>,
+    calls: std::sync::Mutex<std::collections::HashMap<String, SipAddr>>,
+}
+
+impl NatLocator {
+    pub fn remember(&self, contact_hostport: String, addr: SipAddr) {
+        self.lock().insert(contact_hostport, addr);
+    }
+    pub fn forget(&self, contact_hostport: &str) {
+        self.lock().remove(contact_hostport);
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, SipAddr>> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Adapter so the endpoint (built before `Shared`) can reach the locator.
+struct LocatorRef(Arc<NatLocator>);
+
+#[async_trait::async_trait]
+impl TargetLocator for LocatorRef {
+    async fn locate(&self, uri: &rsipstack::sip::Uri) -> rsipstack::Result<SipAddr> {
+        let text = uri.to_string();
+        if let Some(hp) = contact_hostport(&text) {
+            if let Some(addr) = self.0.lock().get(&hp) {
+                return Ok(addr.clone());
+            }
+            if let Some(shared) = self.0.registrar.get() {
+                if let Some((src, t)) = shared
+                    .registrar
+                    .source_for_contact_hostport(Instant::now(), &hp)
+                {
+                    return Ok(sip_addr(src, t));
+                }
+            }
+        }
+        SipAddr::try_from(uri)
+    }
+}
+
+pub fn sip_addr(addr: SocketAddr, t: SipTransport) -> SipAddr {
+    let transport = match t {
+        SipTransport::Udp => rsipstack::sip::Transport::Udp,
+        SipTransport::Tcp => rsipstack::sip::Transport::Tcp,
+    };
+    SipAddr::new(transport, addr.into())
+}
+
+/// The IP to advertise for a listener bound to `bind`.
+fn advertised_ip(cfg: &Config, bind: IpAddr) -> IpAddr {
+    if let Some(ip) = cfg.external_ip {
+        return ip;
+    }
+    if !bind.is_unspecified() {
+        return bind;
+    }
+    // The address the kernel would use to reach the outside; no packet is
+    // sent by connecting a UDP socket.
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+/// Binds the listeners, starts the endpoint and the dispatcher.
+pub async fn start(
+    cfg: Arc<Config>,
+    creds: &[Credential],
+    calls: CallRegistry,
+) -> Result<SipHandle, SipError> {
+    let stop = CancellationToken::new();
+    let tl = TransportLayer::new(stop.child_token());
+    // Phones that register over TCP without keep-alives would otherwise be
+    // dropped after rsipstack's 300 s idle timeout.
+    tl.set_stream_idle_timeout(Duration::from_secs(3600));
+    let first_bind = cfg.sip_listen[0].addr.ip();
+    let adv_ip = advertised_ip(&cfg, first_bind);
+    let mut contacts = Vec::new();
+    for l in &cfg.sip_listen {
+        let adv = SocketAddr::new(advertised_ip(&cfg, l.addr.ip()), l.addr.port());
+        let external = (cfg.external_ip.is_some() || l.addr.ip().is_unspecified()).then_some(adv);
+        match l.transport {
+            SipTransport::Udp => {
+                let conn =
+                    UdpConnection::create_connection(l.addr, external, Some(stop.child_token()))
+                        .await
+                        .map_err(|e| SipError::Listen {
+                            addr: l.to_string(),
+                            message: e.to_string(),
+                        })?;
+                tl.add_transport(conn.into());
+                contacts.push((SipTransport::Udp, format!("sip:agentline@{adv}")));
+            }
+            SipTransport::Tcp => {
+                // rsipstack binds TCP later and only logs a failure: probe now
+                // so a port conflict stops the start with a clear error.
+                std::net::TcpListener::bind(l.addr).map_err(|e| SipError::Listen {
+                    addr: l.to_string(),
+                    message: e.to_string(),
+                })?;
+                let conn = TcpListenerConnection::new(l.addr, external)
+                    .await
+                    .map_err(|e| SipError::Listen {
+                        addr: l.to_string(),
+                        message: e.to_string(),
+                    })?;
+                tl.add_transport(conn.into());
+                contacts.push((
+                    SipTransport::Tcp,
+                    format!("sip:agentline@{adv};transport=tcp"),
+                ));
+            }
+        }
+        info!(listen = %l, advertised = %adv, "SIP listener");
+    }
+
+    let nat = Arc::new(NatLocator::default());
+    let mut builder = EndpointBuilder::new();
+    builder
+        .with_user_agent(&cfg.user_agent)
+        .with_cancel_token(stop.clone())
+        .with_transport_layer(tl)
+        .with_target_locator(Box::new(LocatorRef(nat.clone())));
+    let ep = builder.build();
+    let mut incoming = ep
+        .incoming_transactions()
+        .map_err(|e| SipError::Stack(e.to_string()))?;
+    let dialogs = Arc::new(DialogLayer::new(ep.inner.clone()));
+    let inner = ep.inner.clone();
+    tokio::spawn(async move {
+        if let Err(e) = inner.serve().await {
+            warn!(error = %e, "SIP endpoint stopped");
+        }
+    });
+
+    let shared = Arc::new(Shared {
+        auth: Authenticator::new(&cfg.domain, creds, cfg.nonce_lifetime_s),
+        registrar: Registrar::default(),
+        calls,
+        ports: PortPool::new(cfg.rtp_ports, cfg.rtp_bind),
+        dialogs,
+        advertised_ip: adv_ip,
+        contacts,
+        draining: CancellationToken::new(),
+        nat: nat.clone(),
+        cfg,
+    });
+    let _ = nat.registrar.set(shared.clone());
+
+    let disp = shared.clone();
+    tokio::spawn(async move {
+        while let Some(tx) = incoming.recv().await {
+            dispatch(&disp, tx);
+        }
+        debug!("SIP dispatcher stopped");
+    });
+    Ok(SipHandle { shared, stop })
+}
+
+fn to_tag(req: &Request) -> Option<String> {
+    req.to_header()
+        .ok()
+        .and_then(|t| t.tag().ok().flatten())
+        .map(|t| t.to_string())
+}
+
+fn dispatch(shared: &Arc<Shared>, mut tx: Transaction) {
+    if to_tag(&tx.original).is_some() {
+        // In-dialog: BYE, re-INVITE, INFO, UPDATE, OPTIONS ...
+        match shared.dialogs.match_dialog(&tx) {
+            Some(mut d) => {
+                tokio::spawn(async move {
+                    if let Err(e) = d.handle(&mut tx).await {
+                        debug!(error = %e, "in-dialog request failed");
+                    }
+                });
+            }
+            None => reply_and_finish(tx, StatusCode::CallTransactionDoesNotExist, vec![]),
+        }
+        return;
+    }
+    match tx.original.method {
+        Method::Register => {
+            let shared = shared.clone();
+            tokio::spawn(async move { handle_register(&shared, tx).await });
+        }
+        Method::Options => reply_and_finish(tx, StatusCode::OK, capability_headers()),
+        Method::Invite => on_invite(shared, tx),
+        Method::Ack => {}
+        Method::Bye | Method::Cancel => {
+            reply_and_finish(tx, StatusCode::CallTransactionDoesNotExist, vec![])
+        }
+        _ => reply_and_finish(tx, StatusCode::MethodNotAllowed, capability_headers()),
+    }
+}
+
+pub fn capability_headers() -> Vec<Header> {
+    vec![
+        Header::Allow("INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER".into()),
+        Header::Accept("application/sdp".into()),
+    ]
+}
+
+/// Sends a final response and keeps the transaction alive until it ends, so
+/// retransmissions are answered and the ACK to a non-2xx is absorbed.
+pub fn reply_and_finish(mut tx: Transaction, code: StatusCode, headers: Vec<Header>) {
+    tokio::spawn(async move {
+        if let Err(e) = tx.reply_with(code, headers, None).await {
+            debug!(error = %e, "reply failed");
+            return;
+        }
+        while tx.receive().await.is_some() {}
+    });
+}
+
+/// Where the request really came from: Via `received`/`rport` as stamped by
+/// the transport layer, else the sent-by address.
+pub fn source_of(req: &Request) -> Option<(SocketAddr, SipTransport)> {
+    let via = req.via_header().ok()?;
+    let (transport, hp) = SipConnection::parse_target_from_via(via).ok()?;
+    let addr: SocketAddr = hp.try_into().ok()?;
+    let t = match transport {
+        rsipstack::sip::Transport::Tcp => SipTransport::Tcp,
+        _ => SipTransport::Udp,
+    };
+    Some((addr, t))
+}
+
+fn now_unix() -> u64 {
+    crate::calls::unix_ms() / 1000
+}
+
+fn header_value(req: &Request, name: &str) -> Option<String> {
+    req.headers.iter().find_map(|h| match (name, h) {
+        ("Authorization", Header::Authorization(v)) => Some(v.value().to_string()),
+        ("Proxy-Authorization", Header::ProxyAuthorization(v)) => Some(v.value().to_string()),
+        _ => None,
+    })
+}
+
+async fn handle_register(shared: &Arc<Shared>, mut tx: Transaction) {
+    let req = tx.original.clone();
+    let auth = header_value(&req, "Authorization");
+    let outcome = shared.auth.check(auth.as_deref(), "REGISTER", now_unix());
+    let user = match outcome {
+        AuthOutcome::Authenticated(u) => u,
+        AuthOutcome::Challenge { stale, reason } => {
+            if auth.is_some() {
+                info!(reason, source = ?source_of(&req).map(|s| s.0), "REGISTER rejected");
+            }
+            let headers = shared
+                .auth
+                .challenges(now_unix(), stale)
+                .into_iter()
+                .map(|v| Header::WwwAuthenticate(v.into()))
+                .collect();
+            reply_and_finish(tx, StatusCode::Unauthorized, headers);
+            return;
+        }
+    };
+    let aor_user = req
+        .to_header()
+        .ok()
+        .and_then(|t| t.uri().ok())
+        .and_then(|u| u.user().map(str::to_string));
+    if aor_user.as_deref() != Some(user.as_str()) {
+        // Authenticated as one user but registering another's address.
+        reply_and_finish(tx, StatusCode::Forbidden, vec![]);
+        return;
+    }
+    let Some((source, transport)) = source_of(&req) else {
+        reply_and_finish(tx, StatusCode::BadRequest, vec![]);
+        return;
+    };
+    let default_expires = req
+        .expires_header()
+        .and_then(|e| e.value().trim().parse::<u32>().ok());
+    let raw_contacts: Vec<String> = req
+        .contact_headers()
+        .iter()
+        .map(|c| c.value().to_string())
+        .collect();
+    let remove_all = raw_contacts.iter().any(|c| c.trim() == "*");
+    if remove_all && (raw_contacts.len() != 1 || default_expires != Some(0)) {
+        reply_and_finish(tx, StatusCode::BadRequest, vec![]);
+        return;
+    }
+    let typed = if remove_all {
+        Vec::new()
+    } else {
+        match req.typed_contact_headers() {
+            Ok(v) => v,
+            Err(_) => {
+                reply_and_finish(tx, StatusCode::BadRequest, vec![]);
+                return;
+            }
+        }
+    };
+    let cfg = &shared.cfg;
+    let mut updates = Vec::new();
+    for c in &typed {
+        let asked = c.expires().or(default_expires).unwrap_or(3600);
+        if asked != 0 && asked < cfg.min_expires {
+            reply_and_finish(
+                tx,
+                StatusCode::IntervalTooBrief,
+                vec![Header::MinExpires(cfg.min_expires.to_string().into())],
+            );
+            return;
+        }
+        updates.push(ContactUpdate {
+            contact: c.uri.to_string(),
+            expires: asked.min(cfg.max_expires),
+        });
+    }
+    let call_id = req
+        .call_id_header()
+        .map(|c| c.value().to_string())
+        .unwrap_or_default();
+    let cseq = req
+        .cseq_header()
+        .ok()
+        .and_then(|c| c.seq().ok())
+        .unwrap_or(0);
+    let now = Instant::now();
+    match shared.registrar.apply(
+        now, &user, &updates, remove_all, source, transport, &call_id, cseq,
+    ) {
+        Ok(bindings) => {
+            let mut headers: Vec<Header> = bindings
+                .iter()
+                .map(|b| {
+                    let left = b.expires_at.saturating_duration_since(now).as_secs();
+                    Header::Contact(format!("<{}>;expires={left}", b.contact).into())
+                })
+                .collect();
+            headers.push(Header::Date(httpdate_now().into()));
+            info!(user, %source, contacts = bindings.len(), "registered");
+            if let Err(e) = tx.reply_with(StatusCode::OK, headers, None).await {
+                debug!(error = %e, "REGISTER reply failed");
+            }
+        }
+        Err(e) => {
+            debug!(error = %e, "REGISTER refused");
+            reply_and_finish(tx, StatusCode::ServerInternalError, vec![]);
+        }
+    }
+}
+
+/// RFC 7231 IMF-fixdate, without pulling in a date crate.
+fn httpdate_now() -> String {
+    let secs = now_unix();
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    // Civil-from-days (H. Hinnant).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(mo - 1) as usize];
+    format!("{weekday}, {d:02} {month} {y} {h:02}:{m:02}:{s:02} GMT")
+}
+
+fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
+    let req = &tx.original;
+    if shared.draining.is_cancelled() {
+        reply_and_finish(tx, StatusCode::ServiceUnavailable, vec![]);
+        return;
+    }
+    let Some((source, transport)) = source_of(req) else {
+        reply_and_finish(tx, StatusCode::BadRequest, vec![]);
+        return;
+    };
+    // Who may call: trusted networks, a phone calling from where it
+    // registered, or anyone answering a digest challenge for a local user.
+    let now = Instant::now();
+    let caller_user = if shared.cfg.is_trusted(source.ip()) {
+        None
+    } else if let Some(u) = shared.registrar.user_at(now, source) {
+        Some(u)
+    } else {
+        let cred = header_value(req, "Proxy-Authorization");
+        match shared.auth.check(cred.as_deref(), "INVITE", now_unix()) {
+            AuthOutcome::Authenticated(u) => Some(u),
+            AuthOutcome::Challenge { stale, reason } => {
+                if cred.is_some() {
+                    info!(reason, %source, "INVITE authentication failed");
+                }
+                let headers = shared
+                    .auth
+                    .challenges(now_unix(), stale)
+                    .into_iter()
+                    .map(|v| Header::ProxyAuthenticate(v.into()))
+                    .collect();
+                reply_and_finish(tx, StatusCode::ProxyAuthenticationRequired, headers);
+                return;
+            }
+        }
+    };
+    let dialled = req.uri.user().unwrap_or_default().to_string();
+    let Some(route) = shared.cfg.route(&dialled).cloned() else {
+        info!(dialled, %source, "no route: 404");
+        reply_and_finish(tx, StatusCode::NotFound, vec![]);
+        return;
+    };
+    // SDP: an offer in the INVITE, or none (we offer in the 200).
+    let local_caps = call::local_caps();
+    let offer = if req.body.is_empty() {
+        None
+    } else {
+        let text = String::from_utf8_lossy(&req.body);
+        let parsed = sdp::SessionDescription::parse(&text).map_err(|e| e.to_string());
+        match parsed.and_then(|s| sdp::negotiate_offer(&s, &local_caps).map_err(|e| e.to_string()))
+        {
+            Ok(n) => Some(n),
+            Err(reason) => {
+                info!(dialled, %source, reason, "offer not acceptable: 488");
+                reply_and_finish(tx, StatusCode::NotAcceptableHere, vec![]);
+                return;
+            }
+        }
+    };
+    let setup = CallSetup {
+        route,
+        offer,
+        source,
+        transport,
+        caller_user,
+    };
+    call::admit(shared.clone(), tx, setup);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn http_date_is_well_formed() {
+        let d = super::httpdate_now();
+        assert!(d.ends_with(" GMT") && d.len() == 29, "{d}");
+    }
+}

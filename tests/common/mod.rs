@@ -1,0 +1,211 @@
+//! Shared harness for integration tests: starts the real `agentline` binary on
+//! free loopback ports and finds the real peers (sipp, baresip, sipsak).
+#![allow(dead_code)]
+
+pub mod audio;
+pub mod baresip;
+pub mod sipp;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Returns the path of a peer program, or `None` when it is missing on a
+/// developer's machine. Under CI (`CI=true`) a missing peer is a failure.
+pub fn require_peer(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    });
+    match found {
+        Some(p) => Some(p),
+        None if std::env::var("CI").map(|v| v == "true").unwrap_or(false) => {
+            panic!("peer `{name}` is not installed, and CI=true forbids skipping")
+        }
+        None => {
+            eprintln!("SKIP: peer `{name}` not installed");
+            None
+        }
+    }
+}
+
+/// A port that is free for both UDP and TCP on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let port = udp.local_addr().expect("addr").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// An even RTP base port with `count` free ports after it.
+pub fn free_rtp_range(count: u16) -> (u16, u16) {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let pid_off = (std::process::id() % 40) as u16 * 200;
+    loop {
+        let n = NEXT.fetch_add(count + 2, Ordering::SeqCst);
+        let base = 20000 + ((pid_off + n) % 9000) / 2 * 2;
+        let ok = (base..base + count).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok());
+        if ok {
+            return (base, base + count - 1);
+        }
+    }
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub sip_port: u16,
+    pub api_port: u16,
+    pub rtp: (u16, u16),
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Starts `agentline run` with `profile` (TOML) written to a temp file; the
+    /// listen addresses, RTP range, API address and state dir are set by flags.
+    pub fn start(profile: &str) -> Server {
+        Self::start_with_args(profile, &[])
+    }
+
+    pub fn start_with_args(profile: &str, extra_args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let profile_path = dir.path().join("profile.toml");
+        std::fs::write(&profile_path, profile).expect("write profile");
+        let sip_port = free_port();
+        let api_port = free_port();
+        let rtp = free_rtp_range(100);
+        let log = dir.path().join("agentline.log");
+        let logf = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_agentline"))
+            .arg("run")
+            .arg("--profile")
+            .arg(&profile_path)
+            .args(["--sip-listen", &format!("udp:127.0.0.1:{sip_port}")])
+            .args(["--sip-listen", &format!("tcp:127.0.0.1:{sip_port}")])
+            .args(["--rtp-ports", &format!("{}-{}", rtp.0, rtp.1)])
+            .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(extra_args)
+            .env("RUST_LOG", "info,rsipstack=warn")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn agentline");
+        let mut s = Server {
+            child: Some(child),
+            sip_port,
+            api_port,
+            rtp,
+            dir,
+            log,
+        };
+        s.wait_ready();
+        s
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("agentline exited early ({status}):\n{}", self.log_text());
+            }
+            if let Ok((200, _)) = http_get(self.api_port, "/health") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("agentline not ready in 15 s:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn health(&self) -> serde_json::Value {
+        let (code, body) = http_get(self.api_port, "/health").expect("GET /health");
+        assert_eq!(code, 200, "health: {body}");
+        serde_json::from_str(&body).expect("health json")
+    }
+
+    pub fn calls(&self) -> serde_json::Value {
+        let (code, body) = http_get(self.api_port, "/calls").expect("GET /calls");
+        assert_eq!(code, 200, "calls: {body}");
+        serde_json::from_str(&body).expect("calls json")
+    }
+
+    /// Polls until `/health` reports no active calls, RTP ports or dialogs.
+    pub fn wait_idle(&self, within: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let h = self.health();
+            let idle = ["active_calls", "rtp_ports_in_use", "dialogs"]
+                .iter()
+                .all(|k| h[*k].as_u64() == Some(0));
+            if idle || Instant::now() > deadline {
+                return h;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- agentline log ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// Minimal HTTP/1.0 GET on 127.0.0.1 (keeps the test build free of an HTTP client).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((code, body))
+}
+
+pub fn data_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
