@@ -176,6 +176,7 @@ struct RawSip {
     min_expires: Option<u32>,
     max_expires: Option<u32>,
     shutdown_grace_s: Option<u64>,
+    auth_algorithms: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -278,6 +279,8 @@ pub struct Config {
     pub min_expires: u32,
     pub max_expires: u32,
     pub shutdown_grace_s: u64,
+    /// Digest algorithms offered in challenges, in order of preference.
+    pub auth_algorithms: Vec<crate::sip::digest::Algorithm>,
     pub rtp_ports: PortRange,
     pub rtp_bind: IpAddr,
     pub api_listen: SocketAddr,
@@ -384,6 +387,29 @@ impl Config {
             return Err(bad(
                 "sip.max_expires",
                 format!("expected 0 < min_expires ({min_expires}) <= max_expires ({max_expires})"),
+            ));
+        }
+
+        let mut auth_algorithms = Vec::new();
+        for (i, a) in raw
+            .sip
+            .auth_algorithms
+            .unwrap_or_else(|| vec!["MD5".to_string()])
+            .iter()
+            .enumerate()
+        {
+            let alg = crate::sip::digest::Algorithm::parse(a).map_err(|_| {
+                bad(
+                    &format!("sip.auth_algorithms[{i}]"),
+                    format!("expected MD5 or SHA-256, got `{a}`"),
+                )
+            })?;
+            auth_algorithms.push(alg);
+        }
+        if auth_algorithms.is_empty() {
+            return Err(bad(
+                "sip.auth_algorithms",
+                "expected at least one of MD5, SHA-256".into(),
             ));
         }
 
@@ -517,6 +543,7 @@ impl Config {
             min_expires,
             max_expires,
             shutdown_grace_s: raw.sip.shutdown_grace_s.unwrap_or(30),
+            auth_algorithms,
             rtp_ports,
             rtp_bind,
             api_listen,

@@ -76,7 +76,7 @@ impl PortPool {
                 in_use: 0,
             });
         }
-        let pairs = (last - first + 1) / 2;
+        let pairs = (last - first).div_ceil(2);
         for _ in 0..pairs {
             let port = inner.next;
             inner.next = if port + 3 > last { first } else { port + 2 };

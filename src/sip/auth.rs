@@ -19,10 +19,18 @@ pub struct Authenticator {
     realm: String,
     users: HashMap<String, String>,
     nonces: NonceIssuer,
+    algorithms: Vec<Algorithm>,
 }
 
 impl Authenticator {
-    pub fn new(realm: &str, creds: &[Credential], nonce_lifetime_s: u64) -> Self {
+    /// `algorithms`: what challenges offer, in order of preference. Responses
+    /// with either MD5 or SHA-256 are verified whatever is offered.
+    pub fn new(
+        realm: &str,
+        creds: &[Credential],
+        nonce_lifetime_s: u64,
+        algorithms: &[Algorithm],
+    ) -> Self {
         Authenticator {
             realm: realm.to_string(),
             users: creds
@@ -30,6 +38,7 @@ impl Authenticator {
                 .map(|c| (c.name.clone(), c.password.clone()))
                 .collect(),
             nonces: NonceIssuer::random(nonce_lifetime_s),
+            algorithms: algorithms.to_vec(),
         }
     }
 
@@ -41,12 +50,14 @@ impl Authenticator {
         self.users.contains_key(name)
     }
 
-    /// Header values for a 401/407: MD5 first (what every phone answers),
-    /// then SHA-256 for clients that prefer it (RFC 8760).
+    /// Header values for a 401/407, one per configured algorithm (RFC 8760).
+    /// MD5 alone is the default: some phones (baresip 1.0's libre) fail the
+    /// whole challenge when they meet a SHA-256 header they cannot answer.
     pub fn challenges(&self, now_unix: u64, stale: bool) -> Vec<String> {
         let nonce = self.nonces.issue(now_unix, &self.realm);
-        [Algorithm::Md5, Algorithm::Sha256]
-            .into_iter()
+        self.algorithms
+            .iter()
+            .copied()
             .map(|algorithm| {
                 Challenge {
                     realm: self.realm.clone(),
@@ -127,6 +138,7 @@ mod tests {
                 password: "pw".into(),
             }],
             300,
+            &[Algorithm::Md5, Algorithm::Sha256],
         )
     }
 

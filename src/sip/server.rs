@@ -221,7 +221,12 @@ pub async fn start(
     });
 
     let shared = Arc::new(Shared {
-        auth: Authenticator::new(&cfg.domain, creds, cfg.nonce_lifetime_s),
+        auth: Authenticator::new(
+            &cfg.domain,
+            creds,
+            cfg.nonce_lifetime_s,
+            &cfg.auth_algorithms,
+        ),
         registrar: Registrar::default(),
         calls,
         ports: PortPool::new(cfg.rtp_ports, cfg.rtp_bind),
