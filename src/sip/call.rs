@@ -211,6 +211,15 @@ impl CallTask {
 
     async fn run(&mut self) -> String {
         info!(source = %self.setup.source, user = ?self.setup.caller_user, "incoming call");
+        // The INVITE transaction sends 100 Trying only while the dialog is
+        // still `Calling`; let it, before our 180 moves the dialog on.
+        let first = tokio::time::timeout(Duration::from_millis(500), self.state_rx.recv()).await;
+        match first {
+            Ok(None) => return "dialog gone".into(),
+            Ok(Some(DialogState::Terminated(_, why))) => return reason(&why),
+            Ok(Some(other)) => answer_other(other).await,
+            Err(_) => debug!("no Calling state within 500 ms"),
+        }
         if let Err(e) = self.dialog.ringing(None, None) {
             return format!("cannot send 180: {e}");
         }

@@ -225,6 +225,26 @@ impl Facts {
             .collect()
     }
 
+    /// Status codes of responses to REGISTERs that asked for a binding
+    /// (leaves out the `expires=0` un-REGISTER baresip sends on exit).
+    pub fn register_statuses(&self) -> Vec<u16> {
+        self.messages
+            .iter()
+            .filter(|m| !m.outgoing && m.method.eq_ignore_ascii_case("REGISTER"))
+            .filter(|resp| {
+                let cseq = resp.header("CSeq");
+                !self.messages.iter().any(|req| {
+                    req.outgoing && req.status.is_none() && req.header("CSeq") == cseq && {
+                        let contact = req.header("Contact").unwrap_or_default();
+                        contact.replace(' ', "").contains("expires=0")
+                            || req.header("Expires").map(str::trim) == Some("0")
+                    }
+                })
+            })
+            .filter_map(|m| m.status)
+            .collect()
+    }
+
     /// Requests of `method` that baresip sent (retransmissions included).
     pub fn sent_requests(&self, method: &str) -> Vec<&SipMessage> {
         self.messages
@@ -699,23 +719,15 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// baresip redraws a status line with `\r` many times a second; keep only
-/// the last state of each line.
-fn clean_lines(output: &str) -> Vec<String> {
-    strip_ansi(output)
-        .lines()
-        .map(|l| {
-            let l = l.trim_end_matches('\r');
-            l.rsplit('\r').next().unwrap_or(l).to_string()
-        })
-        .collect()
-}
-
+/// The status code in a line like `reg: sip:a@h:5080: 401 Unauthorized (...)`.
 fn status_in(line: &str) -> Option<u16> {
-    line.split(|c: char| !c.is_ascii_digit())
-        .filter(|w| w.len() == 3)
-        .filter_map(|w| w.parse::<u16>().ok())
-        .find(|c| (100..700).contains(c))
+    line.match_indices(": ").find_map(|(i, _)| {
+        let code = line.get(i + 2..i + 5)?;
+        let after = line[i + 5..].chars().next();
+        (code.chars().all(|c| c.is_ascii_digit()) && after.map_or(true, |c| c == ' '))
+            .then(|| code.parse().ok())
+            .flatten()
+    })
 }
 
 /// The human output without the SIP trace blocks and status-line redraws.
@@ -772,7 +784,8 @@ pub fn parse_facts(output: &str, sip_port: u16, server: &str) -> Facts {
         if let Some(rest) = l.strip_prefix("audio: Set audio decoder: ") {
             f.codec = rest.split_whitespace().next().map(str::to_string);
         }
-        if l.starts_with("aufile: end of file") && f.call_established {
+        // "menu: audio error (0,end of file)" -> menu hangs up
+        if l.starts_with("menu: audio error") && l.contains("end of file") {
             f.ended_by_file = true;
         }
     }
