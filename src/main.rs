@@ -23,8 +23,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the server (with the embedded default profile unless --profile is given).
+    #[command(args_override_self = true)]
     Run(ProfileArgs),
     /// Validate a profile and exit: 0 when valid, 1 with the bad key named.
+    #[command(args_override_self = true)]
     CheckConfig(ProfileArgs),
 }
 

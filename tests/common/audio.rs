@@ -220,7 +220,11 @@ pub fn rms_dbfs(samples: &[f32]) -> f64 {
     if samples.is_empty() {
         return SILENCE_DBFS;
     }
-    let ms: f64 = samples.iter().map(|&s| (s as f64) * (s as f64)).sum::<f64>() / samples.len() as f64;
+    let ms: f64 = samples
+        .iter()
+        .map(|&s| (s as f64) * (s as f64))
+        .sum::<f64>()
+        / samples.len() as f64;
     power_db(ms)
 }
 
@@ -468,10 +472,7 @@ pub fn longest_gap_ms(sent: &Audio, received: &Audio, delay_ms: f64) -> f64 {
                 SILENCE_DBFS
             } else {
                 // a partial last frame: energy over the full frame length
-                let e: f64 = r.samples[r0..r1]
-                    .iter()
-                    .map(|&v| v as f64 * v as f64)
-                    .sum();
+                let e: f64 = r.samples[r0..r1].iter().map(|&v| v as f64 * v as f64).sum();
                 power_db(e / fl as f64)
             }
         };

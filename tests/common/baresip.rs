@@ -467,7 +467,10 @@ impl Baresip {
     }
 
     pub fn dir(&self) -> &Path {
-        self.dir.as_ref().map(|d| d.path()).unwrap_or(Path::new("/"))
+        self.dir
+            .as_ref()
+            .map(|d| d.path())
+            .unwrap_or(Path::new("/"))
     }
 
     /// stdout so far.
@@ -642,7 +645,10 @@ impl Drop for Baresip {
     }
 }
 
-fn pump(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) -> std::thread::JoinHandle<()> {
+fn pump(
+    mut from: impl Read + Send + 'static,
+    into: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut r = BufReader::new(&mut from);
         let mut line = Vec::new();
@@ -660,7 +666,11 @@ fn pump(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) -> std::
 
 fn netstring(buf: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     let colon = buf.iter().position(|&b| b == b':')?;
-    let len: usize = std::str::from_utf8(&buf[..colon]).ok()?.trim().parse().ok()?;
+    let len: usize = std::str::from_utf8(&buf[..colon])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let end = colon + 1 + len;
     if buf.len() < end + 1 {
         return None;
@@ -765,8 +775,7 @@ pub fn parse_facts(output: &str, sip_port: u16, server: &str) -> Facts {
     for l in strip_trace(output).lines() {
         let l = l.trim();
         // "alice@127.0.0.1: {0/UDP/v4} 200 OK (kamailio ...) [1 binding]"
-        if l.contains("/v4} 2") || l.contains("/v6} 2") || l.contains("registered successfully")
-        {
+        if l.contains("/v4} 2") || l.contains("/v6} 2") || l.contains("registered successfully") {
             f.registered = true;
         }
         // "reg: sip:alice@127.0.0.1:5080: 401 Unauthorized (kamailio ...)"
@@ -778,7 +787,8 @@ pub fn parse_facts(output: &str, sip_port: u16, server: &str) -> Facts {
         }
         // "sip:a@h: Call with sip:b@h terminated (duration: 4 secs)"
         // "sip:b@h;transport=udp: session closed: 404 Not Found"
-        if (l.contains("Call with") && l.contains(" terminated")) || l.contains(": session closed") {
+        if (l.contains("Call with") && l.contains(" terminated")) || l.contains(": session closed")
+        {
             f.call_closed = Some(l.to_string());
         }
         if let Some(rest) = l.strip_prefix("audio: Set audio decoder: ") {
