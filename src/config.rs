@@ -184,6 +184,7 @@ struct RawSip {
 struct RawRtp {
     ports: Option<String>,
     bind: Option<String>,
+    timeout_s: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -283,6 +284,8 @@ pub struct Config {
     pub auth_algorithms: Vec<crate::sip::digest::Algorithm>,
     pub rtp_ports: PortRange,
     pub rtp_bind: IpAddr,
+    /// Hang up a call when no RTP arrived for this long (0 = never).
+    pub rtp_timeout_s: u64,
     pub api_listen: SocketAddr,
     pub log_format: LogFormat,
     pub state_dir: PathBuf,
@@ -546,6 +549,7 @@ impl Config {
             auth_algorithms,
             rtp_ports,
             rtp_bind,
+            rtp_timeout_s: raw.rtp.timeout_s.unwrap_or(60),
             api_listen,
             log_format,
             state_dir,

@@ -312,6 +312,8 @@ impl CallTask {
         let mut buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 1500];
         let mut last_stats = Instant::now();
+        let rtp_timeout = Duration::from_secs(self.shared.cfg.rtp_timeout_s);
+        let mut last_rx = (Instant::now(), 0u64);
         let end = loop {
             let wake = tokio::time::Instant::from_std(session.next_timeout());
             tokio::select! {
@@ -369,6 +371,19 @@ impl CallTask {
             }
             if last_stats.elapsed() >= Duration::from_secs(1) {
                 last_stats = Instant::now();
+                // A caller that vanished without BYE (network gone, phone
+                // crashed) must not hold a call slot and ports forever.
+                let rx = session.stats().rx_packets;
+                if rx != last_rx.1 {
+                    last_rx = (last_stats, rx);
+                } else if !rtp_timeout.is_zero()
+                    && session.params().direction.receives()
+                    && last_stats.duration_since(last_rx.0) >= rtp_timeout
+                {
+                    warn!(secs = rtp_timeout.as_secs(), "no RTP: hanging up");
+                    self.dialog.bye().await.ok();
+                    break "RTP timeout".to_string();
+                }
                 let stats = session.stats().clone();
                 self.shared.calls.update(&self.id, |c| c.media = stats);
             }
