@@ -24,6 +24,8 @@ pub struct CallInfo {
     pub answered_at_unix_ms: Option<u64>,
     pub dtmf: String,
     pub media: crate::media::session::MediaStats,
+    /// Loss, jitter, RTT and MOS from RTP and RTCP, refreshed every second.
+    pub quality: Option<crate::media::rtcp::CallQuality>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

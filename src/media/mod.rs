@@ -3,6 +3,7 @@
 pub mod dtmf;
 pub mod g711;
 pub mod ports;
+pub mod rtcp;
 pub mod rtp;
 pub mod session;
 pub mod wav;

@@ -7,10 +7,11 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::dtmf::DtmfReceiver;
 use super::g711;
+use super::rtcp::{self, CallQuality, RtcpSession};
 use super::rtp::{looks_like_rtcp, PayloadType, RtpPacket, SeqNo, Ssrc};
 use crate::sdp::{Codec, Direction};
 
@@ -23,8 +24,27 @@ pub struct MediaParams {
     pub ptime_ms: u32,
     /// Where the SDP says to send; replaced by the latched source (symmetric RTP).
     pub remote: Option<SocketAddr>,
+    /// Where RTCP goes (SDP `a=rtcp`, else RTP port + 1), unless muxed.
+    pub remote_rtcp: Option<SocketAddr>,
+    /// RTCP shares the RTP port (RFC 5761), as negotiated.
+    pub rtcp_mux: bool,
     /// Our direction.
     pub direction: Direction,
+}
+
+/// Which of the call's two sockets a datagram leaves from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Socket {
+    Rtp,
+    Rtcp,
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub socket: Socket,
+    pub to: SocketAddr,
+    pub bytes: Vec<u8>,
 }
 
 impl MediaParams {
@@ -53,6 +73,9 @@ pub struct MediaStats {
     pub rx_dtmf_digits: u64,
     pub tx_packets: u64,
     pub tx_underruns: u64,
+    pub rtcp_received: u64,
+    pub rtcp_malformed: u64,
+    pub rtcp_sent: u64,
 }
 
 /// Symmetric RTP: stay on the current source unless it has been silent this long.
@@ -67,10 +90,14 @@ pub struct Session {
     timestamp: u32,
     marker_next: bool,
     latched: Option<(SocketAddr, Instant)>,
+    rtcp_latched: Option<SocketAddr>,
+    rtcp: RtcpSession,
+    /// Wall clock at `Instant` zero of this session, for NTP timestamps.
+    wall_base: (Instant, SystemTime),
     playout: VecDeque<i16>,
     next_send: Instant,
     sent_any: bool,
-    transmit: VecDeque<(SocketAddr, Vec<u8>)>,
+    transmit: VecDeque<Transmit>,
     events: VecDeque<MediaEvent>,
     dtmf: DtmfReceiver,
     stats: MediaStats,
@@ -79,10 +106,23 @@ pub struct Session {
 
 impl Session {
     /// `ssrc`, `seq` and `timestamp` are the random initial values RFC 3550
-    /// asks for; the caller draws them so this stays deterministic in tests.
-    pub fn new(now: Instant, params: MediaParams, ssrc: u32, seq: u16, timestamp: u32) -> Self {
+    /// asks for; the caller draws them (and reads the wall clock once) so
+    /// this stays deterministic in tests.
+    pub fn new(
+        now: Instant,
+        wall: SystemTime,
+        params: MediaParams,
+        ssrc: u32,
+        seq: u16,
+        timestamp: u32,
+    ) -> Self {
         let ptime = Duration::from_millis(params.ptime_ms as u64);
+        let cname = format!("agentline-{ssrc:08x}");
+        let rtcp = RtcpSession::new(Ssrc(ssrc), cname, params.codec.clock_rate(), now);
         Session {
+            rtcp_latched: None,
+            rtcp,
+            wall_base: (now, wall),
             params,
             ssrc: Ssrc(ssrc),
             seq: SeqNo(seq),
@@ -108,6 +148,63 @@ impl Session {
         &self.stats
     }
 
+    /// Loss, jitter, round-trip time and MOS from RTP and RTCP so far.
+    pub fn quality(&self) -> CallQuality {
+        self.rtcp.quality()
+    }
+
+    fn ntp(&self, now: Instant) -> u64 {
+        let wall = self.wall_base.1 + now.saturating_duration_since(self.wall_base.0);
+        rtcp::ntp_from_system_time(wall)
+    }
+
+    fn rtcp_destination(&self) -> Option<SocketAddr> {
+        if self.params.rtcp_mux {
+            return self.remote();
+        }
+        self.rtcp_latched.or(self.params.remote_rtcp).or_else(|| {
+            self.remote().map(|mut a| {
+                a.set_port(a.port().wrapping_add(1));
+                a
+            })
+        })
+    }
+
+    /// A datagram arrived on the RTCP socket (or RTCP muxed on the RTP one).
+    pub fn handle_rtcp(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
+        let ntp = self.ntp(now);
+        match self.rtcp.handle_rtcp(now, ntp, buf) {
+            Ok(()) => {
+                self.stats.rtcp_received += 1;
+                if !self.params.rtcp_mux {
+                    self.rtcp_latched = Some(from);
+                }
+            }
+            Err(e) => {
+                self.stats.rtcp_malformed += 1;
+                tracing::debug!(%from, error = %e, "dropped malformed RTCP");
+            }
+        }
+    }
+
+    /// An RTCP BYE to send as the call ends.
+    pub fn rtcp_bye(&mut self) -> Option<Transmit> {
+        let to = self.rtcp_destination()?;
+        Some(Transmit {
+            socket: self.rtcp_socket(),
+            to,
+            bytes: self.rtcp.bye(),
+        })
+    }
+
+    fn rtcp_socket(&self) -> Socket {
+        if self.params.rtcp_mux {
+            Socket::Rtp
+        } else {
+            Socket::Rtcp
+        }
+    }
+
     /// Where outgoing RTP goes now: the latched source, else the SDP address.
     pub fn remote(&self) -> Option<SocketAddr> {
         self.latched.map(|(a, _)| a).or(self.params.remote)
@@ -116,7 +213,11 @@ impl Session {
     /// A datagram arrived on the RTP socket.
     pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
         if looks_like_rtcp(buf) {
-            // RTCP multiplexed on the RTP port; reports are handled with RTCP.
+            if self.params.rtcp_mux {
+                self.handle_rtcp(now, from, buf);
+            } else {
+                self.stats.rx_ignored += 1;
+            }
             return;
         }
         let pkt = match RtpPacket::parse(buf) {
@@ -134,6 +235,8 @@ impl Session {
             return;
         }
         self.stats.rx_packets += 1;
+        self.rtcp
+            .on_rtp_received(now, pkt.ssrc, pkt.seq, pkt.timestamp);
         self.latch(now, from);
         if !self.params.direction.receives() {
             return;
@@ -188,7 +291,7 @@ impl Session {
     }
 
     pub fn next_timeout(&self) -> Instant {
-        self.next_send
+        self.next_send.min(self.rtcp.next_timeout())
     }
 
     /// Runs the playout clock: one frame per ptime, on a steady schedule.
@@ -199,11 +302,24 @@ impl Session {
         }
         while now >= self.next_send {
             self.next_send += ptime;
-            self.send_frame();
+            self.send_frame(now);
+        }
+        if now >= self.rtcp.next_timeout() {
+            let ntp = self.ntp(now);
+            if let Some(report) = self.rtcp.handle_timeout(now, ntp) {
+                if let Some(to) = self.rtcp_destination() {
+                    self.stats.rtcp_sent += 1;
+                    self.transmit.push_back(Transmit {
+                        socket: self.rtcp_socket(),
+                        to,
+                        bytes: report,
+                    });
+                }
+            }
         }
     }
 
-    fn send_frame(&mut self) {
+    fn send_frame(&mut self, now: Instant) {
         let n = self.params.samples_per_frame();
         let ts = self.timestamp;
         self.timestamp = self.timestamp.wrapping_add(n as u32);
@@ -231,14 +347,19 @@ impl Session {
             payload: &payload,
         };
         pkt.write(&mut self.scratch);
-        self.transmit.push_back((to, self.scratch.clone()));
+        self.rtcp.on_rtp_sent(now, ts, payload.len());
+        self.transmit.push_back(Transmit {
+            socket: Socket::Rtp,
+            to,
+            bytes: self.scratch.clone(),
+        });
         self.seq = self.seq.next();
         self.marker_next = false;
         self.sent_any = true;
         self.stats.tx_packets += 1;
     }
 
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmit.pop_front()
     }
 
@@ -273,8 +394,14 @@ mod tests {
             te_pt: Some(101),
             ptime_ms: 20,
             remote: Some("127.0.0.1:4000".parse().unwrap()),
+            remote_rtcp: None,
+            rtcp_mux: false,
             direction: Direction::SendRecv,
         }
+    }
+
+    fn session(t0: Instant, p: MediaParams, seq: u16, ts: u32) -> Session {
+        Session::new(t0, SystemTime::UNIX_EPOCH, p, 1, seq, ts)
     }
 
     fn rtp(pt: u8, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
@@ -291,14 +418,18 @@ mod tests {
         out
     }
 
+    /// RTP packets sent (RTCP reports filtered out).
     fn drain(s: &mut Session) -> Vec<(SocketAddr, Vec<u8>)> {
-        std::iter::from_fn(|| s.poll_transmit()).collect()
+        std::iter::from_fn(|| s.poll_transmit())
+            .filter(|t| t.socket == Socket::Rtp)
+            .map(|t| (t.to, t.bytes))
+            .collect()
     }
 
     #[test]
     fn bursty_agent_audio_is_paced_at_one_frame_per_ptime() {
         let t0 = Instant::now();
-        let mut s = Session::new(t0, params(), 1, 65534, 1000);
+        let mut s = session(t0, params(), 65534, 1000);
         s.handle_agent_audio(&vec![1000i16; 160 * 5]);
         let mut sent = Vec::new();
         for ms in (0..=200).step_by(5) {
@@ -334,7 +465,7 @@ mod tests {
     #[test]
     fn timestamps_advance_through_silence_and_marker_starts_a_spurt() {
         let t0 = Instant::now();
-        let mut s = Session::new(t0, params(), 1, 0, 0);
+        let mut s = session(t0, params(), 0, 0);
         s.handle_agent_audio(&[5; 160]);
         s.handle_timeout(t0 + Duration::from_millis(20));
         s.handle_timeout(t0 + Duration::from_millis(40)); // underrun
@@ -351,7 +482,7 @@ mod tests {
     #[test]
     fn symmetric_rtp_sends_to_where_packets_come_from() {
         let t0 = Instant::now();
-        let mut s = Session::new(t0, params(), 1, 0, 0);
+        let mut s = session(t0, params(), 0, 0);
         let nat: SocketAddr = "198.51.100.7:31000".parse().unwrap();
         s.handle_rtp(t0, nat, &rtp(0, 1, 0, &[0xff; 160]));
         assert_eq!(s.remote(), Some(nat));
@@ -375,7 +506,7 @@ mod tests {
     #[test]
     fn caller_audio_is_decoded_and_malformed_packets_are_counted() {
         let t0 = Instant::now();
-        let mut s = Session::new(t0, params(), 1, 0, 0);
+        let mut s = session(t0, params(), 0, 0);
         let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         s.handle_rtp(t0, from, &[0x80, 0, 1]);
         s.handle_rtp(t0, from, &rtp(18, 1, 0, &[0; 20]));
@@ -390,7 +521,7 @@ mod tests {
     #[test]
     fn dtmf_digit_is_reported_once() {
         let t0 = Instant::now();
-        let mut s = Session::new(t0, params(), 1, 0, 0);
+        let mut s = session(t0, params(), 0, 0);
         let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         for (i, p) in [
             [7u8, 10, 0, 160],
@@ -412,11 +543,11 @@ mod tests {
     #[test]
     fn clear_playout_drops_queued_audio_in_the_same_tick() {
         let t0 = Instant::now();
-        let mut s = Session::new(t0, params(), 1, 0, 0);
+        let mut s = session(t0, params(), 0, 0);
         s.handle_agent_audio(&[9; 1600]);
         s.clear_playout();
         s.handle_timeout(t0 + Duration::from_millis(20));
-        assert!(s.poll_transmit().is_none());
+        assert!(drain(&mut s).is_empty());
         assert_eq!(s.queued_ms(), 0);
     }
 
@@ -425,9 +556,42 @@ mod tests {
         let t0 = Instant::now();
         let mut p = params();
         p.direction = Direction::Inactive;
-        let mut s = Session::new(t0, p, 1, 0, 0);
+        let mut s = session(t0, p, 0, 0);
         s.handle_agent_audio(&[9; 320]);
         s.handle_timeout(t0 + Duration::from_millis(40));
-        assert!(s.poll_transmit().is_none());
+        assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn rtcp_reports_go_to_the_rtcp_port_and_peer_reports_are_read() {
+        let t0 = Instant::now();
+        let mut s = session(t0, params(), 0, 0);
+        let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut reports = Vec::new();
+        for i in 0..400u32 {
+            let now = t0 + Duration::from_millis(20 * i as u64);
+            s.handle_rtp(now, from, &rtp(0, i as u16, i * 160, &[0xff; 160]));
+            s.handle_agent_audio(&[0; 160]);
+            s.handle_timeout(now);
+            reports.extend(
+                std::iter::from_fn(|| s.poll_transmit()).filter(|t| t.socket == Socket::Rtcp),
+            );
+        }
+        assert!(!reports.is_empty(), "a report within 8 s");
+        assert!(reports.iter().all(|t| t.to.port() == 4001), "RTP port + 1");
+        let parsed = rtcp::parse_compound(&reports[0].bytes).unwrap();
+        assert!(
+            matches!(parsed[0], rtcp::RtcpPacket::SenderReport(_)),
+            "we sent RTP: SR"
+        );
+        // A receiver report from the peer is parsed and counted; garbage is counted too.
+        let rr = rtcp::write_compound(&[rtcp::RtcpPacket::ReceiverReport(rtcp::ReceiverReport {
+            ssrc: Ssrc(7),
+            reports: vec![],
+        })]);
+        s.handle_rtcp(t0, "127.0.0.1:4001".parse().unwrap(), &rr);
+        s.handle_rtcp(t0, "127.0.0.1:4001".parse().unwrap(), &[1, 2, 3]);
+        assert_eq!((s.stats().rtcp_received, s.stats().rtcp_malformed), (1, 1));
+        assert_eq!(s.quality().packets_lost, 0);
     }
 }

@@ -20,7 +20,7 @@ use crate::agent::{self, AgentOutput};
 use crate::calls::{unix_ms, CallInfo, CallState};
 use crate::config::{RouteConfig, SipTransport};
 use crate::media::ports::RtpPorts;
-use crate::media::session::{MediaEvent, MediaParams, Session};
+use crate::media::session::{MediaEvent, MediaParams, Session, Socket, Transmit};
 use crate::sdp::{self, Codec, LocalCaps, LocalMedia, Negotiated};
 
 /// What admission learned about a new INVITE.
@@ -96,6 +96,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
         answered_at_unix_ms: None,
         dtmf: String::new(),
         media: Default::default(),
+        quality: None,
     };
     if !shared
         .calls
@@ -284,6 +285,8 @@ impl CallTask {
             te_pt: neg.telephone_event_pt,
             ptime_ms: neg.ptime_ms,
             remote: neg.remote_rtp,
+            remote_rtcp: neg.remote_rtcp,
+            rtcp_mux: neg.rtcp_mux,
             direction: neg.direction,
         };
         let rate = params.codec.clock_rate();
@@ -296,7 +299,14 @@ impl CallTask {
             }
         };
         let now = Instant::now();
-        let mut session = Session::new(now, params, rand::random(), rand::random(), rand::random());
+        let mut session = Session::new(
+            now,
+            std::time::SystemTime::now(),
+            params,
+            rand::random(),
+            rand::random(),
+            rand::random(),
+        );
         self.shared.calls.update(&self.id, |c| {
             c.state = CallState::Active;
             c.codec = Some(neg.codec.encoding_name().to_string());
@@ -321,8 +331,10 @@ impl CallTask {
                     Ok((n, from)) => session.handle_rtp(Instant::now(), from, &buf[..n]),
                     Err(e) => debug!(error = %e, "RTP receive error"),
                 },
-                // RTCP reports are drained here; quality stats come with the media engine.
-                _ = self.ports.rtcp.recv_from(&mut rtcp_buf) => {}
+                r = self.ports.rtcp.recv_from(&mut rtcp_buf) => match r {
+                    Ok((n, from)) => session.handle_rtcp(Instant::now(), from, &rtcp_buf[..n]),
+                    Err(e) => debug!(error = %e, "RTCP receive error"),
+                },
                 _ = tokio::time::sleep_until(wake) => session.handle_timeout(Instant::now()),
                 _ = self.hangup.cancelled() => {
                     if let Err(e) = self.dialog.bye().await {
@@ -364,10 +376,8 @@ impl CallTask {
                 self.dialog.bye().await.ok();
                 break "agent hung up".to_string();
             }
-            while let Some((to, bytes)) = session.poll_transmit() {
-                if let Err(e) = self.ports.rtp.send_to(&bytes, to).await {
-                    debug!(error = %e, %to, "RTP send failed");
-                }
+            while let Some(t) = session.poll_transmit() {
+                self.send(t).await;
             }
             if last_stats.elapsed() >= Duration::from_secs(1) {
                 last_stats = Instant::now();
@@ -385,19 +395,41 @@ impl CallTask {
                     break "RTP timeout".to_string();
                 }
                 let stats = session.stats().clone();
-                self.shared.calls.update(&self.id, |c| c.media = stats);
+                let quality = session.quality();
+                self.shared.calls.update(&self.id, |c| {
+                    c.media = stats;
+                    c.quality = Some(quality);
+                });
             }
         };
+        if let Some(t) = session.rtcp_bye() {
+            self.send(t).await;
+        }
         let s = session.stats();
+        let q = session.quality();
         info!(
             rx = s.rx_packets,
             tx = s.tx_packets,
             malformed = s.rx_malformed,
             underruns = s.tx_underruns,
             dtmf = s.rx_dtmf_digits,
+            lost = q.packets_lost,
+            jitter_ms = format!("{:.1}", q.jitter_ms),
+            rtt_ms = ?q.rtt_ms.map(|r| format!("{r:.1}")),
+            mos = format!("{:.2}", q.mos),
             "media summary"
         );
         end
+    }
+
+    async fn send(&self, t: Transmit) {
+        let sock = match t.socket {
+            Socket::Rtp => &self.ports.rtp,
+            Socket::Rtcp => &self.ports.rtcp,
+        };
+        if let Err(e) = sock.send_to(&t.bytes, t.to).await {
+            debug!(error = %e, to = %t.to, "media send failed");
+        }
     }
 
     fn on_dtmf(&self, digit: char, agent: &mut dyn agent::Agent, session: &mut Session) {
