@@ -242,7 +242,7 @@ impl Session {
             return;
         }
         if Some(pkt.payload_type.0) == self.params.te_pt {
-            match self.dtmf.handle(pkt.timestamp, pkt.payload) {
+            match self.dtmf.handle(pkt.seq.0, pkt.timestamp, pkt.payload) {
                 Ok(Some(d)) => {
                     self.stats.rx_dtmf_digits += 1;
                     self.events.push_back(MediaEvent::Dtmf(d));
