@@ -49,8 +49,10 @@ pub fn build(cfg: &AgentConfig, sample_rate: u32) -> Result<Box<dyn Agent>, Agen
     })
 }
 
-/// Echo adds at most this much queueing delay on top of one ptime.
-const ECHO_MAX_QUEUE_MS: u32 = 20;
+/// Echo's queue may grow to this before the oldest audio is dropped (down
+/// to one frame): enough for arrival jitter, small enough for < 40 ms
+/// average added delay when the caller's clock drifts.
+const ECHO_MAX_QUEUE_MS: u32 = 60;
 
 /// Returns the caller's audio as it comes.
 pub struct Echo;

@@ -73,6 +73,8 @@ pub struct MediaStats {
     pub rx_dtmf_digits: u64,
     pub tx_packets: u64,
     pub tx_underruns: u64,
+    /// Live audio dropped to keep the echo delay bounded.
+    pub tx_trimmed_ms: u64,
     pub rtcp_received: u64,
     pub rtcp_malformed: u64,
     pub rtcp_sent: u64,
@@ -277,12 +279,18 @@ impl Session {
         self.playout.clear();
     }
 
-    /// Keeps at most `max_ms` of queued audio, dropping the oldest.
+    /// Bounds the queueing delay of live audio (echo): when more than
+    /// `max_ms` is queued, the oldest audio is dropped down to one frame.
+    /// The hysteresis lets normal arrival jitter through untouched and only
+    /// acts when the caller's clock runs ahead of ours.
     pub fn trim_playout(&mut self, max_ms: u32) {
-        let max = self.params.codec.clock_rate() as usize * max_ms as usize / 1000;
+        let rate = self.params.codec.clock_rate() as usize;
+        let max = rate * max_ms as usize / 1000;
         if self.playout.len() > max {
-            let excess = self.playout.len() - max;
+            let keep = self.params.samples_per_frame();
+            let excess = self.playout.len() - keep;
             self.playout.drain(..excess);
+            self.stats.tx_trimmed_ms += (excess * 1000 / rate) as u64;
         }
     }
 

@@ -412,6 +412,7 @@ impl CallTask {
             tx = s.tx_packets,
             malformed = s.rx_malformed,
             underruns = s.tx_underruns,
+            trimmed_ms = s.tx_trimmed_ms,
             dtmf = s.rx_dtmf_digits,
             lost = q.packets_lost,
             jitter_ms = format!("{:.1}", q.jitter_ms),

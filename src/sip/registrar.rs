@@ -106,16 +106,6 @@ impl Registrar {
         map.values().map(Vec::len).sum()
     }
 
-    /// The user registered from this exact source address, if any: a phone
-    /// calling from where it registered needs no second challenge.
-    pub fn user_at(&self, now: Instant, source: SocketAddr) -> Option<String> {
-        self.lock().iter().find_map(|(user, l)| {
-            l.iter()
-                .any(|b| b.source == source && b.expires_at > now)
-                .then(|| user.clone())
-        })
-    }
-
     /// The learned source of a binding whose Contact has this host:port,
     /// for sending requests to phones behind NAT.
     pub fn source_for_contact_hostport(
@@ -181,7 +171,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.count(t0), 1);
-        assert_eq!(r.user_at(t0, src).as_deref(), Some("1000"));
         assert_eq!(
             r.source_for_contact_hostport(t0, "10.0.0.5:5062"),
             Some((src, SipTransport::Udp))

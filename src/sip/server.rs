@@ -472,13 +472,11 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
         reply_and_finish(tx, StatusCode::BadRequest, vec![]);
         return;
     };
-    // Who may call: trusted networks, a phone calling from where it
-    // registered, or anyone answering a digest challenge for a local user.
-    let now = Instant::now();
+    // Who may call: trusted networks, or anyone answering a digest
+    // challenge for a local user. A registered phone is challenged too (as
+    // Asterisk does): a source address alone proves nothing over UDP.
     let caller_user = if shared.cfg.is_trusted(source.ip()) {
         None
-    } else if let Some(u) = shared.registrar.user_at(now, source) {
-        Some(u)
     } else {
         let cred = header_value(req, "Proxy-Authorization");
         match shared.auth.check(cred.as_deref(), "INVITE", now_unix()) {

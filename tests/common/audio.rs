@@ -302,17 +302,18 @@ pub fn cross_correlation_delay(sent: &Audio, received: &Audio, max_ms: f64) -> O
     best_lag(&a, &b, 0, max_lag)
 }
 
-/// Where `needle` occurs inside `haystack`: `(offset_ms, corr)` of the best
-/// normalised cross-correlation over every offset at which the needle lies
-/// (at least half of its energy) inside the haystack. `None` when either is
-/// silent or the haystack is too short.
+/// Where `needle` occurs in `haystack`: `(offset_ms, corr)` of the best
+/// normalised cross-correlation over every offset at which at least half of
+/// the needle's energy lies inside the haystack. The offset is negative when
+/// the needle started before the recording did (a phone that missed the
+/// first packets). `None` when either is silent or nothing overlaps enough.
 pub fn find_segment(haystack: &Audio, needle: &Audio) -> Option<(f64, f64)> {
     let n = needle.to_8k().samples;
     let h = haystack.to_8k().samples;
     if h.is_empty() || n.is_empty() {
         return None;
     }
-    best_lag(&n, &h, 0, h.len() as i64 - 1).map(|d| (d.ms, d.corr))
+    best_lag(&n, &h, -(n.len() as i64 - 1), h.len() as i64 - 1).map(|d| (d.ms, d.corr))
 }
 
 /// Best lag L in [min_lag, max_lag] maximising

@@ -3,19 +3,31 @@
 //! played as the microphone) and `rec/` where the sndfile module records
 //! `dump-*-dec.wav` (what the phone heard) and `dump-*-enc.wav` (what it sent).
 //!
-//! Behaviour of this baresip build, checked by hand (see tests/data/README.md):
+//! Behaviour of this baresip build (1.0.0 with libre 1.1.0), checked against
+//! kamailio and `sipp -rtp_echo`:
 //! - the aufile source hangs the call up when in.wav ends ("aufile: end of
 //!   file", "menu: audio error"), so a call lasts as long as in.wav; the
 //!   driver pads in.wav with silence at the end so the echo of the last word
 //!   is still recorded before the hang-up;
-//! - the dec dump starts with the first RTP packet received (no wall clock), so
-//!   a delay measured on it is the offset inside the received stream;
+//! - the dumps are written as frames are encoded / decoded, so the dec dump
+//!   starts with the first RTP packet received and has no wall clock; but both
+//!   dumps stop at the hang-up, so aligning their ENDS puts what was heard on
+//!   the clock of what was sent ([`Outcome::heard_aligned`]). With
+//!   `jitter_buffer_delay 0-0` (set here) that alignment measured a sipp echo
+//!   delayed by 0 / 50 / 150 / 400 ms as 20 / 60 / 160 / 420 ms; with
+//!   baresip's default jitter buffer it adds ~100 ms of its own;
 //! - `-t SECS` starts a clean shutdown (unregister, finish transactions) which
 //!   can take up to 32 s when a peer never answers a BYE; the driver stops the
 //!   phone with SIGINT once the call is over and SIGKILLs it after a grace;
 //! - `stdio.so` from the shipped template busy-loops on a non-tty stdin, so it
 //!   is not loaded; without `net_interface 127.0.0.1` the SDP advertises the
 //!   host's outside address, so it is set;
+//! - its digest code (libre 1.1.0) gives up with "Register: Function not
+//!   implemented" when ANY WWW-Authenticate of a 401 says algorithm=SHA-256,
+//!   even next to an MD5 one, in either order;
+//! - with a wrong password it answers the challenge about 16 times within
+//!   0.1 s, then prints `reg: <aor>: 401 Unauthorized (<server>)`; success
+//!   prints `<user>@<host>: {0/UDP/v4} 200 OK (<server>) [1 binding]`;
 //! - `-s` prints every SIP message (`ESC[36;1m#`, `UDP a -> b`, the message,
 //!   `ESC[;m`), which is parsed into [`SipMessage`]s.
 
@@ -271,8 +283,20 @@ pub struct Outcome {
     pub sent_dump_wav: Option<PathBuf>,
     pub facts: Facts,
     pub elapsed: Duration,
-    /// The phone's directory (deleted when the outcome is dropped).
-    pub dir: tempfile::TempDir,
+    /// The phone's directory: deleted when the outcome is dropped, unless a
+    /// test is panicking (then it is kept and its path printed).
+    pub dir: PathBuf,
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(t) = self.tmp.take() {
+                eprintln!("baresip files kept in {}", t.keep().display());
+            }
+        }
+    }
 }
 
 impl Outcome {
@@ -294,6 +318,43 @@ impl Outcome {
         flow(&self.facts.messages)
     }
 
+    /// When (ms on the sent clock) the first heard sample arrived: the enc
+    /// dump's length minus the dec dump's (both end at the hang-up). Negative
+    /// when the far end started sending before the phone did.
+    pub fn heard_offset_ms(&self) -> Result<f64, String> {
+        let enc = self
+            .sent_dump_wav
+            .as_ref()
+            .ok_or_else(|| format!("no dump-*-enc.wav recorded\n{}", self.summary()))?;
+        let sent = audio::read_wav(enc)?;
+        let heard = self.heard()?;
+        Ok(sent.duration_ms() - heard.duration_ms())
+    }
+
+    /// What the phone heard on the clock of what it sent (in.wav starts at 0):
+    /// the dec dump shifted by [`Outcome::heard_offset_ms`] (silence in front,
+    /// or its first samples dropped when that is negative). Cross-correlating
+    /// `sent_wav` with this gives the real round-trip delay (+0..20 ms).
+    pub fn heard_aligned(&self) -> Result<audio::Audio, String> {
+        let offset_ms = self.heard_offset_ms()?;
+        let heard = self.heard()?.to_8k();
+        let shift = (offset_ms * audio::ANALYSIS_RATE as f64 / 1000.0).round() as i64;
+        let samples = if shift >= 0 {
+            let mut v = vec![0.0f32; shift as usize];
+            v.extend_from_slice(&heard.samples);
+            v
+        } else {
+            heard.samples[((-shift) as usize).min(heard.samples.len())..].to_vec()
+        };
+        Ok(audio::Audio::new(audio::ANALYSIS_RATE, samples))
+    }
+
+    /// What was played into the call (in.wav).
+    pub fn sent(&self) -> Result<audio::Audio, String> {
+        audio::read_wav(&self.sent_wav)
+    }
+
+    /// The dec dump as recorded (starts with the first packet received).
     pub fn heard(&self) -> Result<audio::Audio, String> {
         let p = self
             .heard_wav
@@ -360,6 +421,7 @@ pub fn config_text(dir: &Path, sip_port: u16, rtp: (u16, u16), ctrl_port: u16) -
          audio_alert\t\taufile,/dev/null\n\
          audio_srate\t\t8000\n\
          audio_channels\t\t1\n\
+         jitter_buffer_delay\t0-0\n\
          rtp_ports\t\t{}-{}\n\
          module_path\t\t/usr/lib/baresip/modules\n\
          module\t\t\tg711.so\n\
@@ -631,7 +693,8 @@ impl Baresip {
             sent_dump_wav: find_dump(&rec, "-enc.wav"),
             facts,
             elapsed: self.started.elapsed(),
-            dir,
+            dir: dir.path().to_path_buf(),
+            tmp: Some(dir),
         }
     }
 }
@@ -703,7 +766,7 @@ fn make_input(opts: &Options) -> Result<audio::Audio, String> {
     let ms = |v: u32| v as usize * audio::ANALYSIS_RATE as usize / 1000;
     let mut samples = vec![0.0f32; ms(opts.lead_silence_ms)];
     samples.extend_from_slice(&speech);
-    samples.extend(std::iter::repeat(0.0f32).take(ms(opts.tail_silence_ms)));
+    samples.extend(std::iter::repeat_n(0.0f32, ms(opts.tail_silence_ms)));
     if samples.is_empty() {
         // aufile needs something to play
         samples = vec![0.0; ms(1000)];
@@ -734,7 +797,7 @@ fn status_in(line: &str) -> Option<u16> {
     line.match_indices(": ").find_map(|(i, _)| {
         let code = line.get(i + 2..i + 5)?;
         let after = line[i + 5..].chars().next();
-        (code.chars().all(|c| c.is_ascii_digit()) && after.map_or(true, |c| c == ' '))
+        (code.chars().all(|c| c.is_ascii_digit()) && after.is_none_or(|c| c == ' '))
             .then(|| code.parse().ok())
             .flatten()
     })
