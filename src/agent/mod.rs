@@ -23,6 +23,9 @@ pub trait Agent: Send {
     fn start(&mut self, _out: &mut AgentOutput) {}
     fn on_audio(&mut self, pcm: &[i16], out: &mut AgentOutput);
     fn on_dtmf(&mut self, _digit: char, _out: &mut AgentOutput) {}
+    /// The caller put the call on hold (or resumed it). Nothing is sent while
+    /// held; an agent may queue music or stay silent.
+    fn on_hold(&mut self, _held: bool, _out: &mut AgentOutput) {}
     /// Keep at most this much audio queued (echo keeps its added delay low).
     fn max_queue_ms(&self) -> Option<u32> {
         None

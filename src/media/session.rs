@@ -146,6 +146,23 @@ impl Session {
         &self.params
     }
 
+    /// New negotiated parameters (re-INVITE/UPDATE: hold, resume, new
+    /// address, codec change). Our SSRC, sequence and timestamp continue.
+    pub fn update(&mut self, params: MediaParams) {
+        if params.remote != self.params.remote {
+            // The peer moved (or went on hold with c=0.0.0.0): forget where
+            // its packets came from until new ones arrive.
+            self.latched = None;
+            self.rtcp_latched = None;
+        }
+        if params.codec != self.params.codec || params.ptime_ms != self.params.ptime_ms {
+            // Queued audio was for the old format; start a new talk spurt.
+            self.playout.clear();
+            self.marker_next = true;
+        }
+        self.params = params;
+    }
+
     pub fn stats(&self) -> &MediaStats {
         &self.stats
     }
@@ -557,6 +574,39 @@ mod tests {
         s.handle_timeout(t0 + Duration::from_millis(20));
         assert!(drain(&mut s).is_empty());
         assert_eq!(s.queued_ms(), 0);
+    }
+
+    #[test]
+    fn hold_stops_sending_and_resume_restarts_with_continuous_numbers() {
+        let t0 = Instant::now();
+        let mut s = session(t0, params(), 100, 0);
+        let mut at = |ms: u64| t0 + Duration::from_millis(ms);
+        s.handle_agent_audio(&[3; 160]);
+        s.handle_timeout(at(20));
+        assert_eq!(drain(&mut s).len(), 1);
+        let mut held = params();
+        held.direction = Direction::RecvOnly; // caller sent sendonly
+        s.update(held);
+        s.handle_agent_audio(&[3; 320]);
+        s.handle_timeout(at(40));
+        s.handle_timeout(at(60));
+        assert!(drain(&mut s).is_empty(), "nothing is sent on hold");
+        let mut moved = params();
+        moved.remote = Some("127.0.0.1:5000".parse().unwrap());
+        s.update(moved);
+        s.handle_agent_audio(&[3; 160]);
+        s.handle_timeout(at(80));
+        let sent = drain(&mut s);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0.port(), 5000, "sent to the new address");
+        let p = RtpPacket::parse(&sent[0].1).unwrap();
+        assert_eq!(p.seq.0, 101, "sequence continues across the hold");
+        assert_eq!(
+            p.timestamp,
+            3 * 160,
+            "timestamp follows real time (4th tick)"
+        );
+        let _ = &mut at;
     }
 
     #[test]

@@ -97,6 +97,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
         dtmf: String::new(),
         media: Default::default(),
         quality: None,
+        on_hold: false,
     };
     if !shared
         .calls
@@ -141,6 +142,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
         async move {
             let dialog_id = dialog.id();
             let mut task = CallTask {
+                sdp_origin: (rand::random::<u32>() as u64, 0),
                 shared: shared.clone(),
                 dialog,
                 state_rx,
@@ -163,6 +165,8 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
 
 struct CallTask {
     shared: Arc<Shared>,
+    /// SDP `o=` session id and version: fixed id, version +1 per new SDP (RFC 3264 section 8).
+    sdp_origin: (u64, u64),
     dialog: InviteDialog,
     state_rx: DialogStateReceiver,
     ports: RtpPorts,
@@ -181,12 +185,14 @@ fn sdp_headers() -> Option<Vec<Header>> {
 }
 
 impl CallTask {
-    fn local_media(&self) -> LocalMedia {
+    /// Our media description for the next SDP we send.
+    fn local_media(&mut self) -> LocalMedia {
+        self.sdp_origin.1 += 1;
         LocalMedia {
             ip: self.shared.advertised_ip,
             rtp_port: self.ports.port,
-            session_id: rand::random::<u32>() as u64,
-            session_version: 1,
+            session_id: self.sdp_origin.0,
+            session_version: self.sdp_origin.1,
         }
     }
 
@@ -279,16 +285,7 @@ impl CallTask {
     }
 
     async fn media_loop(&mut self, neg: Negotiated) -> String {
-        let params = MediaParams {
-            codec: neg.codec,
-            pt: neg.pt,
-            te_pt: neg.telephone_event_pt,
-            ptime_ms: neg.ptime_ms,
-            remote: neg.remote_rtp,
-            remote_rtcp: neg.remote_rtcp,
-            rtcp_mux: neg.rtcp_mux,
-            direction: neg.direction,
-        };
+        let params = media_params(&neg);
         let rate = params.codec.clock_rate();
         let mut agent = match agent::build(&self.setup.route.agent, rate) {
             Ok(a) => a,
@@ -346,7 +343,7 @@ impl CallTask {
                     None => break "dialog gone".to_string(),
                     Some(DialogState::Terminated(_, why)) => break reason(&why),
                     Some(DialogState::Updated(_, req, handle)) => {
-                        self.on_reinvite(&mut session, &req, handle).await;
+                        self.on_reinvite(&mut session, agent.as_mut(), &req, handle).await;
                     }
                     Some(DialogState::Info(_, req, handle)) => {
                         if let Some(d) = dtmf_from_info(&req) {
@@ -441,16 +438,20 @@ impl CallTask {
         apply_output(session, agent, &mut out);
     }
 
-    /// re-INVITE/UPDATE: answer a new offer, keep the call. Full hold and
-    /// codec change handling belongs to the media engine.
+    /// re-INVITE/UPDATE: answer the new offer and apply it (hold with
+    /// sendonly/inactive or c=0.0.0.0, resume, new address, codec change);
+    /// the call goes on. An offer we cannot take gets 488 and the call keeps
+    /// its old media (RFC 3261 section 14.2).
     async fn on_reinvite(
-        &self,
+        &mut self,
         session: &mut Session,
+        agent: &mut dyn agent::Agent,
         req: &rsipstack::sip::Request,
         handle: rsipstack::dialog::dialog::TransactionHandle,
     ) {
         let local = self.local_media();
         if req.body.is_empty() {
+            // No offer (e.g. a session refresh): we offer, the answer comes in the ACK.
             let offer = sdp::build_offer(&local_caps(), &local);
             handle
                 .respond(StatusCode::OK, sdp_headers(), Some(offer.into_bytes()))
@@ -465,8 +466,20 @@ impl CallTask {
         match neg {
             Ok(n) => {
                 let answer = sdp::build_answer(&n, &local);
-                info!(direction = ?n.direction, "re-INVITE answered");
-                let _ = session; // parameters stay; direction changes come with hold support
+                let was_held = !session.params().direction.sends();
+                let held = !n.direction.sends();
+                info!(direction = %n.direction, codec = n.codec.encoding_name(),
+                      remote = ?n.remote_rtp, "re-INVITE answered");
+                session.update(media_params(&n));
+                if was_held != held {
+                    let mut out = AgentOutput::default();
+                    agent.on_hold(held, &mut out);
+                    apply_output(session, agent, &mut out);
+                }
+                self.shared.calls.update(&self.id, |c| {
+                    c.codec = Some(n.codec.encoding_name().to_string());
+                    c.on_hold = held;
+                });
                 handle
                     .respond(StatusCode::OK, sdp_headers(), Some(answer.into_bytes()))
                     .await
@@ -477,6 +490,19 @@ impl CallTask {
                 handle.reply(StatusCode::NotAcceptableHere).await.ok();
             }
         }
+    }
+}
+
+fn media_params(neg: &Negotiated) -> MediaParams {
+    MediaParams {
+        codec: neg.codec,
+        pt: neg.pt,
+        te_pt: neg.telephone_event_pt,
+        ptime_ms: neg.ptime_ms,
+        remote: neg.remote_rtp,
+        remote_rtcp: neg.remote_rtcp,
+        rtcp_mux: neg.rtcp_mux,
+        direction: neg.direction,
     }
 }
 
