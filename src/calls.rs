@@ -26,6 +26,8 @@ pub struct CallInfo {
     pub media: crate::media::session::MediaStats,
     /// Loss, jitter, RTT and MOS from RTP and RTCP, refreshed every second.
     pub quality: Option<crate::media::rtcp::CallQuality>,
+    /// Jitter buffer counters: lost, late, duplicate, concealed, delay.
+    pub jitter: Option<crate::media::jitter::JitterStats>,
     /// We may not send (the caller put us on hold: sendonly/inactive/c=0.0.0.0).
     pub on_hold: bool,
 }

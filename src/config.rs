@@ -185,6 +185,8 @@ struct RawRtp {
     ports: Option<String>,
     bind: Option<String>,
     timeout_s: Option<u64>,
+    jitter_min_ms: Option<u32>,
+    jitter_max_ms: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -286,6 +288,9 @@ pub struct Config {
     pub rtp_bind: IpAddr,
     /// Hang up a call when no RTP arrived for this long (0 = never).
     pub rtp_timeout_s: u64,
+    /// Adaptive jitter buffer bounds (target delay follows measured jitter).
+    pub jitter_min_ms: u32,
+    pub jitter_max_ms: u32,
     pub api_listen: SocketAddr,
     pub log_format: LogFormat,
     pub state_dir: PathBuf,
@@ -432,6 +437,16 @@ impl Config {
                 .map_err(|_| bad("rtp.bind", format!("expected an IP, got `{s}`")))?,
             None => IpAddr::from([0, 0, 0, 0]),
         };
+        let jitter_min_ms = raw.rtp.jitter_min_ms.unwrap_or(20);
+        let jitter_max_ms = raw.rtp.jitter_max_ms.unwrap_or(200);
+        if jitter_max_ms < jitter_min_ms || jitter_max_ms > 2000 {
+            return Err(bad(
+                "rtp.jitter_max_ms",
+                format!(
+                    "expected jitter_min_ms ({jitter_min_ms}) <= jitter_max_ms <= 2000, got {jitter_max_ms}"
+                ),
+            ));
+        }
         let api_listen = match ov.api_listen {
             Some(a) => a,
             None => {
@@ -550,6 +565,8 @@ impl Config {
             rtp_ports,
             rtp_bind,
             rtp_timeout_s: raw.rtp.timeout_s.unwrap_or(60),
+            jitter_min_ms,
+            jitter_max_ms,
             api_listen,
             log_format,
             state_dir,

@@ -2,28 +2,43 @@
 //!
 //! It owns the playout timeline of the caller's audio: packets go in with
 //! [`JitterBuffer::push`] in arrival order, the playout clock takes exactly
-//! one frame per `frame_ms` with [`JitterBuffer::pop`]. It never reads a clock
-//! (every call gets `now`), never decodes (payloads are opaque) and never
-//! allocates per packet beyond the payload copy.
+//! one frame per `frame_ms` with [`JitterBuffer::pop`]. It never reads a
+//! clock (every call gets `now`) and never decodes (payloads are opaque).
 //!
 //! How the timeline works:
 //! - Each packet's transit is `arrival - timestamp`. The minimum transit over
-//!   the last few seconds (`base`) is the network's fastest path; a packet's
+//!   the last 3-4 s (`base`) is the network's fastest path; a packet's
 //!   *delay variation* is `transit - base`. A frame with timestamp `T` is due
 //!   at `T + base + delay`, so `delay` is the added latency and every packet
-//!   with a delay variation below it is in time.
-//! - The target delay is the 97th percentile of recent delay variation
-//!   (exponentially forgetting histogram, ~4 s memory) or three times the
-//!   RFC 3550 interarrival jitter, whichever is larger, clamped to
-//!   `[min_delay_ms, max_delay_ms]`. It rises at once and decays slowly.
-//! - The *applied* delay only changes where it cannot be heard much: a talk
-//!   spurt start (marker bit, or silence between packets whose sequence
-//!   numbers are contiguous) re-anchors the timeline at the target; within a
-//!   spurt a missing packet is concealed, and concealment is stretched by one
-//!   frame when the buffer is short. Continuous streams (no silence
-//!   suppression) that drift too far from the target get one frame inserted
-//!   (grow) or dropped (shrink), rate-limited, which also absorbs sender
-//!   clock drift.
+//!   whose delay variation is below it arrives in time.
+//! - Target delay = the 97th percentile of recent delay variation, clamped
+//!   to `[min_delay_ms, max_delay_ms]`. The percentile comes from a histogram
+//!   whose weights halve every ~70 packets: a new jitter level reaches the
+//!   target within a few packets, a vanished one leaves it after ~7 s. Why
+//!   not `k * J` (RFC 3550): J averages `|D|` between consecutive packets, so
+//!   it misses rare spikes, overshoots uniform jitter, and with its 1/16 gain
+//!   wanders +-15 %; a rise-at-once target then rides J's peaks. In the
+//!   simulator (60 ms uniform jitter, 5 % loss) `max(P97, 3 J)` settled at
+//!   83 ms (86 ms mean added delay), P97 alone at 60 ms (67 ms), with no
+//!   late packet either way. J is still measured and reported.
+//! - The *applied* delay changes where it is least audible. A talk spurt
+//!   start (marker bit, or a silence: a timestamp gap with contiguous
+//!   sequence numbers) starts at the target, i.e. at the first pop at or
+//!   after `T + base + target`: the delay is then in `[target, target +
+//!   frame)`. Within a spurt only a large error (the target moved with the
+//!   jitter) is corrected by inserting a concealed frame or dropping one; a
+//!   small error (clock drift, clock phase) waits for the next spurt start.
+//!   A missing packet while the delay is short is concealed *without*
+//!   advancing, so it may still arrive. A stream with no spurt start for
+//!   10 s (no silence suppression) is corrected in place to stay within
+//!   `[target, target + frame]`: one frame per 20 s absorbs 0.1 % drift.
+//! - Missing packets: with a later packet buffered, exactly the packets the
+//!   sequence numbers say are missing are concealed (the rest of a timestamp
+//!   gap is silence); with nothing buffered, at most 100 ms is concealed,
+//!   then playout reports `Empty` and restarts with the next packet.
+//! - A new SSRC, or a timestamp jump of more than 2 s against arrival times,
+//!   starts a new timeline; whatever the old one still has buffered plays
+//!   out first, and stragglers of the old stream are late.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
@@ -142,7 +157,7 @@ const MAX_BLIND_CONCEAL_US: i64 = 100_000;
 /// long enough to find the fast path under heavy jitter, short enough to
 /// follow clock drift (0.1 % is 4 ms over the window) and route changes.
 const BASE_BLOCK_US: i64 = 1_000_000;
-const BASE_BLOCKS: usize = 4;
+const BASE_BLOCKS: i64 = 4;
 /// Histogram forgetting per packet: weight halves every ~70 packets (~1.4 s
 /// at 20 ms). Rising jitter reaches the tail within a few packets and the
 /// target is most of the way up within half a second; a tail that stops
@@ -154,8 +169,12 @@ const TARGET_QUANTILE: f64 = 0.97;
 const TARGET_DECAY: f64 = 1.0 / 64.0;
 /// A proactive one-frame insertion mid-spurt at most this often.
 const GROW_EVERY_US: i64 = 100_000;
-/// A mid-spurt frame drop at most this often, and only this long after a spurt start.
+/// A mid-spurt frame drop at most this often.
 const SHRINK_EVERY_US: i64 = 3_000_000;
+/// Small delay errors (clock drift, playout-clock phase) wait this long for
+/// the next talk spurt to correct them for free; a stream without a spurt
+/// start for this long is continuous and gets corrected in place.
+const SPURT_PATIENCE_US: i64 = 10_000_000;
 /// Duplicate detection window, in sequence numbers (~10 s at 20 ms).
 const SEEN_SLOTS: usize = 512;
 /// Hard cap on buffered packets whatever their timestamps say.
@@ -183,7 +202,13 @@ impl MinWindow {
             Some((b, m)) if *b == block => *m = (*m).min(value),
             _ => self.blocks.push_back((block, value)),
         }
-        while self.blocks.len() > BASE_BLOCKS {
+        // Expire by time, not count: after a silence the old blocks would
+        // otherwise pin the base to where clock drift had it seconds ago.
+        while self
+            .blocks
+            .front()
+            .is_some_and(|&(b, _)| b <= block - BASE_BLOCKS)
+        {
             self.blocks.pop_front();
         }
     }
@@ -336,6 +361,7 @@ struct Timeline {
     base_us: i64,
     /// Last spurt start or mid-spurt insertion/drop, for rate limits.
     last_adjust_us: i64,
+    spurt_start_us: i64,
 }
 
 impl Timeline {
@@ -350,6 +376,7 @@ impl Timeline {
             starved: None,
             base_us: 0,
             last_adjust_us: 0,
+            spurt_start_us: 0,
         }
     }
 }
@@ -361,9 +388,10 @@ pub struct JitterBuffer {
     frame_us: i64,
     epoch: Option<Instant>,
     stream: Option<Stream>,
-    /// The SSRC replaced by the last change and its highest sequence number:
-    /// its stragglers are late, not a change back.
-    previous: Option<(Ssrc, SeqNo)>,
+    /// The stream replaced by the last SSRC change: its stragglers still play
+    /// while its timeline does, and are late after; only a packet newer than
+    /// any it sent is a change back.
+    previous: Option<Stream>,
     timeline: Timeline,
     /// Keyed by (timeline generation, unwrapped timestamp): playout order.
     buffer: BTreeMap<(u32, i64), Entry>,
@@ -444,23 +472,24 @@ impl JitterBuffer {
     ) -> PushOutcome {
         let now_us = self.clock(now);
         let Some(stream) = self.stream.as_ref() else {
-            self.start_stream(now_us, ssrc, seq, timestamp, marker, payload);
+            self.start_stream(now_us, 0, ssrc, seq, timestamp, marker, payload);
             return PushOutcome::Accepted;
         };
         if stream.ssrc != ssrc {
-            if let Some((old, highest)) = self.previous {
-                if old == ssrc && highest.delta_to(seq) <= 0 {
-                    self.stats.received += 1;
-                    self.stats.late += 1;
-                    return PushOutcome::TooLate;
-                }
+            let straggler = self
+                .previous
+                .as_ref()
+                .is_some_and(|p| p.ssrc == ssrc && p.highest_seq.delta_to(seq) <= 0);
+            if straggler {
+                return self.push_straggler(seq, timestamp, marker, payload);
             }
             let reason = ResetReason::SsrcChanged {
                 from: stream.ssrc,
                 to: ssrc,
             };
-            self.previous = Some((stream.ssrc, stream.highest_seq));
-            self.start_stream(now_us, ssrc, seq, timestamp, marker, payload);
+            let generation = stream.generation.wrapping_add(1);
+            self.previous = self.stream.take();
+            self.start_stream(now_us, generation, ssrc, seq, timestamp, marker, payload);
             self.stats.resets += 1;
             return PushOutcome::Reset(reason);
         }
@@ -473,12 +502,13 @@ impl JitterBuffer {
         let transit = now_us - self.ticks_to_us(ext);
         let deviation = transit - stream.base_us();
         let ahead = stream.highest_seq.delta_to(seq);
-        if deviation.abs() > TS_JUMP_US {
+        if deviation.unsigned_abs() > TS_JUMP_US.unsigned_abs() {
             if ahead > 0 {
                 let reason = ResetReason::TimestampJump {
                     by_ms: -deviation / 1000,
                 };
-                self.start_stream(now_us, ssrc, seq, timestamp, marker, payload);
+                let generation = stream.generation.wrapping_add(1);
+                self.start_stream(now_us, generation, ssrc, seq, timestamp, marker, payload);
                 self.stats.resets += 1;
                 return PushOutcome::Reset(reason);
             }
@@ -546,6 +576,48 @@ impl JitterBuffer {
         PushOutcome::Accepted
     }
 
+    /// A reordered packet of the stream an SSRC change replaced: it joins
+    /// that stream's timeline if that is still playing and its slot is ahead.
+    fn push_straggler(
+        &mut self,
+        seq: SeqNo,
+        timestamp: u32,
+        marker: bool,
+        payload: &[u8],
+    ) -> PushOutcome {
+        let Some(prev) = self.previous.as_mut() else {
+            return PushOutcome::TooLate;
+        };
+        let ext = prev.unwrap_ts(timestamp);
+        if prev.seen(seq, ext) {
+            self.stats.duplicate += 1;
+            return PushOutcome::Duplicate;
+        }
+        prev.mark_seen(seq, ext);
+        self.stats.received += 1;
+        let key = (prev.generation, ext);
+        let entry = Entry {
+            seq,
+            marker,
+            ssrc: prev.ssrc,
+            base_us: prev.base_us(),
+            payload: payload.to_vec(),
+        };
+        let tl = &self.timeline;
+        let in_time = tl.generation == prev.generation
+            && (tl.phase == Phase::Idle || ext >= tl.next - self.frame_ticks / 2);
+        if !in_time {
+            self.stats.late += 1;
+            return PushOutcome::TooLate;
+        }
+        if self.buffer.contains_key(&key) {
+            self.stats.duplicate += 1;
+            return PushOutcome::Duplicate;
+        }
+        self.buffer.insert(key, entry);
+        PushOutcome::Accepted
+    }
+
     /// Called once per `frame_ms` by the playout clock: what to decode now.
     pub fn pop(&mut self, now: Instant) -> Playout {
         let now_us = self.clock(now);
@@ -573,7 +645,6 @@ impl JitterBuffer {
             return Playout::Empty;
         }
         let seq = entry.seq;
-        eprintln!("DBG resume at {now_us} seq {:?} delay {} target {} phase {:?}", seq, self.current_delay_us(now_us, ext), self.estimator.target_us(), self.timeline.phase);
         let tl = &mut self.timeline;
         if let (Some(st), Some((last_seq, last_ext))) = (tl.starved, tl.last) {
             // Resuming without a silence gap means the caller was talking
@@ -587,6 +658,7 @@ impl JitterBuffer {
         tl.starved = None;
         tl.phase = Phase::Playing;
         tl.last_adjust_us = now_us;
+        tl.spurt_start_us = now_us;
         self.play_first(now_us)
     }
 
@@ -614,12 +686,21 @@ impl JitterBuffer {
                     self.timeline.phase = Phase::Waiting;
                     return self.pop_waiting(now_us);
                 }
+                // Within a spurt only a large error (the target moved with
+                // the jitter) is corrected at once; a small one (drift, clock
+                // phase) waits for the next spurt start unless there is none.
                 let since = now_us - self.timeline.last_adjust_us;
-                if error < -self.slack_us() && since >= GROW_EVERY_US {
+                let patient = now_us - self.timeline.spurt_start_us < SPURT_PATIENCE_US;
+                let (grow_at, shrink_at) = if patient {
+                    (-self.frame_us / 2, self.frame_us * 3 / 2)
+                } else {
+                    (0, self.frame_us + self.slack_us())
+                };
+                if error < grow_at && since >= GROW_EVERY_US {
                     self.timeline.last_adjust_us = now_us;
                     return self.conceal(now_us, false);
                 }
-                if error >= self.frame_us && since >= SHRINK_EVERY_US {
+                if error >= shrink_at && since >= SHRINK_EVERY_US {
                     self.discard_first_if_followed(now_us, ext);
                 }
                 self.play_first(now_us)
@@ -644,7 +725,9 @@ impl JitterBuffer {
                     self.timeline.phase = Phase::Waiting;
                     return Playout::Empty;
                 }
-                self.timeline.starved.get_or_insert(Starved { counted: false });
+                self.timeline
+                    .starved
+                    .get_or_insert(Starved { counted: false });
                 // Short of the target: hold the slot so the missing packet
                 // can still play if it is only late.
                 self.conceal(now_us, error >= -self.slack_us())
@@ -654,7 +737,8 @@ impl JitterBuffer {
 
     /// The applied delay is kept in `[target, target + frame)` (where a spurt
     /// start puts it) give or take this much measurement noise in the base
-    /// transit; outside that band one frame is inserted or dropped.
+    /// transit, so that one inserted or dropped frame does not overshoot into
+    /// the opposite correction.
     fn slack_us(&self) -> i64 {
         self.frame_us / 10
     }
@@ -662,7 +746,11 @@ impl JitterBuffer {
     /// 100 ms of given-up slots, or twice that including stretches (which
     /// stop by themselves once the delay has grown to the target).
     fn blind_limit_reached(&self) -> bool {
-        let us = |n: u64| i64::try_from(n).unwrap_or(i64::MAX).saturating_mul(self.frame_us);
+        let us = |n: u64| {
+            i64::try_from(n)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(self.frame_us)
+        };
         us(self.timeline.slots_concealed) >= MAX_BLIND_CONCEAL_US
             || us(self.timeline.run) >= 2 * MAX_BLIND_CONCEAL_US
     }
@@ -697,7 +785,6 @@ impl JitterBuffer {
             .map(|(&(_, e), _)| e);
         if follower.is_some_and(|f| f <= ext + self.frame_ticks + self.frame_ticks / 2) {
             if let Some(entry) = self.buffer.remove(&(generation, ext)) {
-                eprintln!("DBG discard at {now_us} seq {:?} err {} target {}", entry.seq, self.current_delay_us(now_us, self.timeline.next) - self.estimator.target_us(), self.estimator.target_us());
                 self.pass_over(entry.seq, ext);
                 self.timeline.last_adjust_us = now_us;
                 self.stats.discarded += 1;
@@ -775,19 +862,17 @@ impl JitterBuffer {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // the packet's fields, as in `push`
     fn start_stream(
         &mut self,
         now_us: i64,
+        generation: u32,
         ssrc: Ssrc,
         seq: SeqNo,
         timestamp: u32,
         marker: bool,
         payload: &[u8],
     ) {
-        let generation = self
-            .stream
-            .as_ref()
-            .map_or(0, |s| s.generation.wrapping_add(1));
         let ext = i64::from(timestamp);
         let transit = now_us - self.ticks_to_us(ext);
         let mut stream = Stream {
@@ -988,7 +1073,9 @@ mod tests {
         let t0 = Instant::now();
         let mut jb = JitterBuffer::new(cfg());
         let mut out = Vec::new();
-        for k in 0..10u64 {
+        // Old stream frames 0..5, frame 3 held up in the network; the new
+        // stream (another sender after a transfer) carries frames 5..10.
+        for k in (0..10u64).filter(|&k| k != 3) {
             let (ssrc, seq, ts) = if k < 5 {
                 (Ssrc(1), k as u16, k as u32 * TICKS)
             } else {
@@ -998,25 +1085,42 @@ mod tests {
             out.push(o);
         }
         assert_eq!(
-            out[5],
+            out[4],
             PushOutcome::Reset(ResetReason::SsrcChanged {
                 from: Ssrc(1),
                 to: Ssrc(2)
             })
         );
-        // A straggler of the old stream does not flip the stream back.
-        assert_eq!(
-            jb.push(at(t0, 201), Ssrc(1), SeqNo(3), 3 * TICKS, false, &[3]),
-            PushOutcome::TooLate
-        );
         let mut played = Vec::new();
-        for k in 1..14u64 {
-            if let Playout::Frame { payload, ssrc, .. } = jb.pop(at(t0, 20 * k)) {
+        let mut pop = |jb: &mut JitterBuffer, ms| {
+            if let Playout::Frame { payload, ssrc, .. } = jb.pop(at(t0, ms)) {
                 played.push((ssrc.0, payload[0]));
             }
+        };
+        for ms in [20, 40, 60] {
+            pop(&mut jb, ms);
+        }
+        // The straggler still makes its slot in the old timeline: it plays,
+        // and does not flip the stream back to the old sender.
+        assert_eq!(
+            jb.push(at(t0, 75), Ssrc(1), SeqNo(3), 3 * TICKS, false, &[3]),
+            PushOutcome::Accepted
+        );
+        for ms in (80..=280).step_by(20) {
+            pop(&mut jb, ms);
         }
         let expect: Vec<_> = (0..10).map(|k| (if k < 5 { 1 } else { 2 }, k)).collect();
         assert_eq!(played, expect, "old stream plays out, then the new one");
+        // Once the old timeline is over, its stragglers are late (and
+        // repeats of what it played are still duplicates).
+        assert_eq!(
+            jb.push(at(t0, 290), Ssrc(1), SeqNo(2), 2 * TICKS, false, &[2]),
+            PushOutcome::Duplicate
+        );
+        assert_eq!(
+            jb.push(at(t0, 290), Ssrc(1), SeqNo(4), 4 * TICKS + 1, false, &[4]),
+            PushOutcome::TooLate
+        );
         assert_eq!(jb.stats().resets, 1);
     }
 
@@ -1027,12 +1131,21 @@ mod tests {
         push_frame(&mut jb, t0, 0, 0);
         push_frame(&mut jb, t0, 20, 1);
         // The sender jumps 10 s ahead in RTP time without any real time passing.
-        let o = jb.push(at(t0, 40), Ssrc(1), SeqNo(2), 2 * TICKS + 80_000, false, &[2, 0]);
+        let o = jb.push(
+            at(t0, 40),
+            Ssrc(1),
+            SeqNo(2),
+            2 * TICKS + 80_000,
+            false,
+            &[2, 0],
+        );
         assert!(matches!(
             o,
             PushOutcome::Reset(ResetReason::TimestampJump { by_ms }) if (9990..=10_010).contains(&by_ms)
         ));
-        let played: Vec<_> = (1..6).filter_map(|k| frame_index(&jb.pop(at(t0, 20 * k)))).collect();
+        let played: Vec<_> = (1..6)
+            .filter_map(|k| frame_index(&jb.pop(at(t0, 20 * k))))
+            .collect();
         assert_eq!(played, vec![0, 1, 2]);
         // A stale old-timeline packet is late, not another jump.
         assert_eq!(
@@ -1053,10 +1166,19 @@ mod tests {
         assert!(frame_index(&jb.pop(at(t0, 20))).is_some());
         // Frames 1..=9 never arrive: five conceal (100 ms), then silence.
         let outs: Vec<_> = (2..10).map(|k| jb.pop(at(t0, 20 * k))).collect();
-        assert_eq!(outs.iter().filter(|p| matches!(p, Playout::Conceal { .. })).count(), 5);
+        assert_eq!(
+            outs.iter()
+                .filter(|p| matches!(p, Playout::Conceal { .. }))
+                .count(),
+            5
+        );
         assert!(outs[5..].iter().all(|p| *p == Playout::Empty));
         push_frame(&mut jb, t0, 190, 10);
-        assert_eq!(jb.pop(at(t0, 200)), Playout::Empty, "waits for the target again");
+        assert_eq!(
+            jb.pop(at(t0, 200)),
+            Playout::Empty,
+            "waits for the target again"
+        );
         assert_eq!(frame_index(&jb.pop(at(t0, 220))), Some(10));
         let s = jb.stats();
         assert_eq!((s.lost, s.concealed, s.underruns), (9, 5, 1));
@@ -1086,6 +1208,42 @@ mod tests {
         assert_eq!(outs[3], Playout::Empty);
         let s = jb.stats();
         assert_eq!((s.lost, s.concealed, s.underruns), (0, 0, 0));
+    }
+
+    #[test]
+    fn target_growth_is_applied_as_silence_before_a_talk_spurt() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(cfg());
+        // A calm spurt: the target stays at 20 ms.
+        for k in 0..5u16 {
+            push_frame(&mut jb, t0, 20 * u64::from(k), k);
+            let _ = jb.pop(at(t0, 20 * u64::from(k) + 20));
+        }
+        // Jitter appears: packets 5..15 arrive up to 60 ms late, but in
+        // order, and each is played on time. The target rises at once.
+        let mut out = Vec::new();
+        for k in 5..15u16 {
+            let late = if k % 2 == 0 { 60 } else { 0 };
+            push_frame(&mut jb, t0, 20 * u64::from(k) + late, k);
+            out.push(jb.pop(at(t0, 20 * u64::from(k) + 20)));
+        }
+        let target = jb.target_delay_ms();
+        assert!(target >= 60, "target follows the jitter at once: {target}");
+        // The next talk spurt (marker, after 200 ms of silence) starts at the
+        // new target: silence is inserted before it, not concealment in it.
+        let spurt_ts = 25 * TICKS;
+        jb.push(at(t0, 500), Ssrc(1), SeqNo(15), spurt_ts, true, &[15, 0]);
+        let mut first_play = None;
+        for ms in (300..700).step_by(20) {
+            if let Some(15) = frame_index(&jb.pop(at(t0, ms))) {
+                first_play = Some(ms);
+            }
+        }
+        let delay = first_play.unwrap() - 500;
+        assert!(
+            delay >= u64::from(target) && delay < u64::from(target) + 20,
+            "{delay} vs {target}"
+        );
     }
 
     // ----- seeded network simulator -------------------------------------
@@ -1150,8 +1308,6 @@ mod tests {
         stats: JitterStats,
         /// Sender frame index of each played frame, in playout order.
         played: Vec<u32>,
-        /// Frames the network delivered at least once.
-        delivered: usize,
         /// (added delay, target) in ms for every played frame.
         delays: Vec<(f64, f64)>,
         /// Duplicates the network delivered (copies after the first).
@@ -1160,10 +1316,13 @@ mod tests {
         targets: Vec<u32>,
         outcomes: HashMap<u32, Vec<PushOutcome>>,
         sent: Vec<(u32, u16, u32)>,
-        conceal_ts: Vec<u32>,
         /// Conceal outputs after the last played frame (the stream ended).
         trailing_conceals: u64,
         ts_of_played: Vec<(u32, u32)>,
+        /// (pop time, SSRC, timestamp) of every frame played or concealed.
+        slots: Vec<(u64, u32, u32)>,
+        /// Arrival time of every TooLate outcome, by frame.
+        late_at: Vec<(u64, u32)>,
     }
 
     const NET_BASE_MS: f64 = 30.0;
@@ -1180,7 +1339,7 @@ mod tests {
                 ts = ts.wrapping_add(0x4000_0000);
                 silent_before = true;
             }
-            let talking = sc.spurts.map_or(true, |(t, s)| i % (t + s) < t);
+            let talking = sc.spurts.is_none_or(|(t, s)| i % (t + s) < t);
             if talking {
                 sent.push(Sent {
                     ssrc,
@@ -1216,7 +1375,6 @@ mod tests {
                 let t = p.send_us + (NET_BASE_MS + jitter) * 1000.0;
                 arrivals.push((t as u64, k));
             }
-            report.delivered += 1;
         }
         arrivals.sort_by_key(|&(t, k)| (t, k));
         report.sent = sent.iter().map(|p| (p.ssrc, p.seq, p.ts)).collect();
@@ -1231,7 +1389,7 @@ mod tests {
         let end_us = arrivals.last().map_or(0, |a| a.0) + 1_000_000;
         let mut next_arrival = 0;
         // The receiver's playout clock runs at its own phase.
-        let mut pop_us = 7_000u64;
+        let mut pop_us = rng.gen_range(0..20_000u64);
         while pop_us < end_us {
             while let Some(&(t, k)) = arrivals.get(next_arrival) {
                 if t > pop_us {
@@ -1247,6 +1405,9 @@ mod tests {
                     &(k as u32).to_le_bytes(),
                 );
                 report.outcomes.entry(k as u32).or_default().push(o);
+                if o == PushOutcome::TooLate {
+                    report.late_at.push((t, k as u32));
+                }
                 next_arrival += 1;
             }
             let out = jb.pop(t0 + Duration::from_micros(pop_us));
@@ -1259,16 +1420,24 @@ mod tests {
                     ssrc,
                 } => {
                     let k = u32::from_le_bytes(payload[..4].try_into().unwrap());
-                    assert_eq!(by_ts.get(&(ssrc.0, timestamp)), Some(&k), "frame carries its own timestamp");
+                    assert_eq!(
+                        by_ts.get(&(ssrc.0, timestamp)),
+                        Some(&k),
+                        "frame carries its own timestamp"
+                    );
                     let added = (pop_us as f64 - sent[k as usize].send_us) / 1000.0 - NET_BASE_MS;
                     report.delays.push((added, f64::from(target)));
                     report.played.push(k);
                     report.trailing_conceals = 0;
                     report.ts_of_played.push((ssrc.0, timestamp));
+                    report.slots.push((pop_us, ssrc.0, timestamp));
                 }
                 Playout::Conceal { timestamp } => {
-                    report.conceal_ts.push(timestamp);
                     report.trailing_conceals += 1;
+                    // A concealed slot belongs to the stream last played.
+                    if let Some(&(_, ssrc, _)) = report.slots.last() {
+                        report.slots.push((pop_us, ssrc, timestamp));
+                    }
                 }
                 Playout::Empty => {}
             }
@@ -1290,11 +1459,30 @@ mod tests {
                 );
             }
         }
+        // A packet called late really was: before it arrived, playout had
+        // reached its timestamp, or had moved on to the next sender.
+        for &(t, k) in &r.late_at {
+            let (ssrc, _, ts) = r.sent[k as usize];
+            let passed = r.slots.iter().take_while(|s| s.0 < t).any(|&(_, s, slot)| {
+                if s == ssrc {
+                    slot.wrapping_sub(ts) as i32 >= 0
+                } else {
+                    Some(ssrc) == r.sent.first().map(|f| f.0)
+                }
+            });
+            assert!(
+                passed,
+                "frame {k} was called late at {t} us before its slot"
+            );
+        }
         let mut times_played: HashMap<u32, u32> = HashMap::new();
         for &k in &r.played {
             *times_played.entry(k).or_default() += 1;
         }
-        assert!(times_played.values().all(|&n| n == 1), "no frame plays twice");
+        assert!(
+            times_played.values().all(|&n| n == 1),
+            "no frame plays twice"
+        );
         // Every frame the buffer accepted plays exactly once, unless it was
         // discarded to cut delay; late and duplicate ones never play.
         let mut accepted_not_played = 0;
@@ -1311,7 +1499,10 @@ mod tests {
                 accepted_not_played += 1;
             }
         }
-        assert_eq!(accepted_not_played, r.stats.discarded, "only discarded frames go unplayed");
+        assert_eq!(
+            accepted_not_played, r.stats.discarded,
+            "only discarded frames go unplayed"
+        );
         let dup_outcomes: u64 = r
             .outcomes
             .values()
@@ -1346,7 +1537,9 @@ mod tests {
                     k >= *first
                         && k <= *last
                         && !times_played.contains_key(&k)
-                        && outs.iter().any(|o| matches!(o, PushOutcome::Accepted | PushOutcome::Reset(_)))
+                        && outs
+                            .iter()
+                            .any(|o| matches!(o, PushOutcome::Accepted | PushOutcome::Reset(_)))
                 })
                 .count() as u64;
             lost_oracle += u64::from(last - first + 1) - played - discarded_inside;
@@ -1367,10 +1560,10 @@ mod tests {
     fn summary(name: &str, r: &Report) -> String {
         let n = r.delays.len().max(1) as f64;
         let mean = r.delays.iter().map(|d| d.0).sum::<f64>() / n;
-        let over = r.delays.iter().filter(|(d, t)| *d > t + 20.5).count();
+        let over = r.delays.iter().filter(|(d, t)| *d > t + 25.0).count();
         let s = &r.stats;
         format!(
-            "{name}: played {} received {} lost {} late {} dup {} concealed {} stretched {} discarded {} underruns {} resets {} | added delay mean {mean:.1} ms, peak {} ms, over target+frame {over}, final target {} ms, J {:.1} ms",
+            "{name}: played {} received {} lost {} late {} dup {} concealed {} stretched {} discarded {} underruns {} resets {} | added delay mean {mean:.1} ms, peak {} ms, over target+frame+5 ms {over}, final target {} ms, J {:.1} ms",
             s.played, s.received, s.lost, s.late, s.duplicate, s.concealed, s.stretched, s.discarded,
             s.underruns, s.resets, s.peak_delay_ms, s.target_delay_ms, s.jitter_ms
         )
@@ -1412,7 +1605,10 @@ mod tests {
         sc.seq0 = 63_000;
         let r = run(&sc);
         check(&sc, &r);
-        println!("{}", summary("bursty ~9% loss, 120 ms jitter, SSRC change", &r));
+        println!(
+            "{}",
+            summary("bursty ~9% loss, 120 ms jitter, SSRC change", &r)
+        );
         assert_eq!(r.stats.resets, 1);
         assert!(r.stats.late * 100 <= r.stats.received * 3, "late under 3%");
     }
@@ -1440,44 +1636,74 @@ mod tests {
 
     #[test]
     fn sim_added_delay_stays_within_target_plus_a_frame() {
-        for (seed, jitter, spurts) in [(5, 30.0, None), (6, 60.0, Some((150, 50))), (7, 120.0, None)] {
+        for (seed, jitter, spurts) in [
+            (5, 30.0, None),
+            (6, 60.0, Some((150, 50))),
+            (7, 120.0, None),
+        ] {
             let mut sc = Scenario::new(seed, 5000);
             sc.loss = 0.03;
             sc.jitter = vec![(0, jitter)];
             sc.spurts = spurts;
             let r = run(&sc);
             check(&sc, &r);
-            println!("{}", summary(&format!("delay vs target, jitter {jitter}, spurts {spurts:?}"), &r));
+            println!(
+                "{}",
+                summary(
+                    &format!("delay vs target, jitter {jitter}, spurts {spurts:?}"),
+                    &r
+                )
+            );
             // Skip the first 5 s while the estimator learns the network.
+            // 5 ms covers the target's own noise (2 ms histogram buckets)
+            // and the 2 ms correction slack.
             let steady = &r.delays[250..];
-            let over = steady.iter().filter(|(d, t)| *d > t + 20.0 + 2.0).count();
-            assert!(over * 100 <= steady.len(), "{over} of {} over target + frame", steady.len());
+            let over = steady.iter().filter(|(d, t)| *d > t + 20.0 + 5.0).count();
+            assert!(
+                over * 100 <= steady.len(),
+                "{over} of {} over target + frame",
+                steady.len()
+            );
         }
     }
 
     #[test]
     fn sim_ten_minutes_of_clock_drift_stays_bounded() {
-        for (seed, drift, spurts) in [
-            (10, 0.001, Some((200, 60))),
-            (11, -0.001, Some((200, 60))),
-        ] {
-            let mut sc = Scenario::new(seed, 30_000);
-            sc.loss = 0.01;
-            sc.jitter = vec![(0, 40.0)];
-            sc.drift = drift;
-            sc.spurts = spurts;
-            let r = run(&sc);
-            check(&sc, &r);
-            println!("{}", summary(&format!("10 min drift {drift:+}, spurts {spurts:?}"), &r));
-            let s = &r.stats;
-            assert!(s.current_delay_ms <= s.target_delay_ms + 20, "{s:?}");
-            assert!(s.peak_delay_ms <= 200, "{s:?}");
-            //assert!(s.underruns <= 10, "{s:?}");
-            let last_minute = &r.delays[r.delays.len() - 3000..];
-            let mean = last_minute.iter().map(|d| d.0).sum::<f64>() / 3000.0;
-            let first_minute = &r.delays[250..3250];
-            let mean0 = first_minute.iter().map(|d| d.0).sum::<f64>() / 3000.0;
-            assert!((mean - mean0).abs() <= 20.0, "delay did not walk away: {mean0} -> {mean}");
+        for spurts in [None, Some((200, 60))] {
+            for (seed, drift) in [(8, 0.0), (9, 0.001), (10, -0.001)] {
+                let mut sc = Scenario::new(seed, 30_000);
+                sc.loss = 0.01;
+                sc.jitter = vec![(0, 40.0)];
+                sc.drift = drift;
+                sc.spurts = spurts;
+                let r = run(&sc);
+                check(&sc, &r);
+                let name = format!("10 min, drift {drift:+}, spurts {spurts:?}");
+                println!("{}", summary(&name, &r));
+                let s = &r.stats;
+                // 0.1 % of 10 minutes is 600 ms: 30 frames were dropped or
+                // inserted, yet the delay ends where it started.
+                assert!(
+                    s.current_delay_ms <= s.target_delay_ms + 25,
+                    "{name}: {s:?}"
+                );
+                assert!(s.peak_delay_ms <= 100, "{name}: {s:?}");
+                let mean = |d: &[(f64, f64)]| d.iter().map(|x| x.0).sum::<f64>() / d.len() as f64;
+                let first = mean(&r.delays[250..3250]);
+                let last = mean(&r.delays[r.delays.len() - 3000..]);
+                assert!((last - first).abs() <= 20.0, "{name}: {first} -> {last}");
+                assert!(s.underruns <= 30, "{name}: {s:?}");
+                assert!(
+                    s.late * 200 <= s.received,
+                    "{name}: late under 0.5 %: {s:?}"
+                );
+                if spurts.is_some() {
+                    assert_eq!(s.discarded, 0, "{name}: drift is absorbed in the silences");
+                }
+                if drift == 0.0 {
+                    assert_eq!(s.discarded + s.stretched, 0, "{name}: nothing to correct");
+                }
+            }
         }
     }
 }

@@ -2,6 +2,8 @@
 //! media state machine ([`session::Session`]). Only the call task owns sockets.
 pub mod dtmf;
 pub mod g711;
+pub mod jitter;
+pub mod plc;
 pub mod ports;
 pub mod rtcp;
 pub mod rtp;

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::dtmf::DtmfReceiver;
 use super::g711;
+use super::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
+use super::plc::Concealer;
 use super::rtcp::{self, CallQuality, RtcpSession};
 use super::rtp::{looks_like_rtcp, PayloadType, RtpPacket, SeqNo, Ssrc};
 use crate::sdp::{Codec, Direction};
@@ -30,6 +32,9 @@ pub struct MediaParams {
     pub rtcp_mux: bool,
     /// Our direction.
     pub direction: Direction,
+    /// Adaptive jitter buffer bounds.
+    pub jitter_min_ms: u32,
+    pub jitter_max_ms: u32,
 }
 
 /// Which of the call's two sockets a datagram leaves from.
@@ -97,6 +102,13 @@ pub struct Session {
     /// Wall clock at `Instant` zero of this session, for NTP timestamps.
     wall_base: (Instant, SystemTime),
     playout: VecDeque<i16>,
+    jitter: JitterBuffer,
+    plc: Concealer,
+    /// Playout ticks that are due but whose outbound frame has not been
+    /// built yet: built in `poll_transmit`, after the agent has seen this
+    /// tick's caller audio, so echo adds no extra tick of delay.
+    due_ticks: u32,
+    last_tick: Instant,
     next_send: Instant,
     sent_any: bool,
     transmit: VecDeque<Transmit>,
@@ -120,6 +132,8 @@ impl Session {
     ) -> Self {
         let ptime = Duration::from_millis(params.ptime_ms as u64);
         let cname = format!("agentline-{ssrc:08x}");
+        let jitter = JitterBuffer::new(jitter_config(&params));
+        let plc = Concealer::new(params.codec.clock_rate(), params.samples_per_frame());
         let rtcp = RtcpSession::new(Ssrc(ssrc), cname, params.codec.clock_rate(), now);
         Session {
             rtcp_latched: None,
@@ -132,6 +146,10 @@ impl Session {
             marker_next: true,
             latched: None,
             playout: VecDeque::new(),
+            jitter,
+            plc,
+            due_ticks: 0,
+            last_tick: now,
             next_send: now + ptime,
             sent_any: false,
             transmit: VecDeque::new(),
@@ -156,9 +174,12 @@ impl Session {
             self.rtcp_latched = None;
         }
         if params.codec != self.params.codec || params.ptime_ms != self.params.ptime_ms {
-            // Queued audio was for the old format; start a new talk spurt.
+            // Queued audio was for the old format; start a new talk spurt
+            // and a new jitter timeline.
             self.playout.clear();
             self.marker_next = true;
+            self.jitter = JitterBuffer::new(jitter_config(&params));
+            self.plc = Concealer::new(params.codec.clock_rate(), params.samples_per_frame());
         }
         self.params = params;
     }
@@ -271,8 +292,35 @@ impl Session {
             }
             return;
         }
-        let pcm = decode(self.params.codec, pkt.payload);
-        self.events.push_back(MediaEvent::Audio(pcm));
+        // Audio waits in the jitter buffer; the playout clock takes it out.
+        let _ = self.jitter.push(
+            now,
+            pkt.ssrc,
+            pkt.seq,
+            pkt.timestamp,
+            pkt.marker,
+            pkt.payload,
+        );
+    }
+
+    pub fn jitter_stats(&self) -> JitterStats {
+        self.jitter.stats()
+    }
+
+    /// One caller frame per tick out of the jitter buffer, decoded or concealed.
+    fn play_caller_frame(&mut self, now: Instant) {
+        match self.jitter.pop(now) {
+            Playout::Frame { payload, .. } => {
+                let mut pcm = decode(self.params.codec, &payload);
+                self.plc.good_frame(&mut pcm);
+                self.events.push_back(MediaEvent::Audio(pcm));
+            }
+            Playout::Conceal { .. } => {
+                let pcm = self.plc.conceal();
+                self.events.push_back(MediaEvent::Audio(pcm));
+            }
+            Playout::Empty => {}
+        }
     }
 
     fn latch(&mut self, now: Instant, from: SocketAddr) {
@@ -325,9 +373,11 @@ impl Session {
         if now.saturating_duration_since(self.next_send) > MAX_CATCH_UP {
             self.next_send = now;
         }
+        self.last_tick = now;
         while now >= self.next_send {
             self.next_send += ptime;
-            self.send_frame(now);
+            self.play_caller_frame(now);
+            self.due_ticks += 1;
         }
         if now >= self.rtcp.next_timeout() {
             let ntp = self.ntp(now);
@@ -384,12 +434,33 @@ impl Session {
         self.stats.tx_packets += 1;
     }
 
+    /// The next datagram to send. Outbound frames for due ticks are built
+    /// here, so agent audio queued since `handle_timeout` goes out at once.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmit.pop_front()
+        if let Some(t) = self.transmit.pop_front() {
+            return Some(t);
+        }
+        while self.due_ticks > 0 {
+            self.due_ticks -= 1;
+            self.send_frame(self.last_tick);
+            if let Some(t) = self.transmit.pop_front() {
+                return Some(t);
+            }
+        }
+        None
     }
 
     pub fn poll_event(&mut self) -> Option<MediaEvent> {
         self.events.pop_front()
+    }
+}
+
+fn jitter_config(p: &MediaParams) -> JitterConfig {
+    JitterConfig {
+        min_delay_ms: p.jitter_min_ms,
+        max_delay_ms: p.jitter_max_ms,
+        clock_rate: p.codec.clock_rate(),
+        frame_ms: p.ptime_ms,
     }
 }
 
@@ -422,6 +493,8 @@ mod tests {
             remote_rtcp: None,
             rtcp_mux: false,
             direction: Direction::SendRecv,
+            jitter_min_ms: 20,
+            jitter_max_ms: 200,
         }
     }
 
@@ -493,10 +566,12 @@ mod tests {
         let mut s = session(t0, params(), 0, 0);
         s.handle_agent_audio(&[5; 160]);
         s.handle_timeout(t0 + Duration::from_millis(20));
+        let mut p: Vec<_> = drain(&mut s);
         s.handle_timeout(t0 + Duration::from_millis(40)); // underrun
+        p.extend(drain(&mut s));
         s.handle_agent_audio(&[5; 160]);
         s.handle_timeout(t0 + Duration::from_millis(60));
-        let p: Vec<_> = drain(&mut s);
+        p.extend(drain(&mut s));
         let a = RtpPacket::parse(&p[0].1).unwrap();
         let b = RtpPacket::parse(&p[1].1).unwrap();
         assert_eq!(b.timestamp.wrapping_sub(a.timestamp), 320);
@@ -538,9 +613,55 @@ mod tests {
         s.handle_rtp(t0, from, &rtp(0, 2, 0, &[0x80; 160]));
         assert_eq!(s.stats().rx_malformed, 1);
         assert_eq!(s.stats().rx_ignored, 1);
-        let evs: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
-        assert_eq!(evs[0], MediaEvent::Latched(from));
+        let mut evs: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert_eq!(
+            evs,
+            vec![MediaEvent::Latched(from)],
+            "audio waits for playout"
+        );
+        // The playout clock takes the frame out of the jitter buffer.
+        for ms in (20..=100).step_by(20) {
+            s.handle_timeout(t0 + Duration::from_millis(ms));
+            evs.extend(std::iter::from_fn(|| s.poll_event()));
+        }
         assert_eq!(evs[1], MediaEvent::Audio(vec![32124; 160]));
+    }
+
+    /// Caller packets arriving out of order and with one missing are played
+    /// in order, with a concealed frame in the gap.
+    #[test]
+    fn reordered_caller_packets_play_in_order_and_loss_is_concealed() {
+        let t0 = Instant::now();
+        let mut s = session(t0, params(), 0, 0);
+        let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        // Frames 0..6 with distinct levels; 3 is lost, 4 and 5 swapped.
+        let level = |i: u16| g711::linear_to_ulaw(1000 * (i as i16 + 1));
+        for (at, i) in [(0, 0u16), (20, 1), (40, 2), (80, 5), (81, 4), (100, 6)] {
+            let ts = i as u32 * 160;
+            s.handle_rtp(
+                t0 + Duration::from_millis(at),
+                from,
+                &rtp(0, i, ts, &[level(i); 160]),
+            );
+        }
+        let mut frames = Vec::new();
+        for ms in (20..=300).step_by(20) {
+            s.handle_timeout(t0 + Duration::from_millis(ms));
+            while let Some(e) = s.poll_event() {
+                if let MediaEvent::Audio(pcm) = e {
+                    frames.push(pcm[80]);
+                }
+            }
+        }
+        let want = |i: u16| g711::ulaw_to_linear(level(i));
+        let played: Vec<i16> = frames.iter().copied().filter(|&v| v != 0).collect();
+        assert_eq!(played[..3], [want(0), want(1), want(2)]);
+        assert!(played.contains(&want(4)) && played.contains(&want(5)));
+        let p4 = played.iter().position(|&v| v == want(4));
+        let p5 = played.iter().position(|&v| v == want(5));
+        assert!(p4 < p5, "4 plays before 5: {played:?}");
+        assert!(s.jitter_stats().lost >= 1, "{:?}", s.jitter_stats());
+        assert!(s.jitter_stats().concealed >= 1, "{:?}", s.jitter_stats());
     }
 
     #[test]

@@ -97,6 +97,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
         dtmf: String::new(),
         media: Default::default(),
         quality: None,
+        jitter: None,
         on_hold: false,
     };
     if !shared
@@ -285,7 +286,7 @@ impl CallTask {
     }
 
     async fn media_loop(&mut self, neg: Negotiated) -> String {
-        let params = media_params(&neg);
+        let params = media_params(&neg, &self.shared.cfg);
         let rate = params.codec.clock_rate();
         let mut agent = match agent::build(&self.setup.route.agent, rate) {
             Ok(a) => a,
@@ -393,8 +394,10 @@ impl CallTask {
                 }
                 let stats = session.stats().clone();
                 let quality = session.quality();
+                let jitter = session.jitter_stats();
                 self.shared.calls.update(&self.id, |c| {
                     c.media = stats;
+                    c.jitter = Some(jitter);
                     c.quality = Some(quality);
                 });
             }
@@ -470,7 +473,7 @@ impl CallTask {
                 let held = !n.direction.sends();
                 info!(direction = %n.direction, codec = n.codec.encoding_name(),
                       remote = ?n.remote_rtp, "re-INVITE answered");
-                session.update(media_params(&n));
+                session.update(media_params(&n, &self.shared.cfg));
                 if was_held != held {
                     let mut out = AgentOutput::default();
                     agent.on_hold(held, &mut out);
@@ -493,7 +496,7 @@ impl CallTask {
     }
 }
 
-fn media_params(neg: &Negotiated) -> MediaParams {
+fn media_params(neg: &Negotiated, cfg: &crate::config::Config) -> MediaParams {
     MediaParams {
         codec: neg.codec,
         pt: neg.pt,
@@ -503,6 +506,8 @@ fn media_params(neg: &Negotiated) -> MediaParams {
         remote_rtcp: neg.remote_rtcp,
         rtcp_mux: neg.rtcp_mux,
         direction: neg.direction,
+        jitter_min_ms: cfg.jitter_min_ms,
+        jitter_max_ms: cfg.jitter_max_ms,
     }
 }
 
