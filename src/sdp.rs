@@ -109,6 +109,10 @@ pub enum Codec {
     Pcmu,
     /// G.711 A-law.
     Pcma,
+    /// G.722: 16 kHz audio on an 8000 Hz RTP clock (RFC 3551 section 4.5.2).
+    G722,
+    /// Opus (RFC 7587): `opus/48000/2` in SDP, mono audio.
+    Opus,
 }
 
 /// The SDP-visible facts about a codec.
@@ -125,7 +129,7 @@ struct CodecInfo {
 
 impl Codec {
     /// Every codec we implement.
-    pub const ALL: &'static [Codec] = &[Codec::Pcmu, Codec::Pcma];
+    pub const ALL: &'static [Codec] = &[Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::Opus];
 
     const fn info(self) -> CodecInfo {
         match self {
@@ -140,6 +144,18 @@ impl Codec {
                 clock_rate: 8000,
                 channels: None,
                 static_pt: Some(8),
+            },
+            Self::G722 => CodecInfo {
+                encoding_name: "G722",
+                clock_rate: 8000,
+                channels: None,
+                static_pt: Some(9),
+            },
+            Self::Opus => CodecInfo {
+                encoding_name: "opus",
+                clock_rate: 48000,
+                channels: Some(2),
+                static_pt: None,
             },
         }
     }
@@ -667,6 +683,8 @@ pub struct Negotiated {
     pub direction: Direction,
     /// The answer's m= lines in order. Empty is read as just `[Audio]`.
     pub media_slots: Vec<MediaSlot>,
+    /// The peer's a=fmtp for the chosen codec (e.g. Opus `useinbandfec=1`).
+    pub codec_fmtp: Option<String>,
 }
 
 /// Why an offer or answer gives us no usable audio.
@@ -842,6 +860,7 @@ fn negotiate_stream(
         rtcp_mux,
         direction,
         media_slots: Vec::new(),
+        codec_fmtp: m.fmtp(pt).map(str::to_owned),
     })
 }
 
@@ -980,6 +999,14 @@ impl AudioSection {
         push_line(out, format_args!("{m_line}"));
         for &(pt, codec) in &self.payloads {
             push_line(out, format_args!("a=rtpmap:{}", codec.rtpmap(pt)));
+            if codec == Codec::Opus {
+                // What we want to receive (RFC 7587 section 6.1): mono, with
+                // in-band FEC so our side can rebuild a lost packet.
+                push_line(
+                    out,
+                    format_args!("a=fmtp:{pt} useinbandfec=1;stereo=0;sprop-stereo=0"),
+                );
+            }
         }
         if let Some(te) = self.telephone_event_pt {
             push_line(
@@ -1727,6 +1754,7 @@ a=rtpmap:0 PCMU/8000\r\n";
             rtcp_mux: false,
             direction: Direction::Inactive,
             media_slots: Vec::new(),
+            codec_fmtp: None,
         };
         let answer = build_answer(&neg, &local_media());
         let parsed = SessionDescription::parse(&answer).unwrap();

@@ -265,9 +265,28 @@ fn call_with_speech(
     lead_silence_ms: u32,
     dial_after_register: bool,
 ) -> (Outcome, Option<DuringCall>) {
+    call_with_speech_as(
+        server,
+        account,
+        target,
+        lead_silence_ms,
+        dial_after_register,
+        (8000, 1),
+    )
+}
+
+fn call_with_speech_as(
+    server: &Server,
+    account: Account,
+    target: &str,
+    lead_silence_ms: u32,
+    dial_after_register: bool,
+    input_format: (u32, u16),
+) -> (Outcome, Option<DuringCall>) {
     let mut opts = Options::new(account)
         .dial(target)
         .play(&data_path("speech_8k.wav"));
+    opts.input_format = input_format;
     opts.lead_silence_ms = lead_silence_ms;
     opts.tail_silence_ms = 1000;
     opts.dial_after_register = dial_after_register;
@@ -308,6 +327,11 @@ fn call_with_speech(
 /// The call was set up, carried PCMU both ways for as long as in.wav lasted,
 /// and was torn down cleanly; the API showed it while it ran.
 fn assert_clean_call(out: &Outcome, during: Option<&DuringCall>, route: &str) {
+    assert_clean_call_with(out, during, route, "PCMU");
+}
+
+/// [`assert_clean_call`] for a call that must use `codec` (baresip's name).
+fn assert_clean_call_with(out: &Outcome, during: Option<&DuringCall>, route: &str, codec: &str) {
     let f = &out.facts;
     let ctx = format!("{}\n{}", out.sip_flow(), out.summary());
     assert!(f.call_established, "call not established\n{ctx}");
@@ -316,7 +340,7 @@ fn assert_clean_call(out: &Outcome, during: Option<&DuringCall>, route: &str) {
         "no 200 to INVITE: {:?}\n{ctx}",
         f.statuses("INVITE")
     );
-    assert_eq!(f.codec.as_deref(), Some("PCMU"), "codec\n{ctx}");
+    assert_eq!(f.codec.as_deref(), Some(codec), "codec\n{ctx}");
     assert!(
         f.ended_by_file,
         "the call must last until the phone's audio ends (hung up by the phone): {:?}\n{ctx}",
@@ -342,7 +366,7 @@ fn assert_clean_call(out: &Outcome, during: Option<&DuringCall>, route: &str) {
     assert!(
         c["codec"]
             .as_str()
-            .is_some_and(|s| s.to_ascii_uppercase().contains("PCMU")),
+            .is_some_and(|s| s.eq_ignore_ascii_case(codec)),
         "GET /calls codec: {c}"
     );
     assert!(
@@ -402,6 +426,36 @@ fn echo_test(transport: Transport) {
     assert_clean_call(&out, during.as_ref(), "echo");
     assert_echo_audio(&out);
     assert_idle_after(&server);
+}
+
+/// A wideband call: baresip offers only `codec` (`name/rate/channels`);
+/// the echo must come back with the same level, delay and continuity
+/// checks as G.711.
+fn wideband_echo_test(codec: &str, rate: u32, channels: u16) {
+    let server = Server::start(&profile(true));
+    let account = Account::new(USER, None, server.sip_port)
+        .regint(0)
+        .audio_codecs(Some(&format!("{codec}/{rate}/{channels}")));
+    let (out, during) = call_with_speech_as(&server, account, "echo", 0, false, (rate, channels));
+    assert_clean_call_with(&out, during.as_ref(), "echo", codec);
+    assert_echo_audio(&out);
+    assert_idle_after(&server);
+}
+
+#[test]
+fn opus_call_echoes_the_callers_speech() {
+    if require_peer("baresip").is_none() {
+        return;
+    }
+    wideband_echo_test("opus", 48000, 2);
+}
+
+#[test]
+fn g722_call_echoes_the_callers_speech() {
+    if require_peer("baresip").is_none() {
+        return;
+    }
+    wideband_echo_test("G722", 16000, 1);
 }
 
 #[test]

@@ -26,6 +26,11 @@ pub trait Agent: Send {
     /// The caller put the call on hold (or resumed it). Nothing is sent while
     /// held; an agent may queue music or stay silent.
     fn on_hold(&mut self, _held: bool, _out: &mut AgentOutput) {}
+    /// The PCM rate this agent hears and speaks; `None` takes the call's
+    /// codec rate (no resampling at all).
+    fn sample_rate(&self) -> Option<u32> {
+        None
+    }
     /// Keep at most this much audio queued (echo keeps its added delay low).
     fn max_queue_ms(&self) -> Option<u32> {
         None
@@ -36,19 +41,13 @@ pub trait Agent: Send {
 pub enum AgentError {
     #[error("greeting audio: {0}")]
     Greeting(#[from] WavError),
-    #[error("agent `{kind}` needs {expected} Hz audio, the call runs at {got} Hz")]
-    Rate {
-        kind: &'static str,
-        expected: u32,
-        got: u32,
-    },
 }
 
-/// Builds the agent a route names, for a call running at `sample_rate`.
-pub fn build(cfg: &AgentConfig, sample_rate: u32) -> Result<Box<dyn Agent>, AgentError> {
+/// Builds the agent a route names.
+pub fn build(cfg: &AgentConfig) -> Result<Box<dyn Agent>, AgentError> {
     Ok(match cfg {
         AgentConfig::Echo => Box::new(Echo),
-        AgentConfig::Demo => Box::new(Demo::new(sample_rate)?),
+        AgentConfig::Demo => Box::new(Demo::new()?),
     })
 }
 
@@ -79,24 +78,19 @@ const GREETING_WAV: &[u8] = include_bytes!("../../assets/greeting.wav");
 /// samples received, which arrive in real time, so no clock is needed.
 pub struct Demo {
     greeting: Option<Vec<i16>>,
+    rate: u32,
     remaining: usize,
 }
 
 impl Demo {
-    pub fn new(sample_rate: u32) -> Result<Self, AgentError> {
+    pub fn new() -> Result<Self, AgentError> {
         let wav = Wav::parse(GREETING_WAV)?;
-        if wav.sample_rate != sample_rate {
-            return Err(AgentError::Rate {
-                kind: "demo",
-                expected: wav.sample_rate,
-                got: sample_rate,
-            });
-        }
         let pcm = wav.mono();
         // A short pause after the greeting before the echo starts.
-        let remaining = pcm.len() + sample_rate as usize / 5;
+        let remaining = pcm.len() + wav.sample_rate as usize / 5;
         Ok(Demo {
             greeting: Some(pcm),
+            rate: wav.sample_rate,
             remaining,
         })
     }
@@ -105,6 +99,10 @@ impl Demo {
 impl Agent for Demo {
     fn kind(&self) -> &'static str {
         "demo"
+    }
+    /// The greeting's rate; the media session resamples for wideband calls.
+    fn sample_rate(&self) -> Option<u32> {
+        Some(self.rate)
     }
     fn start(&mut self, out: &mut AgentOutput) {
         if let Some(g) = self.greeting.take() {
@@ -130,7 +128,7 @@ mod tests {
 
     #[test]
     fn echo_returns_what_it_hears() {
-        let mut a = build(&AgentConfig::Echo, 8000).unwrap();
+        let mut a = build(&AgentConfig::Echo).unwrap();
         let mut out = AgentOutput::default();
         a.on_audio(&[1, 2, 3], &mut out);
         assert_eq!(out.audio, vec![1, 2, 3]);
@@ -138,7 +136,7 @@ mod tests {
 
     #[test]
     fn demo_greets_then_echoes_after_the_greeting() {
-        let mut a = build(&AgentConfig::Demo, 8000).unwrap();
+        let mut a = build(&AgentConfig::Demo).unwrap();
         let mut out = AgentOutput::default();
         a.start(&mut out);
         let greeting_len = out.audio.len();
@@ -157,10 +155,8 @@ mod tests {
     }
 
     #[test]
-    fn demo_refuses_a_rate_it_has_no_greeting_for() {
-        assert!(matches!(
-            build(&AgentConfig::Demo, 16000),
-            Err(AgentError::Rate { .. })
-        ));
+    fn demo_speaks_at_its_greetings_rate_and_echo_at_the_calls() {
+        assert_eq!(build(&AgentConfig::Demo).unwrap().sample_rate(), Some(8000));
+        assert_eq!(build(&AgentConfig::Echo).unwrap().sample_rate(), None);
     }
 }

@@ -1,10 +1,12 @@
 //! Per-call media, sans-IO: RTP parsing, G.711, DTMF, playout and the call's
 //! media state machine ([`session::Session`]). Only the call task owns sockets.
+pub mod codec;
 pub mod dtmf;
 pub mod g711;
 pub mod jitter;
 pub mod plc;
 pub mod ports;
+pub mod resample;
 pub mod rtcp;
 pub mod rtp;
 pub mod session;

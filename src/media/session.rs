@@ -9,10 +9,13 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::codec::{
+    self, AudioDecoder, AudioEncoder, CodecError, CodecKind, CodecParams, OpusFmtp,
+};
 use super::dtmf::DtmfReceiver;
-use super::g711;
 use super::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
 use super::plc::Concealer;
+use super::resample::Resampler;
 use super::rtcp::{self, CallQuality, RtcpSession};
 use super::rtp::{looks_like_rtcp, PayloadType, RtpPacket, SeqNo, Ssrc};
 use crate::sdp::{Codec, Direction};
@@ -35,6 +38,10 @@ pub struct MediaParams {
     /// Adaptive jitter buffer bounds.
     pub jitter_min_ms: u32,
     pub jitter_max_ms: u32,
+    /// The PCM rate the agent hears and speaks (8, 16, 24 or 48 kHz).
+    pub agent_rate: u32,
+    /// The peer's a=fmtp for the codec (Opus FEC/DTX/bit rate wishes).
+    pub codec_fmtp: Option<String>,
 }
 
 /// Which of the call's two sockets a datagram leaves from.
@@ -53,15 +60,87 @@ pub struct Transmit {
 }
 
 impl MediaParams {
-    pub fn samples_per_frame(&self) -> usize {
-        (self.codec.clock_rate() as usize * self.ptime_ms as usize) / 1000
+    /// One ptime of audio at the agent's rate.
+    pub fn agent_frame_samples(&self) -> usize {
+        (self.agent_rate as usize * self.ptime_ms as usize) / 1000
+    }
+}
+
+/// The PCM rate a codec decodes to natively.
+pub fn natural_rate(codec: Codec) -> u32 {
+    match codec {
+        Codec::Pcmu | Codec::Pcma => 8000,
+        Codec::G722 => 16000,
+        Codec::Opus => 48000,
+    }
+}
+
+fn codec_kind(codec: Codec) -> CodecKind {
+    match codec {
+        Codec::Pcmu => CodecKind::Pcmu,
+        Codec::Pcma => CodecKind::Pcma,
+        Codec::G722 => CodecKind::G722,
+        Codec::Opus => CodecKind::Opus,
+    }
+}
+
+/// Codec state for both directions: decode and resample once on the way
+/// in, resample and encode once on the way out.
+struct Transcoder {
+    decoder: Box<dyn AudioDecoder>,
+    encoder: Box<dyn AudioEncoder>,
+    /// Decoded caller PCM to the agent's rate; `None` when they match.
+    rx_resample: Option<Resampler>,
+    /// Agent PCM to the encoder's rate; `None` when they match.
+    tx_resample: Option<Resampler>,
+    /// Our concealment for codecs without their own (G.711, G.722); Opus
+    /// conceals in its decoder.
+    plc: Option<Concealer>,
+}
+
+impl Transcoder {
+    fn new(p: &MediaParams) -> Result<Self, CodecError> {
+        let kind = codec_kind(p.codec);
+        let mut cp = CodecParams::new(kind);
+        cp.ptime_ms = p.ptime_ms;
+        if kind == CodecKind::Opus {
+            // Opus can run at the agent's rate itself: no resampler then.
+            if [8000, 12000, 16000, 24000, 48000].contains(&p.agent_rate) {
+                cp.opus_pcm_rate = p.agent_rate;
+            }
+            if let Some(f) = &p.codec_fmtp {
+                cp.apply_remote_opus_fmtp(&OpusFmtp::parse(f));
+            }
+        }
+        let decoder = codec::decoder(&cp)?;
+        let encoder = codec::encoder(&cp)?;
+        let resampler = |from: u32, to: u32| -> Result<Option<Resampler>, CodecError> {
+            if from == to {
+                Ok(None)
+            } else {
+                Resampler::new(from, to, 10).map(Some)
+            }
+        };
+        let rx_resample = resampler(decoder.sample_rate(), p.agent_rate)?;
+        let tx_resample = resampler(p.agent_rate, encoder.sample_rate())?;
+        let plc = (kind != CodecKind::Opus).then(|| {
+            let frame = decoder.sample_rate() as usize * p.ptime_ms as usize / 1000;
+            Concealer::new(decoder.sample_rate(), frame)
+        });
+        Ok(Transcoder {
+            decoder,
+            encoder,
+            rx_resample,
+            tx_resample,
+            plc,
+        })
     }
 }
 
 /// Something the agent (or the log) must hear about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaEvent {
-    /// Decoded caller audio, 16-bit PCM at the codec's rate.
+    /// Decoded caller audio, 16-bit PCM at the agent's rate.
     Audio(Vec<i16>),
     /// An RFC 4733 digit, reported once per event.
     Dtmf(char),
@@ -80,6 +159,10 @@ pub struct MediaStats {
     pub tx_underruns: u64,
     /// Live audio dropped to keep the echo delay bounded.
     pub tx_trimmed_ms: u64,
+    /// Frames the codec or resampler refused (counted and dropped).
+    pub codec_errors: u64,
+    /// Opus DTX frames not sent (silence).
+    pub tx_dtx_frames: u64,
     pub rtcp_received: u64,
     pub rtcp_malformed: u64,
     pub rtcp_sent: u64,
@@ -103,7 +186,7 @@ pub struct Session {
     wall_base: (Instant, SystemTime),
     playout: VecDeque<i16>,
     jitter: JitterBuffer,
-    plc: Concealer,
+    codec: Transcoder,
     /// Playout ticks that are due but whose outbound frame has not been
     /// built yet: built in `poll_transmit`, after the agent has seen this
     /// tick's caller audio, so echo adds no extra tick of delay.
@@ -129,13 +212,13 @@ impl Session {
         ssrc: u32,
         seq: u16,
         timestamp: u32,
-    ) -> Self {
+    ) -> Result<Self, CodecError> {
         let ptime = Duration::from_millis(params.ptime_ms as u64);
         let cname = format!("agentline-{ssrc:08x}");
         let jitter = JitterBuffer::new(jitter_config(&params));
-        let plc = Concealer::new(params.codec.clock_rate(), params.samples_per_frame());
+        let codec = Transcoder::new(&params)?;
         let rtcp = RtcpSession::new(Ssrc(ssrc), cname, params.codec.clock_rate(), now);
-        Session {
+        Ok(Session {
             rtcp_latched: None,
             rtcp,
             wall_base: (now, wall),
@@ -147,7 +230,7 @@ impl Session {
             latched: None,
             playout: VecDeque::new(),
             jitter,
-            plc,
+            codec,
             due_ticks: 0,
             last_tick: now,
             next_send: now + ptime,
@@ -157,7 +240,7 @@ impl Session {
             dtmf: DtmfReceiver::default(),
             stats: MediaStats::default(),
             scratch: Vec::with_capacity(200),
-        }
+        })
     }
 
     pub fn params(&self) -> &MediaParams {
@@ -166,22 +249,30 @@ impl Session {
 
     /// New negotiated parameters (re-INVITE/UPDATE: hold, resume, new
     /// address, codec change). Our SSRC, sequence and timestamp continue.
-    pub fn update(&mut self, params: MediaParams) {
+    /// On error (a codec we cannot build) nothing changes.
+    pub fn update(&mut self, params: MediaParams) -> Result<(), CodecError> {
+        let format_changed = params.codec != self.params.codec
+            || params.ptime_ms != self.params.ptime_ms
+            || params.agent_rate != self.params.agent_rate
+            || params.codec_fmtp != self.params.codec_fmtp;
+        if format_changed {
+            self.codec = Transcoder::new(&params)?;
+        }
         if params.remote != self.params.remote {
             // The peer moved (or went on hold with c=0.0.0.0): forget where
             // its packets came from until new ones arrive.
             self.latched = None;
             self.rtcp_latched = None;
         }
-        if params.codec != self.params.codec || params.ptime_ms != self.params.ptime_ms {
+        if format_changed {
             // Queued audio was for the old format; start a new talk spurt
             // and a new jitter timeline.
             self.playout.clear();
             self.marker_next = true;
             self.jitter = JitterBuffer::new(jitter_config(&params));
-            self.plc = Concealer::new(params.codec.clock_rate(), params.samples_per_frame());
         }
         self.params = params;
+        Ok(())
     }
 
     pub fn stats(&self) -> &MediaStats {
@@ -307,20 +398,42 @@ impl Session {
         self.jitter.stats()
     }
 
-    /// One caller frame per tick out of the jitter buffer, decoded or concealed.
+    /// One caller frame per tick out of the jitter buffer, decoded (or
+    /// concealed) and resampled to the agent's rate.
     fn play_caller_frame(&mut self, now: Instant) {
-        match self.jitter.pop(now) {
+        let mut pcm = Vec::new();
+        let ok = match self.jitter.pop(now) {
             Playout::Frame { payload, .. } => {
-                let mut pcm = decode(self.params.codec, &payload);
-                self.plc.good_frame(&mut pcm);
-                self.events.push_back(MediaEvent::Audio(pcm));
+                let ok = self.codec.decoder.decode(&payload, &mut pcm).is_ok();
+                if let Some(plc) = &mut self.codec.plc {
+                    if ok && pcm.len() == plc.frame_len() {
+                        plc.good_frame(&mut pcm);
+                    }
+                }
+                ok
             }
-            Playout::Conceal { .. } => {
-                let pcm = self.plc.conceal();
-                self.events.push_back(MediaEvent::Audio(pcm));
-            }
-            Playout::Empty => {}
+            Playout::Conceal { .. } => match &mut self.codec.plc {
+                Some(plc) => {
+                    pcm = plc.conceal();
+                    true
+                }
+                None => self.codec.decoder.conceal(None, &mut pcm).is_ok(),
+            },
+            Playout::Empty => return,
+        };
+        if !ok {
+            self.stats.codec_errors += 1;
+            return;
         }
+        if let Some(r) = &mut self.codec.rx_resample {
+            let mut out = Vec::with_capacity(pcm.len());
+            if r.process(&pcm, &mut out).is_err() {
+                self.stats.codec_errors += 1;
+                return;
+            }
+            pcm = out;
+        }
+        self.events.push_back(MediaEvent::Audio(pcm));
     }
 
     fn latch(&mut self, now: Instant, from: SocketAddr) {
@@ -349,10 +462,10 @@ impl Session {
     /// The hysteresis lets normal arrival jitter through untouched and only
     /// acts when the caller's clock runs ahead of ours.
     pub fn trim_playout(&mut self, max_ms: u32) {
-        let rate = self.params.codec.clock_rate() as usize;
+        let rate = self.params.agent_rate as usize;
         let max = rate * max_ms as usize / 1000;
         if self.playout.len() > max {
-            let keep = self.params.samples_per_frame();
+            let keep = self.params.agent_frame_samples();
             let excess = self.playout.len() - keep;
             self.playout.drain(..excess);
             self.stats.tx_trimmed_ms += (excess * 1000 / rate) as u64;
@@ -360,7 +473,7 @@ impl Session {
     }
 
     pub fn queued_ms(&self) -> u64 {
-        self.playout.len() as u64 * 1000 / self.params.codec.clock_rate() as u64
+        self.playout.len() as u64 * 1000 / self.params.agent_rate.max(1) as u64
     }
 
     pub fn next_timeout(&self) -> Instant {
@@ -395,9 +508,11 @@ impl Session {
     }
 
     fn send_frame(&mut self, now: Instant) {
-        let n = self.params.samples_per_frame();
+        let n = self.params.agent_frame_samples();
         let ts = self.timestamp;
-        self.timestamp = self.timestamp.wrapping_add(n as u32);
+        self.timestamp = self
+            .timestamp
+            .wrapping_add(self.codec.encoder.rtp_timestamp_increment());
         if self.playout.is_empty() {
             if self.sent_any {
                 self.stats.tx_underruns += 1;
@@ -412,7 +527,25 @@ impl Session {
         let (Some(to), true) = (self.remote(), self.params.direction.sends()) else {
             return;
         };
-        let payload = encode(self.params.codec, &frame);
+        if let Some(r) = &mut self.codec.tx_resample {
+            let mut out = Vec::with_capacity(r.output_block() * 2);
+            if r.process(&frame, &mut out).is_err() {
+                self.stats.codec_errors += 1;
+                return;
+            }
+            frame = out;
+        }
+        let mut payload = Vec::with_capacity(200);
+        if self.codec.encoder.encode(&frame, &mut payload).is_err() {
+            self.stats.codec_errors += 1;
+            return;
+        }
+        if self.codec.encoder.last_was_dtx() {
+            // Opus DTX: silence need not be sent; the next packet starts a spurt.
+            self.stats.tx_dtx_frames += 1;
+            self.marker_next = true;
+            return;
+        }
         let pkt = RtpPacket {
             marker: self.marker_next,
             payload_type: PayloadType(self.params.pt),
@@ -464,24 +597,11 @@ fn jitter_config(p: &MediaParams) -> JitterConfig {
     }
 }
 
-pub fn decode(codec: Codec, payload: &[u8]) -> Vec<i16> {
-    match codec {
-        Codec::Pcmu => payload.iter().map(|&b| g711::ulaw_to_linear(b)).collect(),
-        Codec::Pcma => payload.iter().map(|&b| g711::alaw_to_linear(b)).collect(),
-    }
-}
-
-pub fn encode(codec: Codec, pcm: &[i16]) -> Vec<u8> {
-    match codec {
-        Codec::Pcmu => pcm.iter().map(|&s| g711::linear_to_ulaw(s)).collect(),
-        Codec::Pcma => pcm.iter().map(|&s| g711::linear_to_alaw(s)).collect(),
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::media::g711;
 
     fn params() -> MediaParams {
         MediaParams {
@@ -495,11 +615,13 @@ mod tests {
             direction: Direction::SendRecv,
             jitter_min_ms: 20,
             jitter_max_ms: 200,
+            agent_rate: 8000,
+            codec_fmtp: None,
         }
     }
 
     fn session(t0: Instant, p: MediaParams, seq: u16, ts: u32) -> Session {
-        Session::new(t0, SystemTime::UNIX_EPOCH, p, 1, seq, ts)
+        Session::new(t0, SystemTime::UNIX_EPOCH, p, 1, seq, ts).unwrap()
     }
 
     fn rtp(pt: u8, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
@@ -707,14 +829,14 @@ mod tests {
         assert_eq!(drain(&mut s).len(), 1);
         let mut held = params();
         held.direction = Direction::RecvOnly; // caller sent sendonly
-        s.update(held);
+        s.update(held).unwrap();
         s.handle_agent_audio(&[3; 320]);
         s.handle_timeout(at(40));
         s.handle_timeout(at(60));
         assert!(drain(&mut s).is_empty(), "nothing is sent on hold");
         let mut moved = params();
         moved.remote = Some("127.0.0.1:5000".parse().unwrap());
-        s.update(moved);
+        s.update(moved).unwrap();
         s.handle_agent_audio(&[3; 160]);
         s.handle_timeout(at(80));
         let sent = drain(&mut s);

@@ -20,7 +20,7 @@ use crate::agent::{self, AgentOutput};
 use crate::calls::{unix_ms, CallInfo, CallState};
 use crate::config::{RouteConfig, SipTransport};
 use crate::media::ports::RtpPorts;
-use crate::media::session::{MediaEvent, MediaParams, Session, Socket, Transmit};
+use crate::media::session::{natural_rate, MediaEvent, MediaParams, Session, Socket, Transmit};
 use crate::sdp::{self, Codec, LocalCaps, LocalMedia, Negotiated};
 
 /// What admission learned about a new INVITE.
@@ -35,7 +35,9 @@ pub struct CallSetup {
 
 pub fn local_caps() -> LocalCaps {
     LocalCaps {
-        codecs: vec![Codec::Pcmu, Codec::Pcma],
+        // G.711 first in our own offers: every phone takes it. Answers
+        // follow the caller's order, so a phone preferring Opus gets Opus.
+        codecs: vec![Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::Opus],
         telephone_event: true,
         ptime_ms: 20,
     }
@@ -286,9 +288,7 @@ impl CallTask {
     }
 
     async fn media_loop(&mut self, neg: Negotiated) -> String {
-        let params = media_params(&neg, &self.shared.cfg);
-        let rate = params.codec.clock_rate();
-        let mut agent = match agent::build(&self.setup.route.agent, rate) {
+        let mut agent = match agent::build(&self.setup.route.agent) {
             Ok(a) => a,
             Err(e) => {
                 warn!(error = %e, "agent failed to start");
@@ -296,8 +296,9 @@ impl CallTask {
                 return format!("agent error: {e}");
             }
         };
+        let params = media_params(&neg, &self.shared.cfg, agent.sample_rate());
         let now = Instant::now();
-        let mut session = Session::new(
+        let session = Session::new(
             now,
             std::time::SystemTime::now(),
             params,
@@ -305,6 +306,14 @@ impl CallTask {
             rand::random(),
             rand::random(),
         );
+        let mut session = match session {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "codec setup failed");
+                self.dialog.bye().await.ok();
+                return format!("codec error: {e}");
+            }
+        };
         self.shared.calls.update(&self.id, |c| {
             c.state = CallState::Active;
             c.codec = Some(neg.codec.encoding_name().to_string());
@@ -473,7 +482,13 @@ impl CallTask {
                 let held = !n.direction.sends();
                 info!(direction = %n.direction, codec = n.codec.encoding_name(),
                       remote = ?n.remote_rtp, "re-INVITE answered");
-                session.update(media_params(&n, &self.shared.cfg));
+                if let Err(e) =
+                    session.update(media_params(&n, &self.shared.cfg, agent.sample_rate()))
+                {
+                    info!(error = %e, "re-INVITE codec unusable: 488");
+                    handle.reply(StatusCode::NotAcceptableHere).await.ok();
+                    return;
+                }
                 if was_held != held {
                     let mut out = AgentOutput::default();
                     agent.on_hold(held, &mut out);
@@ -496,7 +511,12 @@ impl CallTask {
     }
 }
 
-fn media_params(neg: &Negotiated, cfg: &crate::config::Config) -> MediaParams {
+/// `agent_rate`: the agent's fixed rate, or `None` for the codec's own.
+fn media_params(
+    neg: &Negotiated,
+    cfg: &crate::config::Config,
+    agent_rate: Option<u32>,
+) -> MediaParams {
     MediaParams {
         codec: neg.codec,
         pt: neg.pt,
@@ -508,6 +528,8 @@ fn media_params(neg: &Negotiated, cfg: &crate::config::Config) -> MediaParams {
         direction: neg.direction,
         jitter_min_ms: cfg.jitter_min_ms,
         jitter_max_ms: cfg.jitter_max_ms,
+        agent_rate: agent_rate.unwrap_or_else(|| natural_rate(neg.codec)),
+        codec_fmtp: neg.codec_fmtp.clone(),
     }
 }
 

@@ -158,23 +158,32 @@ pub fn parse_wav(bytes: &[u8]) -> Result<(Audio, WavInfo), String> {
 
 /// Writes 16-bit PCM mono (samples are clipped to the i16 range).
 pub fn write_wav(path: &Path, audio: &Audio) -> Result<(), String> {
-    let data_len = audio.samples.len() * 2;
+    write_wav_channels(path, audio, 1)
+}
+
+/// Writes `audio` with every sample repeated on `channels` channels (baresip
+/// wants its WAV source in the codec's own format, e.g. 48 kHz stereo for Opus).
+pub fn write_wav_channels(path: &Path, audio: &Audio, channels: u16) -> Result<(), String> {
+    let channels = channels.max(1);
+    let data_len = audio.samples.len() * 2 * channels as usize;
     let mut out = Vec::with_capacity(44 + data_len);
     out.extend_from_slice(b"RIFF");
     out.extend_from_slice(&((36 + data_len) as u32).to_le_bytes());
     out.extend_from_slice(b"WAVEfmt ");
     out.extend_from_slice(&16u32.to_le_bytes());
     out.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    out.extend_from_slice(&1u16.to_le_bytes()); // mono
+    out.extend_from_slice(&channels.to_le_bytes());
     out.extend_from_slice(&audio.rate.to_le_bytes());
-    out.extend_from_slice(&(audio.rate * 2).to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&(audio.rate * 2 * channels as u32).to_le_bytes());
+    out.extend_from_slice(&(2 * channels).to_le_bytes());
     out.extend_from_slice(&16u16.to_le_bytes());
     out.extend_from_slice(b"data");
     out.extend_from_slice(&(data_len as u32).to_le_bytes());
     for s in &audio.samples {
         let v = (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16;
-        out.extend_from_slice(&v.to_le_bytes());
+        for _ in 0..channels {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
     }
     std::fs::write(path, out).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -138,6 +138,9 @@ pub struct Options {
     /// Silence before / after `play` in in.wav. The call lasts as long as
     /// in.wav, so the tail is what is still recorded after the last word.
     pub lead_silence_ms: u32,
+    /// in.wav's rate and channels; baresip's aufile source needs the
+    /// codec's own format (Opus 48000/2, G.722 16000/1). Default 8000/1.
+    pub input_format: (u32, u16),
     pub tail_silence_ms: u32,
     /// Hard bound on the whole run (also passed as baresip's `-t`).
     pub max_secs: u64,
@@ -153,6 +156,7 @@ impl Options {
             dial_after_register: false,
             play: None,
             lead_silence_ms: 0,
+            input_format: (8000, 1),
             tail_silence_ms: 1000,
             max_secs: 30,
             sip_trace: true,
@@ -458,7 +462,10 @@ impl Baresip {
         )
         .expect("write accounts");
         let input = make_input(&opts).unwrap_or_else(|e| panic!("in.wav: {e}"));
-        audio::write_wav(&dir.path().join("in.wav"), &input).expect("write in.wav");
+        let (rate, channels) = opts.input_format;
+        let input = audio::resample(&input, rate);
+        audio::write_wav_channels(&dir.path().join("in.wav"), &input, channels)
+            .expect("write in.wav");
 
         let mut cmd = Command::new("baresip");
         cmd.arg("-f").arg(dir.path());
