@@ -177,6 +177,8 @@ struct RawSip {
     max_expires: Option<u32>,
     shutdown_grace_s: Option<u64>,
     auth_algorithms: Option<Vec<String>>,
+    session_expires_s: Option<u32>,
+    min_se_s: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -282,6 +284,9 @@ pub struct Config {
     pub min_expires: u32,
     pub max_expires: u32,
     pub shutdown_grace_s: u64,
+    /// RFC 4028: the longest session interval we grant, and the shortest we accept.
+    pub session_expires_s: u32,
+    pub min_se_s: u32,
     /// Digest algorithms offered in challenges, in order of preference.
     pub auth_algorithms: Vec<crate::sip::digest::Algorithm>,
     pub rtp_ports: PortRange,
@@ -562,6 +567,8 @@ impl Config {
             max_expires,
             shutdown_grace_s: raw.sip.shutdown_grace_s.unwrap_or(30),
             auth_algorithms,
+            session_expires_s: raw.sip.session_expires_s.unwrap_or(1800),
+            min_se_s: raw.sip.min_se_s.unwrap_or(90),
             rtp_ports,
             rtp_bind,
             rtp_timeout_s: raw.rtp.timeout_s.unwrap_or(60),

@@ -31,6 +31,8 @@ pub struct CallSetup {
     pub source: SocketAddr,
     pub transport: SipTransport,
     pub caller_user: Option<String>,
+    /// RFC 4028 session timer granted to this call.
+    pub timer: Option<super::timer::SessionTimer>,
 }
 
 pub fn local_caps() -> LocalCaps {
@@ -145,6 +147,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
         async move {
             let dialog_id = dialog.id();
             let mut task = CallTask {
+                last_sdp: String::new(),
                 sdp_origin: (rand::random::<u32>() as u64, 0),
                 shared: shared.clone(),
                 dialog,
@@ -168,6 +171,8 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
 
 struct CallTask {
     shared: Arc<Shared>,
+    /// The SDP we last sent, re-sent in session refreshes.
+    last_sdp: String,
     /// SDP `o=` session id and version: fixed id, version +1 per new SDP (RFC 3264 section 8).
     sdp_origin: (u64, u64),
     dialog: InviteDialog,
@@ -183,8 +188,17 @@ enum Wait {
     Ended(String),
 }
 
-fn sdp_headers() -> Option<Vec<Header>> {
-    Some(vec![Header::ContentType("application/sdp".into())])
+/// Headers of a 200 (or refresh) carrying SDP and our session timer.
+fn answer_headers(timer: Option<&super::timer::SessionTimer>) -> Option<Vec<Header>> {
+    let mut h = vec![Header::ContentType("application/sdp".into())];
+    if let Some(t) = timer {
+        h.push(Header::SessionExpires(t.header_value().into()));
+        h.push(Header::Supported("timer".into()));
+        if t.uac_supports {
+            h.push(Header::Require("timer".into()));
+        }
+    }
+    Some(h)
 }
 
 impl CallTask {
@@ -246,7 +260,9 @@ impl CallTask {
         self.shared
             .calls
             .update(&self.id, |c| c.state = CallState::Answering);
-        if let Err(e) = self.dialog.accept(sdp_headers(), Some(body.into_bytes())) {
+        self.last_sdp = body.clone();
+        let headers = answer_headers(self.setup.timer.as_ref());
+        if let Err(e) = self.dialog.accept(headers, Some(body.into_bytes())) {
             return format!("cannot send 200: {e}");
         }
         // Wait for the ACK.
@@ -331,8 +347,25 @@ impl CallTask {
         let mut last_stats = Instant::now();
         let rtp_timeout = Duration::from_secs(self.shared.cfg.rtp_timeout_s);
         let mut last_rx = (Instant::now(), 0u64);
+        // RFC 4028: refreshes we send run in their own task (a re-INVITE can
+        // take 32 s to time out); their outcome comes back here.
+        let timer = self.setup.timer;
+        let mut last_refresh = Instant::now();
+        let (refresh_tx, mut refresh_rx) = tokio::sync::mpsc::channel::<Result<u16, String>>(2);
+        let mut refresh_in_flight = false;
         let end = loop {
-            let wake = tokio::time::Instant::from_std(session.next_timeout());
+            let mut wake = session.next_timeout();
+            if let Some(t) = timer {
+                if !refresh_in_flight {
+                    if let Some(due) = t.refresh_due(last_refresh) {
+                        wake = wake.min(due);
+                    }
+                }
+                if let Some(exp) = t.expiry(last_refresh) {
+                    wake = wake.min(exp);
+                }
+            }
+            let wake = tokio::time::Instant::from_std(wake);
             tokio::select! {
                 r = self.ports.rtp.recv_from(&mut buf) => match r {
                     Ok((n, from)) => session.handle_rtp(Instant::now(), from, &buf[..n]),
@@ -342,7 +375,46 @@ impl CallTask {
                     Ok((n, from)) => session.handle_rtcp(Instant::now(), from, &rtcp_buf[..n]),
                     Err(e) => debug!(error = %e, "RTCP receive error"),
                 },
-                _ = tokio::time::sleep_until(wake) => session.handle_timeout(Instant::now()),
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    session.handle_timeout(now);
+                    if let Some(t) = timer {
+                        if t.expiry(last_refresh).is_some_and(|e| now >= e) {
+                            warn!(interval_s = t.interval_s, "session not refreshed: hanging up");
+                            self.dialog.bye().await.ok();
+                            break "session timer expired".to_string();
+                        }
+                        if !refresh_in_flight && t.refresh_due(last_refresh).is_some_and(|d| now >= d) {
+                            refresh_in_flight = true;
+                            let d = self.dialog.clone();
+                            let body = self.last_sdp.clone().into_bytes();
+                            let headers = answer_headers(Some(&t));
+                            let done = refresh_tx.clone();
+                            tokio::spawn(async move {
+                                let r = match d.reinvite(headers, Some(body)).await {
+                                    Ok(Some(resp)) => Ok(u16::from(resp.status_code)),
+                                    Ok(None) => Err("dialog not confirmed".to_string()),
+                                    Err(e) => Err(e.to_string()),
+                                };
+                                let _ = done.send(r).await;
+                            });
+                        }
+                    }
+                }
+                Some(r) = refresh_rx.recv() => {
+                    refresh_in_flight = false;
+                    match r {
+                        Ok(code) if (200..300).contains(&code) => {
+                            debug!(code, "session refreshed");
+                            last_refresh = Instant::now();
+                        }
+                        other => {
+                            warn!(outcome = ?other, "session refresh failed: hanging up");
+                            self.dialog.bye().await.ok();
+                            break "session refresh failed".to_string();
+                        }
+                    }
+                }
                 _ = self.hangup.cancelled() => {
                     if let Err(e) = self.dialog.bye().await {
                         debug!(error = %e, "BYE failed");
@@ -353,6 +425,8 @@ impl CallTask {
                     None => break "dialog gone".to_string(),
                     Some(DialogState::Terminated(_, why)) => break reason(&why),
                     Some(DialogState::Updated(_, req, handle)) => {
+                        // Any re-INVITE/UPDATE from the caller refreshes the session.
+                        last_refresh = Instant::now();
                         self.on_reinvite(&mut session, agent.as_mut(), &req, handle).await;
                     }
                     Some(DialogState::Info(_, req, handle)) => {
@@ -465,8 +539,13 @@ impl CallTask {
         if req.body.is_empty() {
             // No offer (e.g. a session refresh): we offer, the answer comes in the ACK.
             let offer = sdp::build_offer(&local_caps(), &local);
+            self.last_sdp = offer.clone();
             handle
-                .respond(StatusCode::OK, sdp_headers(), Some(offer.into_bytes()))
+                .respond(
+                    StatusCode::OK,
+                    answer_headers(self.setup.timer.as_ref()),
+                    Some(offer.into_bytes()),
+                )
                 .await
                 .ok();
             return;
@@ -498,8 +577,13 @@ impl CallTask {
                     c.codec = Some(n.codec.encoding_name().to_string());
                     c.on_hold = held;
                 });
+                self.last_sdp = answer.clone();
                 handle
-                    .respond(StatusCode::OK, sdp_headers(), Some(answer.into_bytes()))
+                    .respond(
+                        StatusCode::OK,
+                        answer_headers(self.setup.timer.as_ref()),
+                        Some(answer.into_bytes()),
+                    )
                     .await
                     .ok();
             }

@@ -7,3 +7,4 @@ pub mod call;
 pub mod digest;
 pub mod registrar;
 pub mod server;
+pub mod timer;

@@ -519,12 +519,40 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
             }
         }
     };
+    // RFC 4028 session timer, if the caller asked for one.
+    let supported: Vec<String> = req
+        .headers
+        .iter()
+        .filter_map(|h| match h {
+            Header::Supported(v) => Some(v.value().to_string()),
+            _ => None,
+        })
+        .collect();
+    let timer = match super::timer::decide(
+        req.session_expires_header().map(|h| h.value()),
+        &supported,
+        shared.cfg.min_se_s,
+        shared.cfg.session_expires_s,
+    ) {
+        super::timer::TimerDecision::None => None,
+        super::timer::TimerDecision::Granted(t) => Some(t),
+        super::timer::TimerDecision::TooSmall { min_se } => {
+            info!(dialled, %source, min_se, "Session-Expires too small: 422");
+            reply_and_finish(
+                tx,
+                StatusCode::SessionIntervalTooSmall,
+                vec![Header::MinSE(min_se.to_string().into())],
+            );
+            return;
+        }
+    };
     let setup = CallSetup {
         route,
         offer,
         source,
         transport,
         caller_user,
+        timer,
     };
     call::admit(shared.clone(), tx, setup);
 }
