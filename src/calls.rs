@@ -30,6 +30,10 @@ pub struct CallInfo {
     pub jitter: Option<crate::media::jitter::JitterStats>,
     /// We may not send (the caller put us on hold: sendonly/inactive/c=0.0.0.0).
     pub on_hold: bool,
+    /// The route's VAD hears the caller talking (false without VAD).
+    pub caller_speaking: bool,
+    /// Caller turns the VAD saw end (speech then end-of-turn silence).
+    pub caller_turns: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

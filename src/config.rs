@@ -224,6 +224,24 @@ struct RawRoute {
     agent: AgentConfig,
     #[serde(default)]
     answer_delay_ms: u64,
+    #[serde(default)]
+    dsp: RawDsp,
+}
+
+/// `dsp = { denoise = true, vad = true, agc = true }` on a route: caller-side
+/// processing before the agent hears the audio. All off by default.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDsp {
+    #[serde(default)]
+    denoise: bool,
+    #[serde(default)]
+    vad: bool,
+    #[serde(default)]
+    agc: bool,
+    vad_threshold: Option<f32>,
+    end_of_turn_ms: Option<u32>,
+    speech_start_ms: Option<u32>,
 }
 
 /// What answers a routed call.
@@ -268,6 +286,8 @@ pub struct RouteConfig {
     pub dial: String,
     pub agent: AgentConfig,
     pub answer_delay_ms: u64,
+    /// Caller-side denoise / VAD / gain.
+    pub dsp: crate::media::dsp::DspConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -543,10 +563,27 @@ impl Config {
                     format!("expected at most 120000, got {}", r.answer_delay_ms),
                 ));
             }
+            let defaults = crate::media::dsp::DspConfig::default();
+            let threshold = r.dsp.vad_threshold.unwrap_or(defaults.vad_threshold);
+            if !(0.0..=1.0).contains(&threshold) {
+                return Err(bad(
+                    &format!("{key}.dsp.vad_threshold"),
+                    format!("expected a probability 0.0-1.0, got {threshold}"),
+                ));
+            }
+            let dsp = crate::media::dsp::DspConfig {
+                denoise: r.dsp.denoise,
+                vad: r.dsp.vad,
+                agc: r.dsp.agc,
+                vad_threshold: threshold,
+                end_of_turn_ms: r.dsp.end_of_turn_ms.unwrap_or(defaults.end_of_turn_ms),
+                speech_start_ms: r.dsp.speech_start_ms.unwrap_or(defaults.speech_start_ms),
+            };
             routes.push(RouteConfig {
                 dial,
                 agent: r.agent,
                 answer_delay_ms: r.answer_delay_ms,
+                dsp,
             });
         }
 

@@ -38,6 +38,11 @@ agent = {{ kind = "echo" }}
 [[routes]]
 dial = "demo"
 agent = {{ kind = "demo" }}
+
+[[routes]]
+dial = "echo-dsp"
+agent = {{ kind = "echo" }}
+dsp = {{ denoise = true, vad = true, agc = true }}
 "#
     )
 }
@@ -456,6 +461,35 @@ fn g722_call_echoes_the_callers_speech() {
         return;
     }
     wideband_echo_test("G722", 16000, 1);
+}
+
+/// A route with caller-side DSP: the VAD sees the caller's phrase start and
+/// end (one turn), and the denoised, gain-controlled echo still passes the
+/// level, delay and gap checks (the phrase is clean speech).
+#[test]
+fn dsp_route_detects_the_callers_turn_and_still_echoes() {
+    if require_peer("baresip").is_none() {
+        return;
+    }
+    let server = Server::start(&profile(true));
+    let account = Account::new(USER, None, server.sip_port).regint(0);
+    let (out, during) = call_with_speech(&server, account, "echo-dsp", 0, false);
+    assert_clean_call(&out, during.as_ref(), "echo-dsp");
+    let log = server.log_text();
+    assert!(
+        log.contains("SpeechStarted"),
+        "VAD saw no speech start:\n{log}"
+    );
+    assert!(
+        log.contains("SpeechEnded"),
+        "VAD saw no end of turn:\n{log}"
+    );
+    let report = audio::echo_report(&out.sent().unwrap(), &out.heard_aligned().unwrap(), 1000.0);
+    assert!(
+        report.level_diff_db().abs() <= 6.0,
+        "denoised echo level off by more than 6 dB: {report}"
+    );
+    assert_idle_after(&server);
 }
 
 #[test]

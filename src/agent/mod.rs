@@ -26,6 +26,9 @@ pub trait Agent: Send {
     /// The caller put the call on hold (or resumed it). Nothing is sent while
     /// held; an agent may queue music or stay silent.
     fn on_hold(&mut self, _held: bool, _out: &mut AgentOutput) {}
+    /// The caller started or finished a turn (route VAD): barge-in and
+    /// end-of-turn for agents that take turns.
+    fn on_turn(&mut self, _event: crate::media::dsp::TurnEvent, _out: &mut AgentOutput) {}
     /// The PCM rate this agent hears and speaks; `None` takes the call's
     /// codec rate (no resampling at all).
     fn sample_rate(&self) -> Option<u32> {

@@ -1,6 +1,7 @@
 //! Per-call media, sans-IO: RTP parsing, G.711, DTMF, playout and the call's
 //! media state machine ([`session::Session`]). Only the call task owns sockets.
 pub mod codec;
+pub mod dsp;
 pub mod dtmf;
 pub mod g711;
 pub mod jitter;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::codec::{
     self, AudioDecoder, AudioEncoder, CodecError, CodecKind, CodecParams, OpusFmtp,
 };
+use super::dsp::{CallerDsp, DspConfig, TurnEvent};
 use super::dtmf::DtmfReceiver;
 use super::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
 use super::plc::Concealer;
@@ -146,6 +147,8 @@ pub enum MediaEvent {
     Dtmf(char),
     /// RTP now goes to the address the caller's packets come from.
     Latched(SocketAddr),
+    /// The caller started or stopped talking (route DSP with VAD).
+    Turn(TurnEvent),
 }
 
 /// Per-call media counters.
@@ -187,6 +190,8 @@ pub struct Session {
     playout: VecDeque<i16>,
     jitter: JitterBuffer,
     codec: Transcoder,
+    /// Caller-side denoise/VAD/gain at the agent's rate, if the route asks.
+    dsp: Option<(DspConfig, CallerDsp)>,
     /// Playout ticks that are due but whose outbound frame has not been
     /// built yet: built in `poll_transmit`, after the agent has seen this
     /// tick's caller audio, so echo adds no extra tick of delay.
@@ -231,6 +236,7 @@ impl Session {
             playout: VecDeque::new(),
             jitter,
             codec,
+            dsp: None,
             due_ticks: 0,
             last_tick: now,
             next_send: now + ptime,
@@ -257,6 +263,15 @@ impl Session {
             || params.codec_fmtp != self.params.codec_fmtp;
         if format_changed {
             self.codec = Transcoder::new(&params)?;
+            if params.agent_rate != self.params.agent_rate {
+                if let Some((cfg, _)) = &self.dsp {
+                    // The DSP runs at the agent's rate; a rate it cannot
+                    // take turns it off rather than failing the call.
+                    self.dsp = CallerDsp::new(params.agent_rate, cfg.clone())
+                        .ok()
+                        .map(|d| (cfg.clone(), d));
+                }
+            }
         }
         if params.remote != self.params.remote {
             // The peer moved (or went on hold with c=0.0.0.0): forget where
@@ -394,6 +409,22 @@ impl Session {
         );
     }
 
+    /// Turns on caller-side DSP (denoise, VAD, gain) at the agent's rate.
+    pub fn set_dsp(&mut self, cfg: DspConfig) -> Result<(), super::dsp::DspError> {
+        if !(cfg.denoise || cfg.vad || cfg.agc) {
+            self.dsp = None;
+            return Ok(());
+        }
+        let dsp = CallerDsp::new(self.params.agent_rate, cfg.clone())?;
+        self.dsp = Some((cfg, dsp));
+        Ok(())
+    }
+
+    /// Whether the VAD hears the caller talking now.
+    pub fn caller_speaking(&self) -> bool {
+        self.dsp.as_ref().is_some_and(|(_, d)| d.speaking())
+    }
+
     pub fn jitter_stats(&self) -> JitterStats {
         self.jitter.stats()
     }
@@ -432,6 +463,17 @@ impl Session {
                 return;
             }
             pcm = out;
+        }
+        if let Some((_, dsp)) = &mut self.dsp {
+            let n = dsp.frame_len();
+            for chunk in pcm.chunks_mut(n) {
+                if chunk.len() < n {
+                    break;
+                }
+                if let Some(ev) = dsp.process(chunk).event {
+                    self.events.push_back(MediaEvent::Turn(ev));
+                }
+            }
         }
         self.events.push_back(MediaEvent::Audio(pcm));
     }

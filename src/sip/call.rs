@@ -103,6 +103,8 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
         quality: None,
         jitter: None,
         on_hold: false,
+        caller_speaking: false,
+        caller_turns: 0,
     };
     if !shared
         .calls
@@ -330,6 +332,9 @@ impl CallTask {
                 return format!("codec error: {e}");
             }
         };
+        if let Err(e) = session.set_dsp(self.setup.route.dsp.clone()) {
+            warn!(error = %e, "caller DSP unavailable for this call");
+        }
         self.shared.calls.update(&self.id, |c| {
             c.state = CallState::Active;
             c.codec = Some(neg.codec.encoding_name().to_string());
@@ -445,6 +450,18 @@ impl CallTask {
                         apply_output(&mut session, agent.as_ref(), &mut out);
                     }
                     MediaEvent::Dtmf(d) => self.on_dtmf(d, agent.as_mut(), &mut session),
+                    MediaEvent::Turn(ev) => {
+                        let speaking = matches!(ev, crate::media::dsp::TurnEvent::SpeechStarted);
+                        info!(event = ?ev, "caller turn");
+                        self.shared.calls.update(&self.id, |c| {
+                            c.caller_speaking = speaking;
+                            if !speaking {
+                                c.caller_turns += 1;
+                            }
+                        });
+                        agent.on_turn(ev, &mut out);
+                        apply_output(&mut session, agent.as_ref(), &mut out);
+                    }
                     MediaEvent::Latched(addr) => {
                         info!(%addr, "RTP latched");
                         self.shared
