@@ -724,6 +724,54 @@ mod tests {
         );
     }
 
+    /// A 10-minute call on a steady clock (1 minute for Opus, whose encoder
+    /// costs ~0.3 ms a frame): every packet's timestamp is exactly one frame
+    /// after the previous (160 for G.711/G.722, 960 for Opus), none is
+    /// skipped or doubled, and the last left exactly on its tick.
+    #[test]
+    fn ten_minute_call_has_no_timestamp_drift() {
+        for (codec, rate, step, ticks) in [
+            (Codec::Pcmu, 8000, 160u32, 30_000u32),
+            (Codec::G722, 16000, 160, 30_000),
+            (Codec::Opus, 48000, 960, 3_000),
+        ] {
+            let t0 = Instant::now();
+            let mut p = params();
+            p.codec = codec;
+            p.pt = 96;
+            p.agent_rate = rate;
+            let mut s = session(t0, p, 0, 7);
+            let frame = vec![1000i16; rate as usize / 50];
+            let mut last: Option<(u16, u32)> = None;
+            let mut count = 0u32;
+            for tick in 1..=ticks as u64 {
+                // Agent audio arrives in bursts of 5 frames every 100 ms.
+                if tick % 5 == 1 {
+                    for _ in 0..5 {
+                        s.handle_agent_audio(&frame);
+                    }
+                }
+                s.handle_timeout(t0 + Duration::from_millis(20 * tick));
+                for (_, b) in drain(&mut s) {
+                    let pkt = RtpPacket::parse(&b).unwrap();
+                    if let Some((seq, ts)) = last {
+                        assert_eq!(pkt.seq.0, seq.wrapping_add(1), "{codec:?}");
+                        assert_eq!(
+                            pkt.timestamp,
+                            ts.wrapping_add(step),
+                            "{codec:?} at tick {tick}"
+                        );
+                    }
+                    last = Some((pkt.seq.0, pkt.timestamp));
+                    count += 1;
+                }
+            }
+            assert_eq!(count, ticks, "{codec:?}: one packet per tick");
+            assert_eq!(last.unwrap().1, 7 + step * (ticks - 1), "{codec:?}");
+            assert_eq!(s.stats().tx_underruns, 0, "{codec:?}");
+        }
+    }
+
     #[test]
     fn timestamps_advance_through_silence_and_marker_starts_a_spurt() {
         let t0 = Instant::now();
