@@ -45,9 +45,17 @@ pub enum CallState {
     Ending,
 }
 
+/// A request to a running call's task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallCommand {
+    /// Send these digits as RFC 4733 telephone-events.
+    SendDtmf(String),
+}
+
 struct Entry {
     info: CallInfo,
     hangup: CancellationToken,
+    commands: tokio::sync::mpsc::UnboundedSender<CallCommand>,
 }
 
 #[derive(Clone, Default)]
@@ -63,13 +71,33 @@ impl CallRegistry {
     }
 
     /// Adds a call unless `max` calls are already active.
-    pub fn try_insert(&self, info: CallInfo, hangup: CancellationToken, max: usize) -> bool {
+    pub fn try_insert(
+        &self,
+        info: CallInfo,
+        hangup: CancellationToken,
+        commands: tokio::sync::mpsc::UnboundedSender<CallCommand>,
+        max: usize,
+    ) -> bool {
         let mut map = self.lock();
         if map.len() >= max {
             return false;
         }
-        map.insert(info.id.clone(), Entry { info, hangup });
+        map.insert(
+            info.id.clone(),
+            Entry {
+                info,
+                hangup,
+                commands,
+            },
+        );
         true
+    }
+
+    /// Hands a command to the call's task; false if there is no such call.
+    pub fn command(&self, id: &str, cmd: CallCommand) -> bool {
+        self.lock()
+            .get(id)
+            .is_some_and(|e| e.commands.send(cmd).is_ok())
     }
 
     pub fn update(&self, id: &str, f: impl FnOnce(&mut CallInfo)) {

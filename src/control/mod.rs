@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -21,6 +21,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/health", get(health))
         .route("/calls", get(calls))
         .route("/calls/{id}", get(call))
+        .route("/calls/{id}/hangup", post(hangup))
+        .route("/calls/{id}/dtmf", post(dtmf))
         .with_state(state)
 }
 
@@ -49,6 +51,60 @@ async fn call(State(s): State<ApiState>, Path(id): Path<String>) -> impl IntoRes
             Json(json!({"error": "no such call"})),
         )
             .into_response(),
+    }
+}
+
+async fn hangup(State(s): State<ApiState>, Path(id): Path<String>) -> impl IntoResponse {
+    if s.sip.shared.calls.hangup(&id) {
+        (StatusCode::OK, Json(json!({"status": "hanging up"})))
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such call"})),
+        )
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct DtmfRequest {
+    digits: String,
+}
+
+/// Queues RFC 4733 digits on a call (IVR navigation, transfers).
+async fn dtmf(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<DtmfRequest>, axum::extract::rejection::JsonRejection>,
+) -> impl IntoResponse {
+    let Ok(Json(req)) = body else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "expected JSON {\"digits\": \"123#\"}"})),
+        );
+    };
+    let valid = !req.digits.is_empty()
+        && req.digits.len() <= 64
+        && req
+            .digits
+            .chars()
+            .all(|c| "0123456789*#ABCDabcd".contains(c));
+    if !valid {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "digits: expected 1-64 of 0-9 * # A-D", "got": req.digits})),
+        );
+    }
+    let cmd = crate::calls::CallCommand::SendDtmf(req.digits.clone());
+    if s.sip.shared.calls.command(&id, cmd) {
+        (
+            StatusCode::ACCEPTED,
+            Json(json!({"status": "queued", "digits": req.digits})),
+        )
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such call"})),
+        )
     }
 }
 

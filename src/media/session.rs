@@ -166,10 +166,30 @@ pub struct MediaStats {
     pub codec_errors: u64,
     /// Opus DTX frames not sent (silence).
     pub tx_dtx_frames: u64,
+    /// RFC 4733 telephone-event packets sent.
+    pub tx_dtmf_packets: u64,
     pub rtcp_received: u64,
     pub rtcp_malformed: u64,
     pub rtcp_sent: u64,
 }
+
+/// An RFC 4733 event on its way out.
+#[derive(Debug, Clone, Copy)]
+struct DtmfSend {
+    event: u8,
+    /// RTP timestamp of the event's first packet; all its packets carry it.
+    start_ts: u32,
+    /// Timestamp units covered so far.
+    duration: u32,
+    /// End packets sent (three, for loss resilience, RFC 4733 section 2.5.1.4).
+    ends: u8,
+    /// Ticks of silence after the event before the next digit.
+    gap: u8,
+}
+
+/// Tone length and the pause between digits.
+const DTMF_TONE_MS: u32 = 100;
+const DTMF_GAP_TICKS: u8 = 3;
 
 /// Symmetric RTP: stay on the current source unless it has been silent this long.
 const RELATCH_AFTER: Duration = Duration::from_millis(500);
@@ -192,6 +212,9 @@ pub struct Session {
     codec: Transcoder,
     /// Caller-side denoise/VAD/gain at the agent's rate, if the route asks.
     dsp: Option<(DspConfig, CallerDsp)>,
+    /// RFC 4733 digits waiting to be sent, and the one being sent.
+    dtmf_queue: VecDeque<u8>,
+    dtmf_tx: Option<DtmfSend>,
     /// Playout ticks that are due but whose outbound frame has not been
     /// built yet: built in `poll_transmit`, after the agent has seen this
     /// tick's caller audio, so echo adds no extra tick of delay.
@@ -237,6 +260,8 @@ impl Session {
             jitter,
             codec,
             dsp: None,
+            dtmf_queue: VecDeque::new(),
+            dtmf_tx: None,
             due_ticks: 0,
             last_tick: now,
             next_send: now + ptime,
@@ -420,6 +445,63 @@ impl Session {
         Ok(())
     }
 
+    /// Queues digits to send as RFC 4733 telephone-events (0-9 * # A-D).
+    /// Returns false, sending nothing, if the peer did not negotiate
+    /// telephone-event or a character is not a DTMF digit.
+    pub fn send_dtmf(&mut self, digits: &str) -> bool {
+        if self.params.te_pt.is_none() {
+            return false;
+        }
+        let mut codes = Vec::new();
+        for c in digits.chars() {
+            match "0123456789*#ABCD".find(c.to_ascii_uppercase()) {
+                Some(i) => codes.push(i as u8),
+                None => return false,
+            }
+        }
+        self.dtmf_queue.extend(codes);
+        true
+    }
+
+    /// One telephone-event packet for this tick if a digit is being sent;
+    /// `None` lets the tick carry audio.
+    fn next_dtmf_payload(&mut self, ts_now: u32, step: u32) -> Option<(u32, bool, [u8; 4])> {
+        if let Some(cur) = &mut self.dtmf_tx {
+            if cur.ends >= 3 {
+                if cur.gap == 0 {
+                    self.dtmf_tx = None;
+                } else {
+                    cur.gap -= 1;
+                    return None;
+                }
+            }
+        }
+        if self.dtmf_tx.is_none() {
+            let event = self.dtmf_queue.pop_front()?;
+            self.dtmf_tx = Some(DtmfSend {
+                event,
+                start_ts: ts_now,
+                duration: 0,
+                ends: 0,
+                gap: DTMF_GAP_TICKS,
+            });
+        }
+        let cur = self.dtmf_tx.as_mut()?;
+        let first = cur.duration == 0;
+        let tone = self.params.codec.clock_rate() * DTMF_TONE_MS / 1000;
+        if cur.duration < tone {
+            cur.duration = (cur.duration + step).min(u16::MAX as u32);
+        }
+        let end = cur.duration >= tone;
+        if end {
+            cur.ends += 1;
+        }
+        let d = (cur.duration as u16).to_be_bytes();
+        // Volume 10 (-10 dBm0), the usual value.
+        let flags = if end { 0x80 | 10 } else { 10 };
+        Some((cur.start_ts, first, [cur.event, flags, d[0], d[1]]))
+    }
+
     /// Whether the VAD hears the caller talking now.
     pub fn caller_speaking(&self) -> bool {
         self.dsp.as_ref().is_some_and(|(_, d)| d.speaking())
@@ -552,9 +634,22 @@ impl Session {
     fn send_frame(&mut self, now: Instant) {
         let n = self.params.agent_frame_samples();
         let ts = self.timestamp;
-        self.timestamp = self
-            .timestamp
-            .wrapping_add(self.codec.encoder.rtp_timestamp_increment());
+        let step = self.codec.encoder.rtp_timestamp_increment();
+        self.timestamp = self.timestamp.wrapping_add(step);
+        if let (Some(te), Some(to)) = (self.params.te_pt, self.remote()) {
+            if let Some((event_ts, first, payload)) = self.next_dtmf_payload(ts, step) {
+                // The tone replaces this tick's audio; drop that audio so
+                // the queue keeps its timing.
+                let drop = n.min(self.playout.len());
+                self.playout.drain(..drop);
+                if self.params.direction.sends() {
+                    self.push_rtp(now, to, te, first, event_ts, &payload);
+                    self.stats.tx_dtmf_packets += 1;
+                }
+                self.marker_next = true;
+                return;
+            }
+        }
         if self.playout.is_empty() {
             if self.sent_any {
                 self.stats.tx_underruns += 1;
@@ -588,13 +683,29 @@ impl Session {
             self.marker_next = true;
             return;
         }
+        let marker = self.marker_next;
+        self.push_rtp(now, to, self.params.pt, marker, ts, &payload);
+        self.marker_next = false;
+        self.sent_any = true;
+        self.stats.tx_packets += 1;
+    }
+
+    fn push_rtp(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        pt: u8,
+        marker: bool,
+        ts: u32,
+        payload: &[u8],
+    ) {
         let pkt = RtpPacket {
-            marker: self.marker_next,
-            payload_type: PayloadType(self.params.pt),
+            marker,
+            payload_type: PayloadType(pt),
             seq: self.seq,
             timestamp: ts,
             ssrc: self.ssrc,
-            payload: &payload,
+            payload,
         };
         pkt.write(&mut self.scratch);
         self.rtcp.on_rtp_sent(now, ts, payload.len());
@@ -604,9 +715,6 @@ impl Session {
             bytes: self.scratch.clone(),
         });
         self.seq = self.seq.next();
-        self.marker_next = false;
-        self.sent_any = true;
-        self.stats.tx_packets += 1;
     }
 
     /// The next datagram to send. Outbound frames for due ticks are built
@@ -896,6 +1004,58 @@ mod tests {
             .filter(|e| matches!(e, MediaEvent::Dtmf(_)))
             .collect();
         assert_eq!(digits, vec![MediaEvent::Dtmf('7')]);
+    }
+
+    #[test]
+    fn dtmf_is_sent_as_rfc4733_events_with_three_end_packets() {
+        let t0 = Instant::now();
+        let mut s = session(t0, params(), 0, 1000);
+        assert!(!s.send_dtmf("1x"), "not a digit: nothing queued");
+        assert!(s.send_dtmf("1#"));
+        let mut pkts = Vec::new();
+        for tick in 1..=30u64 {
+            s.handle_agent_audio(&[5; 160]);
+            s.handle_timeout(t0 + Duration::from_millis(20 * tick));
+            for (_, b) in drain(&mut s) {
+                let p = RtpPacket::parse(&b).unwrap();
+                pkts.push((p.payload_type.0, p.marker, p.timestamp, p.payload.to_vec()));
+            }
+        }
+        let events: Vec<_> = pkts.iter().filter(|p| p.0 == 101).collect();
+        let mut rx = crate::media::dtmf::DtmfReceiver::default();
+        let mut heard = String::new();
+        for (i, p) in pkts.iter().enumerate() {
+            if p.0 == 101 {
+                if let Some(d) = rx.handle(i as u16, p.2, &p.3).unwrap() {
+                    heard.push(d);
+                }
+            }
+        }
+        assert_eq!(heard, "1#", "our own receiver decodes what we send");
+        let first = events.first().unwrap();
+        assert!(first.1, "marker on the first packet of an event");
+        assert_eq!(first.3[0], 1);
+        let ends: Vec<_> = events
+            .iter()
+            .filter(|p| p.3[0] == 1 && p.3[1] & 0x80 != 0)
+            .collect();
+        assert_eq!(ends.len(), 3, "three end packets");
+        assert!(
+            ends.iter()
+                .all(|p| u16::from_be_bytes([p.3[2], p.3[3]]) == 800),
+            "100 ms"
+        );
+        assert!(
+            events
+                .iter()
+                .filter(|p| p.3[0] == 1)
+                .all(|p| p.2 == first.2),
+            "one timestamp per event"
+        );
+        assert!(
+            pkts.iter().any(|p| p.0 == 0),
+            "audio resumes after the digits"
+        );
     }
 
     #[test]

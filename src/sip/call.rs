@@ -85,6 +85,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
     };
     let id = dialog.id().to_string();
     let hangup = CancellationToken::new();
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
     let info = CallInfo {
         id: id.clone(),
         call_id: call_id.clone(),
@@ -108,7 +109,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
     };
     if !shared
         .calls
-        .try_insert(info, hangup.clone(), shared.cfg.max_calls)
+        .try_insert(info, hangup.clone(), cmd_tx, shared.cfg.max_calls)
     {
         info!(call_id, "max_calls reached: 503");
         dialog
@@ -156,6 +157,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
                 state_rx,
                 ports,
                 hangup,
+                commands: cmd_rx,
                 id: id.clone(),
                 setup,
             };
@@ -181,6 +183,7 @@ struct CallTask {
     state_rx: DialogStateReceiver,
     ports: RtpPorts,
     hangup: CancellationToken,
+    commands: tokio::sync::mpsc::UnboundedReceiver<crate::calls::CallCommand>,
     id: String,
     setup: CallSetup,
 }
@@ -426,6 +429,15 @@ impl CallTask {
                     }
                     break "hangup by server".to_string();
                 }
+                Some(cmd) = self.commands.recv() => match cmd {
+                    crate::calls::CallCommand::SendDtmf(digits) => {
+                        if session.send_dtmf(&digits) {
+                            info!(%digits, "sending DTMF");
+                        } else {
+                            warn!(%digits, "cannot send DTMF: no telephone-event negotiated");
+                        }
+                    }
+                },
                 st = self.state_rx.recv() => match st {
                     None => break "dialog gone".to_string(),
                     Some(DialogState::Terminated(_, why)) => break reason(&why),
