@@ -9,20 +9,12 @@ use std::time::{Duration, Instant};
 use common::sipp::spawn_scenario;
 use common::{require_peer, Server};
 
-const PROFILE: &str = r#"
-[sip]
-trusted = ["127.0.0.1/32"]
-[[routes]]
-dial = "echo"
-agent = { kind = "echo" }
-"#;
-
 #[test]
 fn rfc4733_and_sip_info_digits_arrive_exactly_once() {
     if require_peer("sipp").is_none() {
         return;
     }
-    let server = Server::start(PROFILE);
+    let server = Server::start(common::TRUSTED_ECHO_PROFILE);
     let mut run = spawn_scenario("dtmf.xml", server.sip_port, "echo", &[]);
     // The call stays up ~1.5 s after the last digit; keep the longest
     // digit string /calls showed.

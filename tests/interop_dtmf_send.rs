@@ -9,20 +9,12 @@ use std::time::Duration;
 use common::baresip::{Account, Baresip, Options};
 use common::{data_path, http_post, require_peer, Server};
 
-const PROFILE: &str = r#"
-[sip]
-trusted = ["127.0.0.1/32"]
-[[routes]]
-dial = "echo"
-agent = { kind = "echo" }
-"#;
-
 #[test]
 fn api_dtmf_reaches_the_phone_as_rfc4733_events() {
     if require_peer("baresip").is_none() {
         return;
     }
-    let server = Server::start(PROFILE);
+    let server = Server::start(common::TRUSTED_ECHO_PROFILE);
     let account = Account::new("1000", None, server.sip_port).regint(0);
     let opts = Options::new(account)
         .dial("echo")
@@ -76,7 +68,7 @@ fn api_hangup_ends_the_call_with_bye() {
     if require_peer("baresip").is_none() {
         return;
     }
-    let server = Server::start(PROFILE);
+    let server = Server::start(common::TRUSTED_ECHO_PROFILE);
     let account = Account::new("1000", None, server.sip_port).regint(0);
     let opts = Options::new(account)
         .dial("echo")

@@ -9,20 +9,12 @@ use std::time::{Duration, Instant};
 use common::sipp::spawn_scenario;
 use common::{require_peer, Server};
 
-const PROFILE: &str = r#"
-[sip]
-trusted = ["127.0.0.1/32"]
-[[routes]]
-dial = "echo"
-agent = { kind = "echo" }
-"#;
-
 #[test]
 fn reinvite_sendonly_holds_and_sendrecv_resumes_audio() {
     if require_peer("sipp").is_none() {
         return;
     }
-    let server = Server::start(PROFILE);
+    let server = Server::start(common::TRUSTED_ECHO_PROFILE);
     let mut run = spawn_scenario("hold.xml", server.sip_port, "echo", &[]);
     // (elapsed ms, on_hold, tx_packets) samples from GET /calls.
     let mut samples: Vec<(u128, bool, u64)> = Vec::new();

@@ -330,6 +330,26 @@ fn header_value(req: &Request, name: &str) -> Option<String> {
     })
 }
 
+/// 401 with WWW-Authenticate (registrar) or 407 with Proxy-Authenticate
+/// (calls), one header per configured digest algorithm.
+fn challenge(shared: &Shared, tx: Transaction, stale: bool, proxy: bool) {
+    let values = shared.auth.challenges(now_unix(), stale).into_iter();
+    let (code, headers) = if proxy {
+        (
+            StatusCode::ProxyAuthenticationRequired,
+            values
+                .map(|v| Header::ProxyAuthenticate(v.into()))
+                .collect(),
+        )
+    } else {
+        (
+            StatusCode::Unauthorized,
+            values.map(|v| Header::WwwAuthenticate(v.into())).collect(),
+        )
+    };
+    reply_and_finish(tx, code, headers);
+}
+
 async fn handle_register(shared: &Arc<Shared>, mut tx: Transaction) {
     let req = tx.original.clone();
     let auth = header_value(&req, "Authorization");
@@ -340,13 +360,7 @@ async fn handle_register(shared: &Arc<Shared>, mut tx: Transaction) {
             if auth.is_some() {
                 info!(reason, source = ?source_of(&req).map(|s| s.0), "REGISTER rejected");
             }
-            let headers = shared
-                .auth
-                .challenges(now_unix(), stale)
-                .into_iter()
-                .map(|v| Header::WwwAuthenticate(v.into()))
-                .collect();
-            reply_and_finish(tx, StatusCode::Unauthorized, headers);
+            challenge(shared, tx, stale, false);
             return;
         }
     };
@@ -485,13 +499,7 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
                 if cred.is_some() {
                     info!(reason, %source, "INVITE authentication failed");
                 }
-                let headers = shared
-                    .auth
-                    .challenges(now_unix(), stale)
-                    .into_iter()
-                    .map(|v| Header::ProxyAuthenticate(v.into()))
-                    .collect();
-                reply_and_finish(tx, StatusCode::ProxyAuthenticationRequired, headers);
+                challenge(shared, tx, stale, true);
                 return;
             }
         }

@@ -190,31 +190,39 @@ impl Drop for Server {
     }
 }
 
+/// A profile for sipp-driven tests: 127.0.0.1 may call without auth, and
+/// `echo` answers at once.
+pub const TRUSTED_ECHO_PROFILE: &str = r#"
+[sip]
+trusted = ["127.0.0.1/32"]
+[[routes]]
+dial = "echo"
+agent = { kind = "echo" }
+"#;
+
 /// Minimal HTTP/1.0 GET on 127.0.0.1 (keeps the test build free of an HTTP client).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Ok((code, body))
+    http_request(
+        port,
+        &format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"),
+    )
 }
 
 /// Minimal HTTP/1.0 POST of a JSON body on 127.0.0.1.
 pub fn http_post(port: u16, path: &str, json: &str) -> std::io::Result<(u16, String)> {
+    http_request(
+        port,
+        &format!(
+            "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        ),
+    )
+}
+
+fn http_request(port: u16, request: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
-        json.len()
-    )?;
+    s.write_all(request.as_bytes())?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let code = buf

@@ -380,24 +380,5 @@ pub fn ulaw_tone(hz: f64, ms: u32) -> Vec<u8> {
         .collect()
 }
 
-/// ITU-T G.711 u-law encoding of one 16-bit linear sample.
-pub fn linear_to_ulaw(sample: i16) -> u8 {
-    const BIAS: i32 = 0x84;
-    const CLIP: i32 = 32635;
-    let mut s = i32::from(sample);
-    let sign = if s < 0 {
-        s = -s;
-        0x80
-    } else {
-        0
-    };
-    s = s.min(CLIP) + BIAS;
-    let mut exponent = 7;
-    let mut mask = 0x4000;
-    while exponent > 0 && s & mask == 0 {
-        exponent -= 1;
-        mask >>= 1;
-    }
-    let mantissa = (s >> (exponent + 3)) & 0x0F;
-    !((sign | (exponent << 4) | mantissa) as u8)
-}
+/// ITU-T G.711 u-law encoding of one 16-bit linear sample (the library's).
+pub use agentline::media::g711::linear_to_ulaw;
