@@ -159,6 +159,23 @@ struct RawProfile {
     users: Vec<RawUser>,
     #[serde(default)]
     routes: Vec<RawRoute>,
+    #[serde(default)]
+    trunks: Vec<RawTrunk>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrunk {
+    name: String,
+    host: String,
+    username: Option<String>,
+    password: Option<String>,
+    password_env: Option<String>,
+    transport: Option<String>,
+    expires: Option<u32>,
+    register: Option<bool>,
+    #[serde(default)]
+    allow: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -221,6 +238,7 @@ struct RawUser {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     dial: Option<String>,
+    did: Option<String>,
     agent: AgentConfig,
     #[serde(default)]
     answer_delay_ms: u64,
@@ -282,12 +300,32 @@ pub struct UserConfig {
 
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
-    /// The dialled request-URI user part this route answers.
+    /// The dialled request-URI user part this route answers (for a `did`
+    /// route: the number; it also matches the To user, where trunks put it).
     pub dial: String,
+    /// Routed by DID from a trunk.
+    pub is_did: bool,
     pub agent: AgentConfig,
     pub answer_delay_ms: u64,
     /// Caller-side denoise / VAD / gain.
     pub dsp: crate::media::dsp::DspConfig,
+}
+
+/// A SIP trunk: a provider we register to and take calls from.
+#[derive(Debug, Clone)]
+pub struct TrunkConfig {
+    pub name: String,
+    /// Registrar/proxy as `host[:port]`.
+    pub host: String,
+    pub username: String,
+    pub password: PasswordSource,
+    pub transport: SipTransport,
+    /// Expiry we ask for; the server's grant decides the refresh.
+    pub expires: u32,
+    /// `false` for IP-authenticated trunks.
+    pub register: bool,
+    /// Sources whose INVITEs count as this trunk's (default: the host's addresses).
+    pub allow: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -321,6 +359,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub users: Vec<UserConfig>,
     pub routes: Vec<RouteConfig>,
+    pub trunks: Vec<TrunkConfig>,
 }
 
 /// Command-line values that win over the profile.
@@ -542,9 +581,22 @@ impl Config {
         let mut dials = HashSet::new();
         for (i, r) in raw.routes.into_iter().enumerate() {
             let key = format!("routes[{i}]");
-            let dial = r
-                .dial
-                .ok_or_else(|| bad(&format!("{key}.dial"), "expected the dialled user".into()))?;
+            let is_did = r.did.is_some();
+            let dial = match (r.dial, r.did) {
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        &format!("{key}.did"),
+                        "give either dial or did, not both".into(),
+                    ))
+                }
+                (Some(d), None) | (None, Some(d)) => d,
+                (None, None) => {
+                    return Err(bad(
+                        &format!("{key}.dial"),
+                        "expected the dialled user (dial) or number (did)".into(),
+                    ))
+                }
+            };
             if dial.is_empty() {
                 return Err(bad(
                     &format!("{key}.dial"),
@@ -581,9 +633,88 @@ impl Config {
             };
             routes.push(RouteConfig {
                 dial,
+                is_did,
                 agent: r.agent,
                 answer_delay_ms: r.answer_delay_ms,
                 dsp,
+            });
+        }
+
+        let mut trunks = Vec::new();
+        for (i, t) in raw.trunks.into_iter().enumerate() {
+            let key = format!("trunks[{i}]");
+            if t.name.is_empty() || trunks.iter().any(|x: &TrunkConfig| x.name == t.name) {
+                return Err(bad(
+                    &format!("{key}.name"),
+                    format!("expected a unique non-empty name, got `{}`", t.name),
+                ));
+            }
+            if t.host.is_empty() || t.host.contains(['<', '>', ' ', ';']) {
+                return Err(bad(
+                    &format!("{key}.host"),
+                    format!("expected host[:port], got `{}`", t.host),
+                ));
+            }
+            let register = t.register.unwrap_or(true);
+            let password = match (t.password, t.password_env) {
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        &format!("{key}.password"),
+                        "give either password or password_env, not both".into(),
+                    ))
+                }
+                (Some(p), None) => PasswordSource::Inline(p),
+                (None, Some(v)) => PasswordSource::Env(v),
+                (None, None) if register => {
+                    return Err(bad(
+                        &format!("{key}.password"),
+                        "a registering trunk needs password or password_env".into(),
+                    ))
+                }
+                (None, None) => PasswordSource::Inline(String::new()),
+            };
+            let username = match t.username {
+                Some(u) if !u.is_empty() => u,
+                _ if register => {
+                    return Err(bad(
+                        &format!("{key}.username"),
+                        "a registering trunk needs a username".into(),
+                    ))
+                }
+                _ => String::new(),
+            };
+            let transport = match t.transport.as_deref().unwrap_or("udp") {
+                "udp" => SipTransport::Udp,
+                "tcp" => SipTransport::Tcp,
+                other => {
+                    return Err(bad(
+                        &format!("{key}.transport"),
+                        format!("expected udp or tcp (tls comes later), got `{other}`"),
+                    ))
+                }
+            };
+            let mut allow = Vec::new();
+            for (j, a) in t.allow.iter().enumerate() {
+                allow.push(
+                    a.parse::<ipnet::IpNet>()
+                        .or_else(|_| a.parse::<IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            bad(
+                                &format!("{key}.allow[{j}]"),
+                                format!("expected a network or IP, got `{a}`"),
+                            )
+                        })?,
+                );
+            }
+            trunks.push(TrunkConfig {
+                name: t.name,
+                host: t.host,
+                username,
+                password,
+                transport,
+                expires: t.expires.unwrap_or(300).max(1),
+                register,
+                allow,
             });
         }
 
@@ -616,11 +747,17 @@ impl Config {
             state_dir,
             users,
             routes,
+            trunks,
         })
     }
 
+    /// The route for a request-URI user, or (trunk calls) a DID in To.
     pub fn route(&self, dialled: &str) -> Option<&RouteConfig> {
-        self.routes.iter().find(|r| r.dial == dialled)
+        self.routes.iter().find(|r| !r.is_did && r.dial == dialled)
+    }
+
+    pub fn did_route(&self, number: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.is_did && r.dial == number)
     }
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -689,6 +826,25 @@ pub fn resolve_credentials(
         });
     }
     Ok((out, fresh))
+}
+
+/// A trunk's password from the profile or the environment.
+pub fn trunk_password(cfg: &Config, i: usize) -> Result<String, ConfigError> {
+    let Some(t) = cfg.trunks.get(i) else {
+        return Ok(String::new());
+    };
+    match &t.password {
+        PasswordSource::Inline(p) => Ok(p.clone()),
+        PasswordSource::Env(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(v),
+            _ => Err(ConfigError::Invalid {
+                origin: cfg.origin.clone(),
+                key: format!("trunks[{i}].password_env"),
+                message: format!("environment variable `{var}` is not set or empty"),
+            }),
+        },
+        PasswordSource::Generated => Ok(String::new()),
+    }
 }
 
 fn generate_password() -> String {

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::calls::CallRegistry;
-use crate::config::{resolve_credentials, Config, ConfigError};
+use crate::config::{resolve_credentials, trunk_password, Config, ConfigError};
 use crate::control::{self, ApiState};
 use crate::sip::server::{self as sip_server, SipError};
 
@@ -38,9 +38,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
             "generated a password for local user (shown only this once)"
         );
     }
+    let trunk_passwords = (0..cfg.trunks.len())
+        .map(|i| trunk_password(&cfg, i))
+        .collect::<Result<Vec<_>, _>>()?;
     let cfg = Arc::new(cfg);
     let calls = CallRegistry::default();
-    let sip = sip_server::start(cfg.clone(), &creds, calls.clone()).await?;
+    let sip = sip_server::start(cfg.clone(), &creds, trunk_passwords, calls.clone()).await?;
     let api_stop = CancellationToken::new();
     let api = control::serve(
         cfg.api_listen,
@@ -72,6 +75,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
     }
     if !calls.is_empty() {
         warn!(left = calls.len(), "grace period over with calls still up");
+    }
+    // Trunks un-REGISTER while the endpoint still runs.
+    sip.trunks_stop.cancel();
+    let tasks: Vec<_> =
+        std::mem::take(&mut *sip.trunk_tasks.lock().unwrap_or_else(|p| p.into_inner()));
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(6), t).await;
     }
     // Let the last BYE transactions see their 200 before the sockets close.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::baresip::assert_echo_audio;
+
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
@@ -395,33 +397,6 @@ fn assert_idle_after(server: &Server) {
 
 /// The echoed speech matches what was sent: level within 3 dB, round trip
 /// under 100 ms (measured on the phone's own clock), no dropout over 40 ms.
-fn assert_echo_audio(out: &Outcome) -> audio::EchoReport {
-    let sent = out.sent().unwrap();
-    let heard = out.heard_aligned().unwrap_or_else(|e| panic!("{e}"));
-    let r = audio::echo_report(&sent, &heard, 2000.0);
-    let ctx = format!(
-        "{r}\nsent: {}\nheard: {}\n{}",
-        audio::describe(&sent),
-        audio::describe(&heard),
-        out.summary()
-    );
-    if let Err(e) = audio::rms_within_db(&sent, &heard, 3.0) {
-        panic!("{e}\n{ctx}");
-    }
-    let d = r
-        .delay
-        .unwrap_or_else(|| panic!("the echo does not correlate with the speech\n{ctx}"));
-    assert!(d.corr >= 0.9, "echo correlation {:.3} < 0.9\n{ctx}", d.corr);
-    assert!(d.ms < 100.0, "echo delay {:.1} ms >= 100 ms\n{ctx}", d.ms);
-    assert!(
-        r.longest_gap_ms <= 40.0,
-        "{} ms of silence inside the echoed speech\n{ctx}",
-        r.longest_gap_ms
-    );
-    eprintln!("echo: {r}");
-    r
-}
-
 fn echo_test(transport: Transport) {
     let server = Server::start(&profile(true));
     let account = Account::new(USER, None, server.sip_port)

@@ -20,6 +20,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/calls", get(calls))
+        .route("/trunks", get(trunks))
         .route("/calls/{id}", get(call))
         .route("/calls/{id}/hangup", post(hangup))
         .route("/calls/{id}/dtmf", post(dtmf))
@@ -36,7 +37,13 @@ async fn health(State(s): State<ApiState>) -> impl IntoResponse {
         "rtp_ports_in_use": shared.ports.in_use(),
         "dialogs": s.sip.dialog_count(),
         "registrations": s.sip.registration_count(),
+        "trunks_registered": shared.trunks.snapshot().iter()
+            .filter(|t| t.state == crate::sip::trunk::TrunkState::Registered).count(),
     }))
+}
+
+async fn trunks(State(s): State<ApiState>) -> impl IntoResponse {
+    Json(s.sip.shared.trunks.snapshot())
 }
 
 async fn calls(State(s): State<ApiState>) -> impl IntoResponse {

@@ -8,3 +8,4 @@ pub mod digest;
 pub mod registrar;
 pub mod server;
 pub mod timer;
+pub mod trunk;

@@ -49,6 +49,7 @@ pub struct Shared {
     /// Set when draining for shutdown: new calls get 503.
     pub draining: CancellationToken,
     pub nat: Arc<NatLocator>,
+    pub trunks: Arc<super::trunk::Trunks>,
 }
 
 impl Shared {
@@ -66,6 +67,9 @@ impl Shared {
 pub struct SipHandle {
     pub shared: Arc<Shared>,
     pub stop: CancellationToken,
+    /// Stops trunk registrations (they un-REGISTER) before the endpoint goes.
+    pub trunks_stop: CancellationToken,
+    pub trunk_tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl SipHandle {
@@ -153,6 +157,7 @@ fn advertised_ip(cfg: &Config, bind: IpAddr) -> IpAddr {
 pub async fn start(
     cfg: Arc<Config>,
     creds: &[Credential],
+    trunk_passwords: Vec<String>,
     calls: CallRegistry,
 ) -> Result<SipHandle, SipError> {
     let stop = CancellationToken::new();
@@ -235,6 +240,7 @@ pub async fn start(
         contacts,
         draining: CancellationToken::new(),
         nat: nat.clone(),
+        trunks: Arc::new(super::trunk::Trunks::new(&cfg.trunks)),
         cfg,
     });
     let _ = nat.registrar.set(shared.clone());
@@ -246,7 +252,25 @@ pub async fn start(
         }
         debug!("SIP dispatcher stopped");
     });
-    Ok(SipHandle { shared, stop })
+    let trunks_stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for (t, pw) in shared.cfg.trunks.iter().zip(trunk_passwords) {
+        if t.register {
+            tasks.push(super::trunk::spawn_registration(
+                ep.inner.clone(),
+                t.clone(),
+                pw,
+                shared.trunks.clone(),
+                trunks_stop.clone(),
+            ));
+        }
+    }
+    Ok(SipHandle {
+        shared,
+        stop,
+        trunks_stop,
+        trunk_tasks: Arc::new(std::sync::Mutex::new(tasks)),
+    })
 }
 
 fn to_tag(req: &Request) -> Option<String> {
@@ -489,7 +513,10 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
     // Who may call: trusted networks, or anyone answering a digest
     // challenge for a local user. A registered phone is challenged too (as
     // Asterisk does): a source address alone proves nothing over UDP.
-    let caller_user = if shared.cfg.is_trusted(source.ip()) {
+    // A trunk's INVITEs (from its host or allow-list) are not challenged:
+    // providers authenticate by address towards us.
+    let trunk = shared.trunks.trunk_for(source.ip()).map(str::to_string);
+    let caller_user = if trunk.is_some() || shared.cfg.is_trusted(source.ip()) {
         None
     } else {
         let cred = header_value(req, "Proxy-Authorization");
@@ -505,8 +532,23 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
         }
     };
     let dialled = req.uri.user().unwrap_or_default().to_string();
-    let Some(route) = shared.cfg.route(&dialled).cloned() else {
-        info!(dialled, %source, "no route: 404");
+    // From a trunk: the DID is the request-URI user, or the To user when the
+    // provider sends to our registered contact.
+    let to_user = req
+        .to_header()
+        .ok()
+        .and_then(|t| t.uri().ok())
+        .and_then(|u| u.user().map(str::to_string));
+    let route = match &trunk {
+        Some(_) => shared
+            .cfg
+            .did_route(&dialled)
+            .or_else(|| to_user.as_deref().and_then(|u| shared.cfg.did_route(u)))
+            .or_else(|| shared.cfg.route(&dialled)),
+        None => shared.cfg.route(&dialled),
+    };
+    let Some(route) = route.cloned() else {
+        info!(dialled, to = ?to_user, trunk = ?trunk, %source, "no route: 404");
         reply_and_finish(tx, StatusCode::NotFound, vec![]);
         return;
     };

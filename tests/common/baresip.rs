@@ -940,3 +940,32 @@ pub fn parse_trace(output: &str, sip_port: u16, server: &str) -> Vec<SipMessage>
     }
     msgs
 }
+
+/// The echo checks every echo test makes: level within 3 dB of what was
+/// sent, correlation >= 0.9 at a delay under 100 ms, no gap over 40 ms.
+pub fn assert_echo_audio(out: &Outcome) -> audio::EchoReport {
+    let sent = out.sent().unwrap();
+    let heard = out.heard_aligned().unwrap_or_else(|e| panic!("{e}"));
+    let r = audio::echo_report(&sent, &heard, 2000.0);
+    let ctx = format!(
+        "{r}\nsent: {}\nheard: {}\n{}",
+        audio::describe(&sent),
+        audio::describe(&heard),
+        out.summary()
+    );
+    if let Err(e) = audio::rms_within_db(&sent, &heard, 3.0) {
+        panic!("{e}\n{ctx}");
+    }
+    let d = r
+        .delay
+        .unwrap_or_else(|| panic!("the echo does not correlate with the speech\n{ctx}"));
+    assert!(d.corr >= 0.9, "echo correlation {:.3} < 0.9\n{ctx}", d.corr);
+    assert!(d.ms < 100.0, "echo delay {:.1} ms >= 100 ms\n{ctx}", d.ms);
+    assert!(
+        r.longest_gap_ms <= 40.0,
+        "{} ms of silence inside the echoed speech\n{ctx}",
+        r.longest_gap_ms
+    );
+    eprintln!("echo: {r}");
+    r
+}

@@ -1,0 +1,221 @@
+//! SIP trunks against kamailio as the provider (tests/interop/kamailio-trunk.cfg):
+//! digest registration and refresh before the granted expiry, a wrong
+//! password backing off instead of looping, and an inbound call from the
+//! trunk reaching the DID's agent with clean echoed audio.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::baresip::{assert_echo_audio, Account, Baresip, Options, Registration};
+use common::{data_path, free_port, require_peer, Server};
+
+/// kamailio on a free port with the shared trunk config; killed on drop.
+struct Kamailio {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Kamailio {
+    fn start() -> Option<Kamailio> {
+        require_peer("kamailio")?;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let uas = free_port();
+        let cfg = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/kamailio-trunk.cfg"
+        ))
+        .unwrap()
+        .replace("127.0.0.1:5080", &format!("127.0.0.1:{port}"))
+        .replace("trunk.test:5080", &format!("trunk.test:{port}"))
+        .replace("127.0.0.1:5090", &format!("127.0.0.1:{uas}"));
+        let path = dir.path().join("kamailio.cfg");
+        std::fs::write(&path, cfg).unwrap();
+        let log = std::fs::File::create(dir.path().join("kamailio.log")).unwrap();
+        let child = Command::new("kamailio")
+            .args(["-DD", "-E", "-f"])
+            .arg(&path)
+            .args(["-Y", dir.path().to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        // Ready when it answers an OPTIONS (the config replies 200 to them).
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let me = probe.local_addr().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 2048];
+        loop {
+            let options = format!(
+                "OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-probe-{n};rport\r\n\
+                 From: <sip:probe@{me}>;tag=probe\r\nTo: <sip:127.0.0.1:{port}>\r\nCall-ID: probe-{port}\r\n\
+                 CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+                n = deadline.elapsed().as_nanos()
+            );
+            let _ = probe.send_to(options.as_bytes(), ("127.0.0.1", port));
+            if let Ok((n, _)) = probe.recv_from(&mut buf) {
+                if buf[..n].starts_with(b"SIP/2.0 200") {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "kamailio did not start");
+        }
+        Some(Kamailio {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn profile(kam_port: u16, password: &str) -> String {
+    format!(
+        r#"
+[sip]
+domain = "agentline.test"
+[[trunks]]
+name = "carrier"
+host = "127.0.0.1:{kam_port}"
+username = "trunkuser"
+password = "{password}"
+expires = 10
+[[routes]]
+did = "trunkuser"
+agent = {{ kind = "echo" }}
+"#
+    )
+}
+
+fn trunk(server: &Server) -> serde_json::Value {
+    let (code, body) = common::http_get(server.api_port, "/trunks").unwrap();
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()[0].clone()
+}
+
+fn wait_trunk(
+    server: &Server,
+    within: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let t = trunk(server);
+        if done(&t) || Instant::now() > deadline {
+            return t;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn trunk_registers_with_digest_and_refreshes_before_expiry() {
+    let Some(kam) = Kamailio::start() else {
+        return;
+    };
+    let mut server = Server::start(&profile(kam.port, "trunkpass"));
+    let t = wait_trunk(&server, Duration::from_secs(10), |t| {
+        t["state"] == "registered"
+    });
+    assert_eq!(t["state"], "registered", "{t}\n{}", server.log_text());
+    assert_eq!(t["granted_expires_s"], 10, "kamailio granted 10 s: {t}");
+    // Granted 10 s: the refresh must come before the binding lapses.
+    let started = Instant::now();
+    let t = wait_trunk(&server, Duration::from_secs(12), |t| {
+        t["registrations"].as_u64() >= Some(3)
+    });
+    assert!(
+        t["registrations"].as_u64() >= Some(3) && started.elapsed() < Duration::from_secs(11),
+        "two refreshes within 11 s of a 10 s grant: {t}"
+    );
+    assert_eq!(server.health()["trunks_registered"], 1);
+    server
+        .terminate(Duration::from_secs(15))
+        .expect("exits on SIGTERM");
+    assert!(
+        server.log_text().contains("trunk unregistered"),
+        "un-REGISTER on shutdown:\n{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn trunk_with_a_wrong_password_reports_the_error_and_backs_off() {
+    let Some(kam) = Kamailio::start() else {
+        return;
+    };
+    let server = Server::start(&profile(kam.port, "not-the-password"));
+    let t = wait_trunk(&server, Duration::from_secs(10), |t| t["state"] == "failed");
+    assert_eq!(t["state"], "failed", "{t}");
+    assert_eq!(t["last_code"], 401, "{t}");
+    assert!(
+        t["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("authentication"),
+        "a clear error: {t}"
+    );
+    // Back-off 2, 4, 8 s (+-20 %): at most 3 attempts in 7 s, not a tight loop.
+    std::thread::sleep(Duration::from_secs(7));
+    let t = trunk(&server);
+    let failures = t["failures"].as_u64().unwrap();
+    assert!((2..=3).contains(&failures), "attempts in ~7 s: {t}");
+    assert!(t["next_attempt_in_ms"].as_u64() >= Some(3000), "{t}");
+}
+
+#[test]
+fn inbound_trunk_call_reaches_the_did_route_and_echoes() {
+    if require_peer("baresip").is_none() {
+        return;
+    }
+    let Some(kam) = Kamailio::start() else {
+        return;
+    };
+    let server = Server::start(&profile(kam.port, "trunkpass"));
+    let t = wait_trunk(&server, Duration::from_secs(10), |t| {
+        t["state"] == "registered"
+    });
+    assert_eq!(t["state"], "registered", "{t}");
+    // alice, a customer of the provider, calls our trunk number through it.
+    let account = Account::new("alice", Some("alicepass"), kam.port).regint(60);
+    let mut opts = Options::new(account)
+        .dial("trunkuser")
+        .play(&data_path("speech_8k.wav"));
+    opts.tail_silence_ms = 1000;
+    opts.dial_after_register = true;
+    opts.max_secs = 40;
+    let mut phone = Baresip::start(opts);
+    assert_eq!(
+        phone.wait_registration(Duration::from_secs(10)),
+        Registration::Registered,
+        "{}",
+        phone.output()
+    );
+    phone.dial_now().unwrap();
+    assert!(
+        phone.wait_call_established(Duration::from_secs(15)),
+        "{}\n{}",
+        phone.output(),
+        server.log_text()
+    );
+    let calls = server.calls();
+    assert_eq!(calls[0]["route"], "trunkuser", "routed by DID: {calls}");
+    phone.wait_call_closed(Duration::from_secs(20));
+    let out = phone.stop();
+    assert_echo_audio(&out);
+    let idle = server.wait_idle(Duration::from_secs(10));
+    assert_eq!(idle["active_calls"], 0, "{idle}");
+}
