@@ -16,6 +16,8 @@ use common::{data_path, free_port, require_peer, Server};
 struct Kamailio {
     child: Child,
     port: u16,
+    /// Where it relays authenticated calls to echo@ (a sipp UAS listens there).
+    uas: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -70,6 +72,7 @@ impl Kamailio {
         Some(Kamailio {
             child,
             port,
+            uas,
             _dir: dir,
         })
     }
@@ -218,4 +221,89 @@ fn inbound_trunk_call_reaches_the_did_route_and_echoes() {
     assert_echo_audio(&out);
     let idle = server.wait_idle(Duration::from_secs(10));
     assert_eq!(idle["active_calls"], 0, "{idle}");
+}
+
+#[test]
+fn outbound_call_answers_the_407_and_reaches_the_uas() {
+    let Some(sipp) = require_peer("sipp") else {
+        return;
+    };
+    let Some(kam) = Kamailio::start() else {
+        return;
+    };
+    // The far end: sipp's UAS, echoing RTP, behind the provider's echo@.
+    let dir = tempfile::tempdir().unwrap();
+    let mut uas = Command::new(sipp)
+        .arg("-sf")
+        .arg(common::sipp::scenario_path("uas_echo.xml"))
+        .args(["-i", "127.0.0.1", "-p", &kam.uas.to_string()])
+        .args(["-mp", &common::free_port().to_string(), "-rtp_echo"])
+        .args([
+            "-m",
+            "1",
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            "-nostdin",
+            "-bg",
+        ])
+        .args(["-trace_msg", "-message_file"])
+        .arg(dir.path().join("uas.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ = uas.wait();
+    let server = Server::start(&profile(kam.port, "trunkpass"));
+    let (code, body) = common::http_post(
+        server.api_port,
+        "/calls",
+        r#"{"trunk":"nope","to":"echo","agent":{"kind":"demo"}}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 404, "unknown trunk: {body}");
+    let (code, body) = common::http_post(
+        server.api_port,
+        "/calls",
+        r#"{"trunk":"carrier","to":"echo","agent":{"kind":"demo"}}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 202, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut call = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        let (code, body) = common::http_get(server.api_port, &format!("/calls/{id}")).unwrap();
+        if code == 200 {
+            call = serde_json::from_str(&body).unwrap();
+            if call["state"] == "active" && call["media"]["rx_packets"].as_u64() > Some(20) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        call["state"],
+        "active",
+        "answered through the provider: {call}\n{}",
+        server.log_text()
+    );
+    assert!(
+        call["media"]["rx_packets"].as_u64() > Some(20),
+        "the UAS echoes our greeting back: {call}"
+    );
+    let (code, _) =
+        common::http_post(server.api_port, &format!("/calls/{id}/hangup"), "{}").unwrap();
+    assert_eq!(code, 200);
+    let idle = server.wait_idle(Duration::from_secs(10));
+    let log = std::fs::read_to_string(dir.path().join("uas.log")).unwrap_or_default();
+    assert_eq!(idle["active_calls"], 0, "{idle}\n{log}\n{}", server.log_text());
+    assert!(
+        log.contains("INVITE sip:echo@"),
+        "the UAS got the INVITE:\n{log}"
+    );
+    assert!(log.contains("BYE sip:"), "and our BYE:\n{log}");
 }

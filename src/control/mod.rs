@@ -19,7 +19,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/health", get(health))
-        .route("/calls", get(calls))
+        .route("/calls", get(calls).post(originate))
         .route("/trunks", get(trunks))
         .route("/calls/{id}", get(call))
         .route("/calls/{id}/hangup", post(hangup))
@@ -58,6 +58,37 @@ async fn call(State(s): State<ApiState>, Path(id): Path<String>) -> impl IntoRes
             Json(json!({"error": "no such call"})),
         )
             .into_response(),
+    }
+}
+
+/// Places an outbound call through a trunk: 202 with the call's id.
+async fn originate(
+    State(s): State<ApiState>,
+    body: Result<Json<crate::sip::call::Originate>, axum::extract::rejection::JsonRejection>,
+) -> impl IntoResponse {
+    use crate::sip::call::OriginateError as E;
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(
+                    json!({"error": format!("expected {{\"trunk\",\"to\",\"agent\":{{\"kind\":..}}}}: {e}")}),
+                ),
+            )
+        }
+    };
+    match crate::sip::call::originate(s.sip.shared.clone(), req) {
+        Ok(id) => (StatusCode::ACCEPTED, Json(json!({"id": id}))),
+        Err(e) => {
+            let code = match e {
+                E::UnknownTrunk(_) => StatusCode::NOT_FOUND,
+                E::BadTarget(_) => StatusCode::BAD_REQUEST,
+                E::Draining | E::Full | E::Ports(_) => StatusCode::SERVICE_UNAVAILABLE,
+                E::Invite(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (code, Json(json!({"error": e.to_string()})))
+        }
     }
 }
 

@@ -715,3 +715,242 @@ pub fn dtmf_from_info(req: &rsipstack::sip::Request) -> Option<char> {
     let c = raw.chars().next()?.to_ascii_uppercase();
     "0123456789*#ABCD".contains(c).then_some(c)
 }
+
+/// An outbound call to place through a trunk (`POST /calls`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Originate {
+    pub trunk: String,
+    /// The number or user to call at the trunk.
+    pub to: String,
+    /// Our user part in From (default: the trunk's username).
+    pub from: Option<String>,
+    pub agent: crate::config::AgentConfig,
+    /// Give up (CANCEL) if not answered within this (default 60 s).
+    pub ring_timeout_s: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OriginateError {
+    #[error("no trunk named `{0}`")]
+    UnknownTrunk(String),
+    #[error("expected a user or number to call, got `{0}`")]
+    BadTarget(String),
+    #[error("shutting down: no new calls")]
+    Draining,
+    #[error("max_calls reached")]
+    Full,
+    #[error("no RTP ports: {0}")]
+    Ports(String),
+    #[error("cannot send the INVITE: {0}")]
+    Invite(String),
+}
+
+/// Places a call through a trunk: digest-answered INVITE (401/407), CANCEL
+/// on ring timeout or hangup, the agent on the media once answered. Returns
+/// the call id at once; progress shows in `GET /calls/{id}` and the log.
+pub fn originate(shared: Arc<Shared>, req: Originate) -> Result<String, OriginateError> {
+    use rsipstack::dialog::invitation::InviteOption;
+    if shared.draining.is_cancelled() {
+        return Err(OriginateError::Draining);
+    }
+    let (trunk, password) = shared
+        .trunks
+        .account(&req.trunk)
+        .cloned()
+        .ok_or_else(|| OriginateError::UnknownTrunk(req.trunk.clone()))?;
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-_.*#".contains(c))
+    };
+    if !valid(&req.to) {
+        return Err(OriginateError::BadTarget(req.to.clone()));
+    }
+    let from = req.from.clone().unwrap_or_else(|| trunk.username.clone());
+    if !valid(&from) {
+        return Err(OriginateError::BadTarget(from));
+    }
+    let ports = shared
+        .ports
+        .allocate()
+        .map_err(|e| OriginateError::Ports(e.to_string()))?;
+    let transport_param = match trunk.transport {
+        SipTransport::Udp => "",
+        SipTransport::Tcp => ";transport=tcp",
+    };
+    let uri = |user: &str| {
+        rsipstack::sip::Uri::try_from(
+            format!("sip:{user}@{}{transport_param}", trunk.host).as_str(),
+        )
+        .map_err(|e| OriginateError::Invite(e.to_string()))
+    };
+    let contact = shared
+        .contact_for(trunk.transport)
+        .and_then(|c| {
+            rsipstack::sip::Uri::try_from(
+                c.replace("sip:agentline@", &format!("sip:{from}@"))
+                    .as_str(),
+            )
+            .ok()
+        })
+        .ok_or_else(|| OriginateError::Invite("no local contact".into()))?;
+    let destination = rsipstack::sip::HostWithPort::try_from(trunk.host.as_str())
+        .map(|hp| {
+            rsipstack::transport::SipAddr::new(
+                match trunk.transport {
+                    SipTransport::Udp => rsipstack::sip::Transport::Udp,
+                    SipTransport::Tcp => rsipstack::sip::Transport::Tcp,
+                },
+                hp,
+            )
+        })
+        .map_err(|e| OriginateError::Invite(e.to_string()))?;
+    let sdp_origin = (rand::random::<u32>() as u64, 1);
+    let offer = sdp::build_offer(
+        &local_caps(),
+        &LocalMedia {
+            ip: shared.advertised_ip,
+            rtp_port: ports.port,
+            session_id: sdp_origin.0,
+            session_version: sdp_origin.1,
+        },
+    );
+    let opt = InviteOption {
+        caller: uri(&from)?,
+        callee: uri(&req.to)?,
+        contact,
+        offer: Some(offer.clone().into_bytes()),
+        content_type: Some("application/sdp".into()),
+        credential: Some(rsipstack::dialog::authenticate::Credential {
+            username: trunk.username.clone(),
+            password,
+            realm: None,
+            ..Default::default()
+        }),
+        destination: Some(destination),
+        ..Default::default()
+    };
+    let (state_tx, state_rx) = shared.dialogs.new_dialog_state_channel();
+    let (dialog, invite) = shared
+        .dialogs
+        .do_invite_async(opt, state_tx)
+        .map_err(|e| OriginateError::Invite(e.to_string()))?;
+    let id = dialog.id().to_string();
+    let hangup = CancellationToken::new();
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
+    let info = CallInfo {
+        id: id.clone(),
+        call_id: dialog.id().call_id.clone(),
+        from: from.clone(),
+        to: req.to.clone(),
+        route: format!("outbound:{}", trunk.name),
+        agent: req.agent.kind().to_string(),
+        state: CallState::Ringing,
+        codec: None,
+        local_rtp_port: ports.port,
+        remote_rtp: None,
+        started_at_unix_ms: unix_ms(),
+        answered_at_unix_ms: None,
+        dtmf: String::new(),
+        media: Default::default(),
+        quality: None,
+        jitter: None,
+        on_hold: false,
+        caller_speaking: false,
+        caller_turns: 0,
+    };
+    if !shared
+        .calls
+        .try_insert(info, hangup.clone(), cmd_tx, shared.cfg.max_calls)
+    {
+        let d = dialog.clone();
+        tokio::spawn(async move { d.cancel().await.ok() });
+        return Err(OriginateError::Full);
+    }
+    let ring_timeout = Duration::from_secs(req.ring_timeout_s.unwrap_or(60).clamp(1, 600));
+    let span = tracing::info_span!("call", call_id = %dialog.id().call_id, to = %req.to, trunk = %trunk.name);
+    let route = RouteConfig {
+        dial: req.to.clone(),
+        is_did: false,
+        agent: req.agent.clone(),
+        answer_delay_ms: 0,
+        dsp: crate::media::dsp::DspConfig::off(),
+    };
+    let call_key = id.clone();
+    tokio::spawn(
+        async move {
+            let id = call_key;
+            info!("placing outbound call");
+            let mut invite = invite;
+            let outcome = tokio::select! {
+                r = &mut invite => Some(r),
+                _ = tokio::time::sleep(ring_timeout) => None,
+                _ = hangup.cancelled() => None,
+            };
+            let outcome = match outcome {
+                Some(r) => r,
+                None => {
+                    info!("not answered in time (or hung up): CANCEL");
+                    dialog.cancel().await.ok();
+                    invite.await
+                }
+            };
+            let end = match outcome {
+                Ok(Ok((_, Some(resp))))
+                    if resp.status_code.kind() == rsipstack::sip::StatusCodeKind::Successful =>
+                {
+                    let body = String::from_utf8_lossy(resp.body()).to_string();
+                    let neg = sdp::SessionDescription::parse(&body)
+                        .map_err(|e| e.to_string())
+                        .and_then(|s| {
+                            sdp::accept_answer(&s, &local_caps()).map_err(|e| e.to_string())
+                        });
+                    match neg {
+                        Ok(neg) => {
+                            let mut task = CallTask {
+                                last_sdp: offer,
+                                sdp_origin,
+                                shared: shared.clone(),
+                                dialog: dialog.clone(),
+                                state_rx,
+                                ports,
+                                hangup,
+                                commands: cmd_rx,
+                                id: id.clone(),
+                                setup: CallSetup {
+                                    route,
+                                    offer: None,
+                                    source: neg
+                                        .remote_rtp
+                                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                                    transport: trunk.transport,
+                                    caller_user: None,
+                                    timer: None,
+                                },
+                            };
+                            task.media_loop(neg).await
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "answer without usable SDP: BYE");
+                            dialog.bye().await.ok();
+                            format!("bad SDP answer: {e}")
+                        }
+                    }
+                }
+                Ok(Ok((_, Some(resp)))) => {
+                    let code = u16::from(resp.status_code.clone());
+                    format!("call failed: {code} {}", resp.status_code)
+                }
+                Ok(Ok((_, None))) => "call failed: no final response".to_string(),
+                Ok(Err(e)) => format!("call failed: {e}"),
+                Err(e) => format!("call task failed: {e}"),
+            };
+            info!(reason = %end, "call ended");
+            shared.dialogs.remove_dialog(&dialog.id());
+            shared.calls.remove(&id);
+        }
+        .instrument(span),
+    );
+    Ok(id)
+}

@@ -209,6 +209,11 @@ pub async fn start(
     let nat = Arc::new(NatLocator::default());
     let mut builder = EndpointBuilder::new();
     builder
+        .with_option(rsipstack::transaction::endpoint::EndpointOption {
+            // Call-IDs we make say who made them (rsipstack's default is its vendor's domain).
+            callid_suffix: Some(cfg.domain.clone()),
+            ..Default::default()
+        })
         .with_user_agent(&cfg.user_agent)
         .with_cancel_token(stop.clone())
         .with_transport_layer(tl)
@@ -240,7 +245,7 @@ pub async fn start(
         contacts,
         draining: CancellationToken::new(),
         nat: nat.clone(),
-        trunks: Arc::new(super::trunk::Trunks::new(&cfg.trunks)),
+        trunks: Arc::new(super::trunk::Trunks::new(&cfg.trunks, &trunk_passwords)),
         cfg,
     });
     let _ = nat.registrar.set(shared.clone());
@@ -254,12 +259,12 @@ pub async fn start(
     });
     let trunks_stop = CancellationToken::new();
     let mut tasks = Vec::new();
-    for (t, pw) in shared.cfg.trunks.iter().zip(trunk_passwords) {
+    for (t, pw) in shared.cfg.trunks.iter().zip(trunk_passwords.iter()) {
         if t.register {
             tasks.push(super::trunk::spawn_registration(
                 ep.inner.clone(),
                 t.clone(),
-                pw,
+                pw.clone(),
                 shared.trunks.clone(),
                 trunks_stop.clone(),
             ));

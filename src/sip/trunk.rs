@@ -81,11 +81,23 @@ pub fn trunk_sources(t: &TrunkConfig) -> Vec<ipnet::IpNet> {
 pub struct Trunks {
     pub status: Mutex<Vec<TrunkStatus>>,
     sources: Vec<(String, Vec<ipnet::IpNet>)>,
+    /// Each trunk's config and password, for outbound calls.
+    accounts: Vec<(TrunkConfig, String)>,
 }
 
 impl Trunks {
-    pub fn new(trunks: &[TrunkConfig]) -> Self {
+    pub fn new(trunks: &[TrunkConfig], passwords: &[String]) -> Self {
         Trunks {
+            accounts: trunks
+                .iter()
+                .cloned()
+                .zip(
+                    passwords
+                        .iter()
+                        .cloned()
+                        .chain(std::iter::repeat(String::new())),
+                )
+                .collect(),
             status: Mutex::new(
                 trunks
                     .iter()
@@ -110,6 +122,11 @@ impl Trunks {
                 .map(|t| (t.name.clone(), trunk_sources(t)))
                 .collect(),
         }
+    }
+
+    /// A trunk's config and password by name.
+    pub fn account(&self, name: &str) -> Option<&(TrunkConfig, String)> {
+        self.accounts.iter().find(|(t, _)| t.name == name)
     }
 
     /// The trunk an INVITE from `ip` belongs to, if any.
@@ -324,7 +341,7 @@ mod tests {
             register: true,
             allow: vec![],
         };
-        let trunks = Trunks::new(std::slice::from_ref(&t));
+        let trunks = Trunks::new(std::slice::from_ref(&t), &[]);
         assert_eq!(
             trunks.trunk_for("127.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))),
             Some("c")
