@@ -300,7 +300,12 @@ fn outbound_call_answers_the_407_and_reaches_the_uas() {
     assert_eq!(code, 200);
     let idle = server.wait_idle(Duration::from_secs(10));
     let log = std::fs::read_to_string(dir.path().join("uas.log")).unwrap_or_default();
-    assert_eq!(idle["active_calls"], 0, "{idle}\n{log}\n{}", server.log_text());
+    assert_eq!(
+        idle["active_calls"],
+        0,
+        "{idle}\n{log}\n{}",
+        server.log_text()
+    );
     assert!(
         log.contains("INVITE sip:echo@"),
         "the UAS got the INVITE:\n{log}"

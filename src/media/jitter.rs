@@ -436,6 +436,15 @@ impl JitterBuffer {
         }
     }
 
+    /// The payload of the frame the next `pop` is due to play, if it is
+    /// already here: right after a `Conceal`, that is the packet following
+    /// the lost one, whose Opus in-band FEC can rebuild the loss.
+    pub fn peek_next(&self) -> Option<&[u8]> {
+        self.buffer
+            .get(&(self.timeline.generation, self.timeline.next))
+            .map(|e| e.payload.as_slice())
+    }
+
     pub fn config(&self) -> JitterConfig {
         self.cfg
     }

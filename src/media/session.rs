@@ -158,6 +158,8 @@ pub struct MediaStats {
     pub rx_malformed: u64,
     pub rx_ignored: u64,
     pub rx_dtmf_digits: u64,
+    /// Lost Opus frames rebuilt from the next packet's in-band FEC.
+    pub rx_fec_frames: u64,
     pub tx_packets: u64,
     pub tx_underruns: u64,
     /// Live audio dropped to keep the echo delay bounded.
@@ -530,7 +532,18 @@ impl Session {
                     pcm = plc.conceal();
                     true
                 }
-                None => self.codec.decoder.conceal(None, &mut pcm).is_ok(),
+                None => {
+                    // Opus: rebuild the lost frame from the next packet's
+                    // in-band FEC when it is already buffered, else PLC.
+                    let next = self.jitter.peek_next().map(<[u8]>::to_vec);
+                    if next.is_some() {
+                        self.stats.rx_fec_frames += 1;
+                    }
+                    self.codec
+                        .decoder
+                        .conceal(next.as_deref(), &mut pcm)
+                        .is_ok()
+                }
             },
             Playout::Empty => return,
         };
@@ -1056,6 +1069,45 @@ mod tests {
             pkts.iter().any(|p| p.0 == 0),
             "audio resumes after the digits"
         );
+    }
+
+    /// An Opus caller sending in-band FEC: a lost packet is rebuilt from the
+    /// next one (counted), and the agent still gets one frame per tick.
+    #[test]
+    fn lost_opus_packet_is_rebuilt_from_fec_in_the_next() {
+        let t0 = Instant::now();
+        let mut p = params();
+        p.codec = Codec::Opus;
+        p.pt = 111;
+        p.agent_rate = 48000;
+        let mut s = session(t0, p, 0, 0);
+        let mut cp = CodecParams::new(CodecKind::Opus);
+        cp.opus_fec = true;
+        let mut enc = codec::encoder(&cp).unwrap();
+        let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut frames = 0;
+        for i in 0..50u16 {
+            let pcm: Vec<i16> = (0..960)
+                .map(|n| ((n as f64 + i as f64 * 960.0) * 0.05).sin() * 8000.0)
+                .map(|v| v as i16)
+                .collect();
+            let mut payload = Vec::new();
+            enc.encode(&pcm, &mut payload).unwrap();
+            let now = t0 + Duration::from_millis(20 * i as u64);
+            if i != 20 {
+                s.handle_rtp(now, from, &rtp(111, i, i as u32 * 960, &payload));
+            }
+            s.handle_timeout(now);
+            while let Some(e) = s.poll_event() {
+                if let MediaEvent::Audio(a) = e {
+                    assert_eq!(a.len(), 960);
+                    frames += 1;
+                }
+            }
+        }
+        assert_eq!(s.stats().rx_fec_frames, 1, "{:?}", s.stats());
+        assert_eq!(s.jitter_stats().lost, 1);
+        assert!(frames >= 45, "one frame per tick: {frames}");
     }
 
     #[test]

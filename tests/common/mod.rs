@@ -94,7 +94,11 @@ impl Server {
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             .args(extra_args)
-            .env("RUST_LOG", std::env::var("AGENTLINE_TEST_LOG").unwrap_or_else(|_| "info,rsipstack=warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("AGENTLINE_TEST_LOG")
+                    .unwrap_or_else(|_| "info,rsipstack=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
