@@ -174,6 +174,7 @@ struct RawTrunk {
     transport: Option<String>,
     expires: Option<u32>,
     register: Option<bool>,
+    keepalive_s: Option<u32>,
     #[serde(default)]
     allow: Vec<String>,
 }
@@ -324,6 +325,9 @@ pub struct TrunkConfig {
     pub expires: u32,
     /// `false` for IP-authenticated trunks.
     pub register: bool,
+    /// UDP NAT keep-alive: a CRLF ping (RFC 5626 section 4.4.1 style) to the
+    /// trunk this often while registered, so the NAT binding stays open; 0 = off.
+    pub keepalive_s: u32,
     /// Sources whose INVITEs count as this trunk's (default: the host's addresses).
     pub allow: Vec<ipnet::IpNet>,
 }
@@ -714,6 +718,7 @@ impl Config {
                 transport,
                 expires: t.expires.unwrap_or(300).max(1),
                 register,
+                keepalive_s: t.keepalive_s.unwrap_or(30),
                 allow,
             });
         }

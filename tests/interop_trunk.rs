@@ -312,3 +312,37 @@ fn outbound_call_answers_the_407_and_reaches_the_uas() {
     );
     assert!(log.contains("BYE sip:"), "and our BYE:\n{log}");
 }
+
+/// Behind NAT the provider can only reach us while our binding is open:
+/// while registered over UDP we send CRLF pings to it (seen on the wire).
+#[test]
+fn registered_udp_trunk_sends_crlf_keepalives() {
+    let Some(tshark) = require_peer("tshark") else {
+        return;
+    };
+    let Some(kam) = Kamailio::start() else {
+        return;
+    };
+    let server = Server::start(
+        &profile(kam.port, "trunkpass").replace("expires = 10", "expires = 60\nkeepalive_s = 1"),
+    );
+    let t = wait_trunk(&server, Duration::from_secs(10), |t| {
+        t["state"] == "registered"
+    });
+    assert_eq!(t["state"], "registered", "{t}");
+    // Capture 4 s of 4-byte UDP payloads (CRLF CRLF) towards the provider.
+    let out = Command::new(tshark)
+        .args(["-i", "lo", "-a", "duration:4", "-f"])
+        .arg(format!("udp dst port {} and udp[4:2] = 12", kam.port))
+        .args(["-T", "fields", "-e", "data.data"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pings = text.lines().filter(|l| l.trim() == "0d0a0d0a").count();
+    assert!(
+        pings >= 2,
+        "CRLF keep-alives on the wire in 4 s (1 s period): {pings}\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(trunk(&server)["keepalives_sent"].as_u64() >= Some(2));
+}

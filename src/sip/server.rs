@@ -168,6 +168,7 @@ pub async fn start(
     let first_bind = cfg.sip_listen[0].addr.ip();
     let adv_ip = advertised_ip(&cfg, first_bind);
     let mut contacts = Vec::new();
+    let mut first_udp: Option<UdpConnection> = None;
     for l in &cfg.sip_listen {
         let adv = SocketAddr::new(advertised_ip(&cfg, l.addr.ip()), l.addr.port());
         let external = (cfg.external_ip.is_some() || l.addr.ip().is_unspecified()).then_some(adv);
@@ -180,6 +181,9 @@ pub async fn start(
                             addr: l.to_string(),
                             message: e.to_string(),
                         })?;
+                if first_udp.is_none() {
+                    first_udp = Some(conn.clone());
+                }
                 tl.add_transport(conn.into());
                 contacts.push((SipTransport::Udp, format!("sip:agentline@{adv}")));
             }
@@ -263,6 +267,7 @@ pub async fn start(
         if t.register {
             tasks.push(super::trunk::spawn_registration(
                 ep.inner.clone(),
+                first_udp.clone(),
                 t.clone(),
                 pw.clone(),
                 shared.trunks.clone(),

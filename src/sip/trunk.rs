@@ -42,6 +42,8 @@ pub struct TrunkStatus {
     /// Failed attempts in a row.
     pub failures: u32,
     pub next_attempt_in_ms: Option<u64>,
+    /// NAT keep-alive pings sent.
+    pub keepalives_sent: u64,
 }
 
 /// When to refresh: well before the granted expiry (at 3/4 of it, and at
@@ -114,6 +116,7 @@ impl Trunks {
                         registrations: 0,
                         failures: 0,
                         next_attempt_in_ms: None,
+                        keepalives_sent: 0,
                     })
                     .collect(),
             ),
@@ -176,6 +179,7 @@ fn header_u64(resp: &rsipstack::sip::Response, pick: fn(&Header) -> Option<Strin
 /// Registers `t` until `stop`, then un-registers.
 pub fn spawn_registration(
     endpoint: EndpointInnerRef,
+    udp: Option<rsipstack::transport::udp::UdpConnection>,
     t: TrunkConfig,
     password: String,
     trunks: Arc<Trunks>,
@@ -283,9 +287,34 @@ pub fn spawn_registration(
                 let wait_ms = wait.as_millis() as u64;
                 trunks.update(&t.name, |s| s.next_attempt_in_ms = Some(wait_ms));
                 let until = Instant::now() + wait;
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until.into()) => {}
-                    _ = stop.cancelled() => break,
+                // While registered over UDP, keep the NAT binding towards the
+                // provider open with CRLF pings between refreshes.
+                let ping = match (&udp, t.transport, failures == 0 && registered) {
+                    (Some(u), SipTransport::Udp, true) if t.keepalive_s > 0 => {
+                        keepalive_target(&t).map(|a| (u.clone(), a))
+                    }
+                    _ => None,
+                };
+                let period = Duration::from_secs(t.keepalive_s.max(1) as u64);
+                let mut next_ping = Instant::now() + period;
+                let stopped = loop {
+                    let wake = if ping.is_some() { next_ping.min(until) } else { until };
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(wake.into()) => {}
+                        _ = stop.cancelled() => break true,
+                    }
+                    if Instant::now() >= until {
+                        break false;
+                    }
+                    if let Some((u, addr)) = &ping {
+                        if u.send_raw(b"\r\n\r\n", addr).await.is_ok() {
+                            trunks.update(&t.name, |s| s.keepalives_sent += 1);
+                        }
+                        next_ping = Instant::now() + period;
+                    }
+                };
+                if stopped {
+                    break;
                 }
             }
             if registered {
@@ -301,6 +330,21 @@ pub fn spawn_registration(
         }
         .instrument(span),
     )
+}
+
+/// The trunk's address for keep-alives (numeric host:port; a name is
+/// resolved once here).
+fn keepalive_target(t: &TrunkConfig) -> Option<rsipstack::transport::SipAddr> {
+    let host = if t.host.contains(':') && !t.host.starts_with('[') {
+        t.host.clone()
+    } else {
+        format!("{}:5060", t.host)
+    };
+    let addr = host.to_socket_addrs().ok()?.next()?;
+    Some(rsipstack::transport::SipAddr::new(
+        rsipstack::sip::Transport::Udp,
+        addr.into(),
+    ))
 }
 
 fn jitter() -> f64 {
@@ -339,6 +383,7 @@ mod tests {
             transport: SipTransport::Udp,
             expires: 60,
             register: true,
+            keepalive_s: 30,
             allow: vec![],
         };
         let trunks = Trunks::new(std::slice::from_ref(&t), &[]);
