@@ -23,10 +23,12 @@ struct Kamailio {
 
 impl Kamailio {
     fn start() -> Option<Kamailio> {
+        Self::start_on(free_port(), free_port())
+    }
+
+    fn start_on(port: u16, uas: u16) -> Option<Kamailio> {
         require_peer("kamailio")?;
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let uas = free_port();
         let cfg = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/interop/kamailio-trunk.cfg"
@@ -345,4 +347,30 @@ fn registered_udp_trunk_sends_crlf_keepalives() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(trunk(&server)["keepalives_sent"].as_u64() >= Some(2));
+}
+
+/// The provider restarts (losing its registrations): the trunk registers
+/// again with the new instance on its next refresh.
+#[test]
+fn trunk_reregisters_after_the_provider_restarts() {
+    let Some(kam) = Kamailio::start() else {
+        return;
+    };
+    let (port, uas) = (kam.port, kam.uas);
+    let server = Server::start(&profile(port, "trunkpass"));
+    let t = wait_trunk(&server, Duration::from_secs(10), |t| {
+        t["state"] == "registered"
+    });
+    assert_eq!(t["state"], "registered", "{t}");
+    let before = t["registrations"].as_u64().unwrap();
+    drop(kam);
+    let _kam = Kamailio::start_on(port, uas).unwrap();
+    let t = wait_trunk(&server, Duration::from_secs(15), |t| {
+        t["registrations"].as_u64() > Some(before) && t["state"] == "registered"
+    });
+    assert!(
+        t["registrations"].as_u64() > Some(before) && t["state"] == "registered",
+        "registered with the restarted provider: {t}\n{}",
+        server.log_text()
+    );
 }
