@@ -36,6 +36,41 @@ pub struct CallInfo {
     pub caller_turns: u64,
 }
 
+impl CallInfo {
+    /// A call that is just starting (ringing), with empty counters.
+    pub fn new(
+        id: String,
+        call_id: String,
+        from: String,
+        to: String,
+        route: String,
+        agent: String,
+        local_rtp_port: u16,
+    ) -> Self {
+        CallInfo {
+            id,
+            call_id,
+            from,
+            to,
+            route,
+            agent,
+            state: CallState::Ringing,
+            codec: None,
+            local_rtp_port,
+            remote_rtp: None,
+            started_at_unix_ms: unix_ms(),
+            answered_at_unix_ms: None,
+            dtmf: String::new(),
+            media: Default::default(),
+            quality: None,
+            jitter: None,
+            on_hold: false,
+            caller_speaking: false,
+            caller_turns: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallState {

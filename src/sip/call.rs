@@ -86,27 +86,15 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
     let id = dialog.id().to_string();
     let hangup = CancellationToken::new();
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
-    let info = CallInfo {
-        id: id.clone(),
-        call_id: call_id.clone(),
-        from: header_text(&req, "from"),
-        to: header_text(&req, "to"),
-        route: setup.route.dial.clone(),
-        agent: setup.route.agent.kind().to_string(),
-        state: CallState::Ringing,
-        codec: None,
-        local_rtp_port: ports.port,
-        remote_rtp: None,
-        started_at_unix_ms: unix_ms(),
-        answered_at_unix_ms: None,
-        dtmf: String::new(),
-        media: Default::default(),
-        quality: None,
-        jitter: None,
-        on_hold: false,
-        caller_speaking: false,
-        caller_turns: 0,
-    };
+    let info = CallInfo::new(
+        id.clone(),
+        call_id.clone(),
+        header_text(&req, "from"),
+        header_text(&req, "to"),
+        setup.route.dial.clone(),
+        setup.route.agent.kind().to_string(),
+        ports.port,
+    );
     if !shared
         .calls
         .try_insert(info, hangup.clone(), cmd_tx, shared.cfg.max_calls)
@@ -839,27 +827,15 @@ pub fn originate(shared: Arc<Shared>, req: Originate) -> Result<String, Originat
     let id = dialog.id().to_string();
     let hangup = CancellationToken::new();
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
-    let info = CallInfo {
-        id: id.clone(),
-        call_id: dialog.id().call_id.clone(),
-        from: from.clone(),
-        to: req.to.clone(),
-        route: format!("outbound:{}", trunk.name),
-        agent: req.agent.kind().to_string(),
-        state: CallState::Ringing,
-        codec: None,
-        local_rtp_port: ports.port,
-        remote_rtp: None,
-        started_at_unix_ms: unix_ms(),
-        answered_at_unix_ms: None,
-        dtmf: String::new(),
-        media: Default::default(),
-        quality: None,
-        jitter: None,
-        on_hold: false,
-        caller_speaking: false,
-        caller_turns: 0,
-    };
+    let info = CallInfo::new(
+        id.clone(),
+        dialog.id().call_id.clone(),
+        from.clone(),
+        req.to.clone(),
+        format!("outbound:{}", trunk.name),
+        req.agent.kind().to_string(),
+        ports.port,
+    );
     if !shared
         .calls
         .try_insert(info, hangup.clone(), cmd_tx, shared.cfg.max_calls)
