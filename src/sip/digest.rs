@@ -450,6 +450,12 @@ impl NonceIssuer {
 
     /// Checks a nonce a client sent back for `realm` at `now_unix_secs`.
     pub fn check(&self, nonce: &str, now_unix_secs: u64, realm: &str) -> NonceStatus {
+        // Only the exact text we issued (lower-case hex) counts: the digest
+        // covers the nonce as a string, and `hex::decode` would also take an
+        // upper-cased copy of a genuine nonce.
+        if nonce.bytes().any(|b| b.is_ascii_uppercase()) {
+            return NonceStatus::Invalid;
+        }
         let Ok(raw) = hex::decode(nonce) else {
             return NonceStatus::Invalid;
         };
@@ -1207,6 +1213,19 @@ mod tests {
                 "flipped digit {i}"
             );
         }
+    }
+
+    /// Regression: an upper-cased copy of a genuine nonce decodes to the same
+    /// bytes, but it is not what we issued (seen as a 1-in-16 test failure).
+    #[test]
+    fn case_changed_nonce_is_invalid() {
+        let issuer = NonceIssuer::new(KEY, 300);
+        let nonce = issuer.issue(T0, "agentline");
+        assert_eq!(issuer.check(&nonce, T0, "agentline"), NonceStatus::Valid);
+        assert_eq!(
+            issuer.check(&nonce.to_ascii_uppercase(), T0, "agentline"),
+            NonceStatus::Invalid
+        );
     }
 
     #[test]
