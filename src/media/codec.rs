@@ -649,7 +649,10 @@ struct OpusEncoder {
 impl OpusEncoder {
     fn new(p: &CodecParams) -> Result<Self, CodecError> {
         let rate = p.opus_pcm_rate;
-        let mut codec = OpusEnc::new(opus_rate(rate)?, Channels::Mono, Application::Voip)
+        // Audio rather than Voip: the agent's voice (often TTS) keeps its
+        // waveform better; measured on a baresip echo through two Opus
+        // encoders, correlation 0.91 (Voip) -> 0.95 (Audio).
+        let mut codec = OpusEnc::new(opus_rate(rate)?, Channels::Mono, Application::Audio)
             .map_err(CodecError::OpusSetup)?;
         let bitrate = p
             .opus_bitrate
