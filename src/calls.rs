@@ -34,6 +34,9 @@ pub struct CallInfo {
     pub caller_speaking: bool,
     /// Caller turns the VAD saw end (speech then end-of-turn silence).
     pub caller_turns: u64,
+    /// Why the call ended (e.g. "caller hung up", "call failed: 486 Busy Here").
+    pub end_reason: Option<String>,
+    pub ended_at_unix_ms: Option<u64>,
 }
 
 impl CallInfo {
@@ -67,9 +70,14 @@ impl CallInfo {
             on_hold: false,
             caller_speaking: false,
             caller_turns: 0,
+            end_reason: None,
+            ended_at_unix_ms: None,
         }
     }
 }
+
+/// Ended calls kept for `GET /calls/{id}` (e.g. an outbound call's outcome).
+const RECENT_CALLS: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -78,6 +86,8 @@ pub enum CallState {
     Answering,
     Active,
     Ending,
+    /// Over; kept a while in the recent list with why it ended.
+    Ended,
 }
 
 /// A request to a running call's task.
@@ -96,6 +106,7 @@ struct Entry {
 #[derive(Clone, Default)]
 pub struct CallRegistry {
     inner: Arc<Mutex<HashMap<String, Entry>>>,
+    recent: Arc<Mutex<std::collections::VecDeque<CallInfo>>>,
 }
 
 impl CallRegistry {
@@ -142,7 +153,24 @@ impl CallRegistry {
     }
 
     pub fn remove(&self, id: &str) {
-        self.lock().remove(id);
+        self.end(id, None);
+    }
+
+    /// Removes a call from the active set and keeps its last view, with
+    /// `reason`, among the recent calls.
+    pub fn end(&self, id: &str, reason: Option<&str>) {
+        let Some(e) = self.lock().remove(id) else {
+            return;
+        };
+        let mut info = e.info;
+        info.state = CallState::Ended;
+        info.end_reason = reason.map(str::to_string);
+        info.ended_at_unix_ms = Some(unix_ms());
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= RECENT_CALLS {
+            recent.pop_front();
+        }
+        recent.push_back(info);
     }
 
     pub fn len(&self) -> usize {
@@ -159,8 +187,13 @@ impl CallRegistry {
         v
     }
 
+    /// An active call, else a recently ended one.
     pub fn get(&self, id: &str) -> Option<CallInfo> {
-        self.lock().get(id).map(|e| e.info.clone())
+        if let Some(e) = self.lock().get(id) {
+            return Some(e.info.clone());
+        }
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().rev().find(|c| c.id == id).cloned()
     }
 
     /// Asks one call to hang up (BYE if answered, reject if not).

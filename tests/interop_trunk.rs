@@ -374,3 +374,42 @@ fn trunk_reregisters_after_the_provider_restarts() {
         server.log_text()
     );
 }
+
+/// An outbound call the provider refuses (after our answer to its 407) ends
+/// with the provider's final code in `GET /calls/{id}`, and frees its slot.
+#[test]
+fn refused_outbound_call_reports_the_final_code() {
+    let Some(kam) = Kamailio::start() else {
+        return;
+    };
+    let server = Server::start(&profile(kam.port, "trunkpass"));
+    let (code, body) = common::http_post(
+        server.api_port,
+        "/calls",
+        r#"{"trunk":"carrier","to":"nobody","agent":{"kind":"echo"}}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 202, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut call = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        let (_, body) = common::http_get(server.api_port, &format!("/calls/{id}")).unwrap();
+        call = serde_json::from_str(&body).unwrap_or_default();
+        if call["state"] == "ended" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(call["state"], "ended", "{call}");
+    let reason = call["end_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("404"),
+        "the provider's 404 after auth: {call}"
+    );
+    let idle = server.wait_idle(Duration::from_secs(10));
+    assert_eq!(idle["active_calls"], 0, "{idle}");
+}

@@ -155,7 +155,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
             if let Some(hp) = remote_contact {
                 shared.nat.forget(&hp);
             }
-            shared.calls.remove(&id);
+            shared.calls.end(&id, Some(&end));
         }
         .instrument(span),
     );
@@ -924,7 +924,7 @@ pub fn originate(shared: Arc<Shared>, req: Originate) -> Result<String, Originat
             };
             info!(reason = %end, "call ended");
             shared.dialogs.remove_dialog(&dialog.id());
-            shared.calls.remove(&id);
+            shared.calls.end(&id, Some(&end));
         }
         .instrument(span),
     );
