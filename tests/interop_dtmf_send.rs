@@ -9,17 +9,23 @@ use std::time::Duration;
 use common::baresip::{Account, Baresip, Options};
 use common::{data_path, http_post, require_peer, Server};
 
-#[test]
-fn api_dtmf_reaches_the_phone_as_rfc4733_events() {
-    if require_peer("baresip").is_none() {
-        return;
-    }
+/// baresip calling `echo` and playing the test speech (~4.6 s of call).
+fn echo_call() -> (Server, Baresip) {
     let server = Server::start(common::TRUSTED_ECHO_PROFILE);
     let account = Account::new("1000", None, server.sip_port).regint(0);
     let opts = Options::new(account)
         .dial("echo")
         .play(&data_path("speech_8k.wav"));
-    let mut phone = Baresip::start(opts);
+    let phone = Baresip::start(opts);
+    (server, phone)
+}
+
+#[test]
+fn api_dtmf_reaches_the_phone_as_rfc4733_events() {
+    if require_peer("baresip").is_none() {
+        return;
+    }
+    let (server, mut phone) = echo_call();
     assert!(
         phone.wait_call_established(Duration::from_secs(15)),
         "{}",
@@ -68,12 +74,7 @@ fn api_hangup_ends_the_call_with_bye() {
     if require_peer("baresip").is_none() {
         return;
     }
-    let server = Server::start(common::TRUSTED_ECHO_PROFILE);
-    let account = Account::new("1000", None, server.sip_port).regint(0);
-    let opts = Options::new(account)
-        .dial("echo")
-        .play(&data_path("speech_8k.wav"));
-    let mut phone = Baresip::start(opts);
+    let (server, mut phone) = echo_call();
     assert!(phone.wait_call_established(Duration::from_secs(15)));
     let id = server.calls()[0]["id"].as_str().unwrap().to_string();
     let (code, body) = http_post(server.api_port, &format!("/calls/{id}/hangup"), "{}").unwrap();

@@ -11,21 +11,7 @@ use common::{require_peer, Server};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-/// `echo` answers at once; `ring` rings 2 s before answering, so a caller can
-/// CANCEL or retransmit its INVITE while it rings.
-const PROFILE: &str = r#"
-[sip]
-trusted = ["127.0.0.1/32"]
-
-[[routes]]
-dial = "echo"
-agent = { kind = "echo" }
-
-[[routes]]
-dial = "ring"
-agent = { kind = "echo" }
-answer_delay_ms = 2000
-"#;
+const PROFILE: &str = common::TRUSTED_ECHO_RING_PROFILE;
 
 fn assert_sipp_ok(what: &str, out: &SippOutcome) {
     assert!(out.success, "{what}: sipp failed\n{}", out.report());

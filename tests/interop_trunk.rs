@@ -126,6 +126,38 @@ fn wait_trunk(
     }
 }
 
+/// `POST /calls` through the `carrier` trunk; returns the call id (202).
+fn place_call(server: &Server, to: &str, agent: &str) -> String {
+    let req = format!(r#"{{"trunk":"carrier","to":"{to}","agent":{{"kind":"{agent}"}}}}"#);
+    let (code, body) = common::http_post(server.api_port, "/calls", &req).unwrap();
+    assert_eq!(code, 202, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Polls `GET /calls/{id}` for up to 10 s until `done`; returns the last view.
+fn wait_call(
+    server: &Server,
+    id: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut call = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        let (code, body) = common::http_get(server.api_port, &format!("/calls/{id}")).unwrap();
+        if code == 200 {
+            call = serde_json::from_str(&body).unwrap_or_default();
+            if done(&call) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    call
+}
+
 #[test]
 fn trunk_registers_with_digest_and_refreshes_before_expiry() {
     let Some(kam) = Kamailio::start() else {
@@ -264,29 +296,10 @@ fn outbound_call_answers_the_407_and_reaches_the_uas() {
     )
     .unwrap();
     assert_eq!(code, 404, "unknown trunk: {body}");
-    let (code, body) = common::http_post(
-        server.api_port,
-        "/calls",
-        r#"{"trunk":"carrier","to":"echo","agent":{"kind":"demo"}}"#,
-    )
-    .unwrap();
-    assert_eq!(code, 202, "{body}");
-    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut call = serde_json::Value::Null;
-    while Instant::now() < deadline {
-        let (code, body) = common::http_get(server.api_port, &format!("/calls/{id}")).unwrap();
-        if code == 200 {
-            call = serde_json::from_str(&body).unwrap();
-            if call["state"] == "active" && call["media"]["rx_packets"].as_u64() > Some(20) {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let id = place_call(&server, "echo", "demo");
+    let call = wait_call(&server, &id, |c| {
+        c["state"] == "active" && c["media"]["rx_packets"].as_u64() > Some(20)
+    });
     assert_eq!(
         call["state"],
         "active",
@@ -383,27 +396,8 @@ fn refused_outbound_call_reports_the_final_code() {
         return;
     };
     let server = Server::start(&profile(kam.port, "trunkpass"));
-    let (code, body) = common::http_post(
-        server.api_port,
-        "/calls",
-        r#"{"trunk":"carrier","to":"nobody","agent":{"kind":"echo"}}"#,
-    )
-    .unwrap();
-    assert_eq!(code, 202, "{body}");
-    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut call = serde_json::Value::Null;
-    while Instant::now() < deadline {
-        let (_, body) = common::http_get(server.api_port, &format!("/calls/{id}")).unwrap();
-        call = serde_json::from_str(&body).unwrap_or_default();
-        if call["state"] == "ended" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let id = place_call(&server, "nobody", "echo");
+    let call = wait_call(&server, &id, |c| c["state"] == "ended");
     assert_eq!(call["state"], "ended", "{call}");
     let reason = call["end_reason"].as_str().unwrap_or_default();
     assert!(

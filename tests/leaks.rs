@@ -10,19 +10,7 @@ use common::sipp::run_scenario;
 use common::{require_peer, Server};
 use std::time::{Duration, Instant};
 
-const PROFILE: &str = r#"
-[sip]
-trusted = ["127.0.0.1/32"]
-
-[[routes]]
-dial = "echo"
-agent = { kind = "echo" }
-
-[[routes]]
-dial = "ring"
-agent = { kind = "echo" }
-answer_delay_ms = 2000
-"#;
+const PROFILE: &str = common::TRUSTED_ECHO_RING_PROFILE;
 
 /// (scenario, dialled user, calls per round)
 const MIX: [(&str, &str, u32); 3] = [

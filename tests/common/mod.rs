@@ -204,6 +204,22 @@ dial = "echo"
 agent = { kind = "echo" }
 "#;
 
+/// [`TRUSTED_ECHO_PROFILE`] plus `ring`, which rings 2 s before answering,
+/// so a caller can CANCEL or retransmit its INVITE while it rings.
+pub const TRUSTED_ECHO_RING_PROFILE: &str = r#"
+[sip]
+trusted = ["127.0.0.1/32"]
+
+[[routes]]
+dial = "echo"
+agent = { kind = "echo" }
+
+[[routes]]
+dial = "ring"
+agent = { kind = "echo" }
+answer_delay_ms = 2000
+"#;
+
 /// Minimal HTTP/1.0 GET on 127.0.0.1 (keeps the test build free of an HTTP client).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     http_request(
