@@ -18,6 +18,10 @@ pub struct CallInfo {
     pub agent: String,
     pub state: CallState,
     pub codec: Option<String>,
+    /// The SRTP suite when the media is encrypted (SDES over TLS).
+    pub srtp: Option<String>,
+    /// SRTP packets dropped (bad authentication tag, replay, too short).
+    pub srtp_rejected: u64,
     pub local_rtp_port: u16,
     pub remote_rtp: Option<String>,
     pub started_at_unix_ms: u64,
@@ -59,6 +63,8 @@ impl CallInfo {
             agent,
             state: CallState::Ringing,
             codec: None,
+            srtp: None,
+            srtp_rejected: 0,
             local_rtp_port,
             remote_rtp: None,
             started_at_unix_ms: unix_ms(),

@@ -44,6 +44,34 @@ pub enum ConfigError {
 pub enum SipTransport {
     Udp,
     Tcp,
+    Tls,
+}
+
+impl SipTransport {
+    /// rsipstack's name for it.
+    pub fn rsip(self) -> rsipstack::sip::Transport {
+        match self {
+            SipTransport::Udp => rsipstack::sip::Transport::Udp,
+            SipTransport::Tcp => rsipstack::sip::Transport::Tcp,
+            SipTransport::Tls => rsipstack::sip::Transport::Tls,
+        }
+    }
+    /// The `;transport=` URI parameter (none for UDP, the default).
+    pub fn uri_param(self) -> &'static str {
+        match self {
+            SipTransport::Udp => "",
+            SipTransport::Tcp => ";transport=tcp",
+            SipTransport::Tls => ";transport=tls",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "udp" => Some(SipTransport::Udp),
+            "tcp" => Some(SipTransport::Tcp),
+            "tls" => Some(SipTransport::Tls),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for SipTransport {
@@ -51,6 +79,7 @@ impl fmt::Display for SipTransport {
         f.write_str(match self {
             SipTransport::Udp => "udp",
             SipTransport::Tcp => "tcp",
+            SipTransport::Tls => "tls",
         })
     }
 }
@@ -65,14 +94,11 @@ pub struct ListenAddr {
 impl FromStr for ListenAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (scheme, rest) = s
-            .split_once(':')
-            .ok_or_else(|| format!("expected `udp:IP:PORT` or `tcp:IP:PORT`, got `{s}`"))?;
-        let transport = match scheme.to_ascii_lowercase().as_str() {
-            "udp" => SipTransport::Udp,
-            "tcp" => SipTransport::Tcp,
-            other => return Err(format!("expected transport udp or tcp, got `{other}`")),
-        };
+        let (scheme, rest) = s.split_once(':').ok_or_else(|| {
+            format!("expected `udp:IP:PORT`, `tcp:IP:PORT` or `tls:IP:PORT`, got `{s}`")
+        })?;
+        let transport = SipTransport::parse(scheme)
+            .ok_or_else(|| format!("expected transport udp, tcp or tls, got `{scheme}`"))?;
         let addr = rest
             .parse::<SocketAddr>()
             .map_err(|e| format!("expected IP:PORT after `{scheme}:`, got `{rest}` ({e})"))?;
@@ -175,6 +201,7 @@ struct RawTrunk {
     expires: Option<u32>,
     register: Option<bool>,
     keepalive_s: Option<u32>,
+    srtp: Option<bool>,
     #[serde(default)]
     allow: Vec<String>,
 }
@@ -197,6 +224,9 @@ struct RawSip {
     auth_algorithms: Option<Vec<String>>,
     session_expires_s: Option<u32>,
     min_se_s: Option<u32>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -330,6 +360,8 @@ pub struct TrunkConfig {
     pub keepalive_s: u32,
     /// Sources whose INVITEs count as this trunk's (default: the host's addresses).
     pub allow: Vec<ipnet::IpNet>,
+    /// Offer SRTP (SDES, RTP/SAVP) on outbound calls; only with TLS.
+    pub srtp: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -361,6 +393,12 @@ pub struct Config {
     pub api_listen: SocketAddr,
     pub log_format: LogFormat,
     pub state_dir: PathBuf,
+    /// Certificate chain and key (PEM) for `tls:` listeners.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Trust anchors (PEM) for TLS connections we open (trunks); default
+    /// the system bundle.
+    pub tls_ca: PathBuf,
     pub users: Vec<UserConfig>,
     pub routes: Vec<RouteConfig>,
     pub trunks: Vec<TrunkConfig>,
@@ -374,6 +412,21 @@ pub struct Overrides {
     pub api_listen: Option<SocketAddr>,
     pub log_format: Option<LogFormat>,
     pub state_dir: Option<PathBuf>,
+    /// Where relative paths in the profile (certs/...) start; set by
+    /// [`Config::load`] from the profile's location.
+    pub config_root: Option<PathBuf>,
+}
+
+/// The folder relative profile paths start from: the parent of a
+/// `sip-profiles/` folder (so `certs/` sits next to it, as installed in
+/// /etc/agentline), else the profile's own folder.
+pub fn config_root_of(profile: &Path) -> PathBuf {
+    let dir = profile.parent().unwrap_or(Path::new(""));
+    if dir.file_name().is_some_and(|n| n == "sip-profiles") {
+        dir.parent().unwrap_or(Path::new("")).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 impl Config {
@@ -385,7 +438,11 @@ impl Config {
                     path: p.to_path_buf(),
                     source,
                 })?;
-                Self::parse(&text, &p.display().to_string(), overrides)
+                let mut ov = overrides.clone();
+                if ov.config_root.is_none() {
+                    ov.config_root = Some(config_root_of(p));
+                }
+                Self::parse(&text, &p.display().to_string(), &ov)
             }
             None => Self::parse(DEFAULT_PROFILE, "(embedded default)", overrides),
         }
@@ -400,6 +457,15 @@ impl Config {
             origin: origin.to_string(),
             key: key.to_string(),
             message,
+        };
+        let root = ov.config_root.clone().unwrap_or_default();
+        let resolve = |p: Option<PathBuf>, default: &str| {
+            let p = p.unwrap_or_else(|| PathBuf::from(default));
+            if p.is_absolute() {
+                p
+            } else {
+                root.join(p)
+            }
         };
 
         let sip_listen = if !ov.sip_listen.is_empty() {
@@ -687,16 +753,20 @@ impl Config {
                 }
                 _ => String::new(),
             };
-            let transport = match t.transport.as_deref().unwrap_or("udp") {
-                "udp" => SipTransport::Udp,
-                "tcp" => SipTransport::Tcp,
-                other => {
-                    return Err(bad(
-                        &format!("{key}.transport"),
-                        format!("expected udp or tcp (tls comes later), got `{other}`"),
-                    ))
-                }
-            };
+            let transport_text = t.transport.as_deref().unwrap_or("udp");
+            let transport = SipTransport::parse(transport_text).ok_or_else(|| {
+                bad(
+                    &format!("{key}.transport"),
+                    format!("expected udp, tcp or tls, got `{transport_text}`"),
+                )
+            })?;
+            let srtp = t.srtp.unwrap_or(transport == SipTransport::Tls);
+            if srtp && transport != SipTransport::Tls {
+                return Err(bad(
+                    &format!("{key}.srtp"),
+                    "SDES keys travel in the SDP: SRTP needs transport = \"tls\"".into(),
+                ));
+            }
             let mut allow = Vec::new();
             for (j, a) in t.allow.iter().enumerate() {
                 allow.push(
@@ -720,6 +790,7 @@ impl Config {
                 register,
                 keepalive_s: t.keepalive_s.unwrap_or(30),
                 allow,
+                srtp,
             });
         }
 
@@ -750,6 +821,9 @@ impl Config {
             api_listen,
             log_format,
             state_dir,
+            tls_cert: resolve(raw.sip.tls_cert, "certs/agentline.crt"),
+            tls_key: resolve(raw.sip.tls_key, "certs/agentline.key"),
+            tls_ca: resolve(raw.sip.tls_ca, "/etc/ssl/certs/ca-certificates.crt"),
             users,
             routes,
             trunks,

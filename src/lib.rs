@@ -8,3 +8,4 @@ pub mod media;
 pub mod sdp;
 pub mod server;
 pub mod sip;
+pub mod tls;

@@ -28,6 +28,23 @@ enum Cmd {
     /// Validate a profile and exit: 0 when valid, 1 with the bad key named.
     #[command(args_override_self = true)]
     CheckConfig(ProfileArgs),
+    /// Write a self-signed development certificate and key for SIP over TLS
+    /// (certs/agentline.crt, certs/agentline.key).
+    GenCert(GenCertArgs),
+}
+
+#[derive(Args)]
+struct GenCertArgs {
+    /// Folder to write into (the profile's `certs/`).
+    #[arg(long, default_value = "certs")]
+    dir: PathBuf,
+    /// DNS name or IP the certificate is for, repeatable
+    /// (default: localhost, 127.0.0.1, ::1, this host's name and address).
+    #[arg(long = "name", value_name = "NAME")]
+    names: Vec<String>,
+    /// Replace an existing pair.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -60,6 +77,7 @@ impl ProfileArgs {
             api_listen: self.api_listen,
             log_format: self.log_format,
             state_dir: self.state_dir.clone(),
+            config_root: None,
         };
         Config::load(self.profile.as_deref(), &ov)
     }
@@ -80,6 +98,28 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::GenCert(a) => {
+            let names = if a.names.is_empty() {
+                agentline::tls::default_names()
+            } else {
+                a.names
+            };
+            match agentline::tls::write_pair(&a.dir, &names, a.force) {
+                Ok((c, k)) => {
+                    println!(
+                        "wrote {} and {} (self-signed, for {})",
+                        c.display(),
+                        k.display(),
+                        names.join(", ")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("agentline gen-cert: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::CheckConfig(args) => match args.load() {
             Ok(cfg) => {
                 for (i, u) in cfg.users.iter().enumerate() {

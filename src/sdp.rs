@@ -6,7 +6,8 @@
 //! and answers. It is sans-IO: no sockets, no clock; session ids and
 //! versions come from the caller.
 //!
-//! Scope: one audio stream over plain RTP/AVP. Other m= lines in an offer
+//! Scope: one audio stream over RTP/AVP, or RTP/SAVP (and RTP/AVP with
+//! a=crypto) with SDES keys (RFC 4568) when the caller allows SRTP. Other m= lines in an offer
 //! are rejected in the answer (port 0) rather than dropped, because
 //! RFC 3264 §6 requires the answer to mirror the offer's m= lines.
 
@@ -283,8 +284,77 @@ pub struct MediaDescription {
     pub rtcp: Option<(u16, Option<IpAddr>)>,
     /// a=rtcp-mux (RFC 5761) was present.
     pub rtcp_mux: bool,
+    /// a=crypto lines (RFC 4568) we can use, in offer order.
+    pub crypto: Vec<SdesCrypto>,
     /// Every other attribute, without the `a=` prefix.
     pub other_attrs: Vec<String>,
+}
+
+/// One usable a=crypto line: tag, suite and the master key||salt.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SdesCrypto {
+    pub tag: u32,
+    pub suite: crate::media::srtp::SrtpSuite,
+    pub key: [u8; crate::media::srtp::MASTER_KEY_LEN],
+}
+
+impl fmt::Debug for SdesCrypto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Key material stays out of logs.
+        write!(f, "SdesCrypto({} {})", self.tag, self.suite.name())
+    }
+}
+
+impl SdesCrypto {
+    /// `<tag> <suite> inline:<base64>[|lifetime]` with no MKI and no session
+    /// parameters; anything else (unknown suite, MKI, UNENCRYPTED_SRTP...)
+    /// is `None` and the line is skipped as unusable.
+    pub fn parse(value: &str) -> Option<Self> {
+        use base64::Engine as _;
+        let mut parts = value.split_whitespace();
+        let tag: u32 = parts.next()?.parse().ok()?;
+        let suite = crate::media::srtp::SrtpSuite::from_name(parts.next()?)?;
+        let key_params = parts.next()?;
+        if parts.next().is_some() || key_params.contains(';') {
+            return None;
+        }
+        let inline = key_params.strip_prefix("inline:")?;
+        let mut fields = inline.split('|');
+        let b64 = fields.next()?;
+        for f in fields {
+            // A lifetime (2^31 or a number) is fine; an MKI (n:len) is not.
+            if f.contains(':') {
+                return None;
+            }
+        }
+        let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+        let key = raw.try_into().ok()?;
+        Some(SdesCrypto { tag, suite, key })
+    }
+
+    /// The attribute value, `<tag> <suite> inline:<base64>`.
+    pub fn attr_value(&self) -> String {
+        use base64::Engine as _;
+        format!(
+            "{} {} inline:{}",
+            self.tag,
+            self.suite.name(),
+            base64::engine::general_purpose::STANDARD.encode(self.key)
+        )
+    }
+}
+
+/// Whether a call may use SRTP. SDES keys travel in the SDP, so only calls
+/// signalled over TLS should allow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SrtpPolicy {
+    /// Plain RTP only: RTP/SAVP offers are refused, a=crypto is ignored.
+    #[default]
+    Off,
+    /// Answer a=crypto (RTP/SAVP, or RTP/AVP carrying crypto) with SRTP.
+    Allow,
+    /// Offer RTP/SAVP with crypto, and require it in the answer.
+    Require,
 }
 
 impl MediaDescription {
@@ -302,6 +372,7 @@ impl MediaDescription {
             direction: None,
             rtcp: None,
             rtcp_mux: false,
+            crypto: Vec::new(),
             other_attrs: Vec::new(),
         }
     }
@@ -609,6 +680,10 @@ fn parse_media_attr(
             m.rtcp = Some(rtcp);
         }
         "rtcp-mux" => m.rtcp_mux = true,
+        "crypto" => match value.and_then(SdesCrypto::parse) {
+            Some(c) => m.crypto.push(c),
+            None => m.other_attrs.push(whole.to_owned()),
+        },
         _ => m.other_attrs.push(whole.to_owned()),
     }
     Ok(())
@@ -634,6 +709,7 @@ pub struct LocalCaps {
     pub telephone_event: bool,
     /// Packetisation time when the peer does not state one.
     pub ptime_ms: u32,
+    pub srtp: SrtpPolicy,
 }
 
 impl Default for LocalCaps {
@@ -642,6 +718,7 @@ impl Default for LocalCaps {
             codecs: vec![Codec::Pcmu, Codec::Pcma],
             telephone_event: true,
             ptime_ms: 20,
+            srtp: SrtpPolicy::Off,
         }
     }
 }
@@ -685,6 +762,12 @@ pub struct Negotiated {
     pub media_slots: Vec<MediaSlot>,
     /// The peer's a=fmtp for the chosen codec (e.g. Opus `useinbandfec=1`).
     pub codec_fmtp: Option<String>,
+    /// The transport profile of the audio line (`RTP/AVP` or `RTP/SAVP`),
+    /// written back in the answer.
+    pub proto: String,
+    /// SRTP with the peer's key (what we receive) when a=crypto was agreed;
+    /// our answer echoes the tag and suite with our own key.
+    pub srtp: Option<SdesCrypto>,
 }
 
 /// Why an offer or answer gives us no usable audio.
@@ -694,8 +777,10 @@ pub enum NegotiationError {
     NoAudio,
     #[error("expected a non-zero port on m=audio, got 0 (stream disabled)")]
     AudioDisabled,
-    #[error("expected m=audio with proto RTP/AVP, got {proto}")]
+    #[error("expected m=audio with proto RTP/AVP (or RTP/SAVP on a TLS call), got {proto}")]
     UnsupportedProto { proto: String },
+    #[error("expected an a=crypto line with AES_CM_128_HMAC_SHA1_80 or _32 (no MKI) on the SRTP audio line, found none")]
+    NoCommonCrypto,
     #[error("expected one of our codecs ({supported}), got {}", offered.join(" "))]
     NoCommonCodec {
         offered: Vec<String>,
@@ -785,11 +870,19 @@ fn negotiate_stream(
     local: &LocalCaps,
     allow_mux: bool,
 ) -> Result<Negotiated, NegotiationError> {
-    // SRTP (RTP/SAVP) or AVPF would need an answer we cannot honour.
-    if !m.proto.eq_ignore_ascii_case("RTP/AVP") {
+    // AVPF feedback profiles would need an answer we cannot honour.
+    let savp = m.proto.eq_ignore_ascii_case("RTP/SAVP");
+    if !(m.proto.eq_ignore_ascii_case("RTP/AVP") || savp && local.srtp != SrtpPolicy::Off) {
         return Err(NegotiationError::UnsupportedProto {
             proto: m.proto.clone(),
         });
+    }
+    let srtp = match local.srtp {
+        SrtpPolicy::Off => None,
+        SrtpPolicy::Allow | SrtpPolicy::Require => m.crypto.first().cloned(),
+    };
+    if srtp.is_none() && (savp || local.srtp == SrtpPolicy::Require) {
+        return Err(NegotiationError::NoCommonCrypto);
     }
     if m.port == 0 {
         return Err(NegotiationError::AudioDisabled);
@@ -861,6 +954,8 @@ fn negotiate_stream(
         direction,
         media_slots: Vec::new(),
         codec_fmtp: m.fmtp(pt).map(str::to_owned),
+        proto: if savp { "RTP/SAVP" } else { "RTP/AVP" }.to_string(),
+        srtp,
     })
 }
 
@@ -872,6 +967,8 @@ pub struct LocalMedia {
     pub session_id: u64,
     /// Must grow with every changed SDP we send in a dialog (RFC 3264 §8).
     pub session_version: u64,
+    /// Our SRTP master key||salt, written into a=crypto when SRTP is used.
+    pub srtp_key: Option<[u8; crate::media::srtp::MASTER_KEY_LEN]>,
 }
 
 /// SDP answer text (CRLF line ends) for `neg`, receiving at `local`.
@@ -885,6 +982,19 @@ pub fn build_answer(neg: &Negotiated, local: &LocalMedia) -> String {
         port: local.rtp_port,
         rtcp_mux: neg.rtcp_mux,
         direction: neg.direction,
+        proto: if neg.proto.is_empty() {
+            "RTP/AVP".to_string()
+        } else {
+            neg.proto.clone()
+        },
+        crypto: match (&neg.srtp, local.srtp_key) {
+            (Some(theirs), Some(key)) => vec![SdesCrypto {
+                tag: theirs.tag,
+                suite: theirs.suite,
+                key,
+            }],
+            _ => Vec::new(),
+        },
     };
     if neg.media_slots.is_empty() {
         audio.write(&mut out);
@@ -942,6 +1052,26 @@ pub fn build_offer(local: &LocalCaps, media: &LocalMedia) -> String {
         port: media.rtp_port,
         rtcp_mux: false,
         direction: Direction::SendRecv,
+        proto: match (local.srtp, media.srtp_key) {
+            (SrtpPolicy::Require, Some(_)) => "RTP/SAVP",
+            _ => "RTP/AVP",
+        }
+        .to_string(),
+        crypto: match (local.srtp, media.srtp_key) {
+            (SrtpPolicy::Require, Some(key)) => vec![
+                SdesCrypto {
+                    tag: 1,
+                    suite: crate::media::srtp::SrtpSuite::AesCm128HmacSha1_80,
+                    key,
+                },
+                SdesCrypto {
+                    tag: 2,
+                    suite: crate::media::srtp::SrtpSuite::AesCm128HmacSha1_32,
+                    key,
+                },
+            ],
+            _ => Vec::new(),
+        },
     }
     .write(&mut out);
     out
@@ -982,11 +1112,13 @@ struct AudioSection {
     port: u16,
     rtcp_mux: bool,
     direction: Direction,
+    proto: String,
+    crypto: Vec<SdesCrypto>,
 }
 
 impl AudioSection {
     fn write(&self, out: &mut String) {
-        let mut m_line = format!("m=audio {} RTP/AVP", self.port);
+        let mut m_line = format!("m=audio {} {}", self.port, self.proto);
         for pt in self
             .payloads
             .iter()
@@ -1021,6 +1153,9 @@ impl AudioSection {
             push_line(out, format_args!("a=rtcp-mux"));
         } else if let Some(rtcp_port) = self.port.checked_add(1) {
             push_line(out, format_args!("a=rtcp:{rtcp_port}"));
+        }
+        for c in &self.crypto {
+            push_line(out, format_args!("a=crypto:{}", c.attr_value()));
         }
         push_line(out, format_args!("a={}", self.direction));
     }
@@ -1072,6 +1207,7 @@ mod tests {
             rtp_port: 40000,
             session_id: 42,
             session_version: 7,
+            srtp_key: None,
         }
     }
 
@@ -1755,6 +1891,8 @@ a=rtpmap:0 PCMU/8000\r\n";
             direction: Direction::Inactive,
             media_slots: Vec::new(),
             codec_fmtp: None,
+            proto: "RTP/AVP".into(),
+            srtp: None,
         };
         let answer = build_answer(&neg, &local_media());
         let parsed = SessionDescription::parse(&answer).unwrap();
@@ -1768,6 +1906,7 @@ a=rtpmap:0 PCMU/8000\r\n";
             codecs: vec![Codec::Pcma, Codec::Pcmu, Codec::Pcma],
             telephone_event: true,
             ptime_ms: 20,
+            srtp: SrtpPolicy::Off,
         };
         let text = build_offer(&local, &local_media());
         assert_eq!(
@@ -1883,5 +2022,117 @@ a=rtpmap:0 PCMU/8000\r\n";
         assert_eq!(Codec::Pcmu.encoding_name(), "PCMU");
         assert_eq!(Codec::Pcma.static_pt(), Some(8));
         assert_eq!(Codec::Pcma.clock_rate(), 8000);
+    }
+
+    // baresip 1.0 `mediaenc=srtp`: RTP/AVP carrying crypto (best effort);
+    // `srtp-mand`: RTP/SAVP.
+    const KEY_B64: &str = "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR";
+
+    fn srtp_offer(proto: &str, crypto: &[&str]) -> SessionDescription {
+        let mut attrs = vec!["a=rtpmap:0 PCMU/8000"];
+        attrs.extend_from_slice(crypto);
+        offer(&format!("m=audio 5000 {proto} 0"), &attrs)
+    }
+
+    #[test]
+    fn crypto_attribute_parses_and_renders() {
+        let c =
+            SdesCrypto::parse(&format!("1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_B64}|2^20")).unwrap();
+        assert_eq!(c.tag, 1);
+        assert_eq!(c.suite, crate::media::srtp::SrtpSuite::AesCm128HmacSha1_80);
+        assert_eq!(
+            c.attr_value(),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_B64}")
+        );
+        assert!(
+            !format!("{c:?}").contains(KEY_B64),
+            "keys stay out of Debug"
+        );
+        for unusable in [
+            format!("1 AEAD_AES_128_GCM inline:{KEY_B64}"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_B64}|2^20|1:4"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_B64} UNENCRYPTED_SRTP"),
+            "1 AES_CM_128_HMAC_SHA1_80 inline:c2hvcnQ=".to_string(),
+            "x AES_CM_128_HMAC_SHA1_80 inline:!!".to_string(),
+        ] {
+            assert!(SdesCrypto::parse(&unusable).is_none(), "{unusable}");
+        }
+    }
+
+    #[test]
+    fn srtp_answer_follows_policy_and_offer() {
+        let allow = LocalCaps {
+            srtp: SrtpPolicy::Allow,
+            ..caps()
+        };
+        let gcm = format!("a=crypto:1 AEAD_AES_128_GCM inline:{KEY_B64}");
+        let cm32 = format!("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{KEY_B64}");
+        // SAVP with a usable line (after an unusable one): SRTP, tag 2 echoed.
+        let sd = srtp_offer("RTP/SAVP", &[&gcm, &cm32]);
+        let neg = negotiate_offer(&sd, &allow).unwrap();
+        assert_eq!(neg.proto, "RTP/SAVP");
+        let chosen = neg.srtp.clone().unwrap();
+        assert_eq!(chosen.tag, 2);
+        let mut media = local_media();
+        media.srtp_key = Some([7u8; 30]);
+        let answer = build_answer(&neg, &media);
+        assert!(answer.contains("m=audio 40000 RTP/SAVP 0\r\n"), "{answer}");
+        let ours = SdesCrypto {
+            tag: 2,
+            suite: crate::media::srtp::SrtpSuite::AesCm128HmacSha1_32,
+            key: [7u8; 30],
+        };
+        assert!(
+            answer.contains(&format!("a=crypto:{}\r\n", ours.attr_value())),
+            "{answer}"
+        );
+        // Best-effort AVP + crypto: SRTP, proto kept.
+        let neg = negotiate_offer(&srtp_offer("RTP/AVP", &[&cm32]), &allow).unwrap();
+        assert_eq!((neg.proto.as_str(), neg.srtp.is_some()), ("RTP/AVP", true));
+        // SAVP without a usable line, or over a non-TLS call: refused.
+        assert_eq!(
+            negotiate_offer(&srtp_offer("RTP/SAVP", &[&gcm]), &allow),
+            Err(NegotiationError::NoCommonCrypto)
+        );
+        assert!(matches!(
+            negotiate_offer(&srtp_offer("RTP/SAVP", &[&cm32]), &caps()),
+            Err(NegotiationError::UnsupportedProto { .. })
+        ));
+        // Plain call: crypto in an AVP offer is ignored, the answer is plain.
+        let neg = negotiate_offer(&srtp_offer("RTP/AVP", &[&cm32]), &caps()).unwrap();
+        assert!(neg.srtp.is_none());
+        assert!(!build_answer(&neg, &media).contains("a=crypto"));
+    }
+
+    #[test]
+    fn srtp_offer_and_answer_round_trip() {
+        let require = LocalCaps {
+            srtp: SrtpPolicy::Require,
+            ..caps()
+        };
+        let mut ours = local_media();
+        ours.srtp_key = Some([1u8; 30]);
+        let offer_text = build_offer(&require, &ours);
+        let parsed = SessionDescription::parse(&offer_text).unwrap();
+        assert_eq!(parsed.media[0].proto, "RTP/SAVP");
+        assert_eq!(parsed.media[0].crypto.len(), 2);
+        // The peer (policy Allow) answers with its own key on tag 1.
+        let allow = LocalCaps {
+            srtp: SrtpPolicy::Allow,
+            ..caps()
+        };
+        let neg = negotiate_offer(&parsed, &allow).unwrap();
+        let mut theirs = local_media();
+        theirs.srtp_key = Some([2u8; 30]);
+        let answer = SessionDescription::parse(&build_answer(&neg, &theirs)).unwrap();
+        let got = accept_answer(&answer, &require).unwrap();
+        let c = got.srtp.unwrap();
+        assert_eq!((c.tag, c.key), (1, [2u8; 30]));
+        // An answer without crypto is refused when we require SRTP.
+        let plain = SessionDescription::parse(&build_answer(&neg, &local_media())).unwrap();
+        assert_eq!(
+            accept_answer(&plain, &require),
+            Err(NegotiationError::NoCommonCrypto)
+        );
     }
 }

@@ -35,13 +35,20 @@ pub struct CallSetup {
     pub timer: Option<super::timer::SessionTimer>,
 }
 
-pub fn local_caps() -> LocalCaps {
+/// What we take and offer on a call signalled over `transport`: SRTP (SDES)
+/// only where the keys are protected by TLS.
+pub fn local_caps(transport: SipTransport) -> LocalCaps {
     LocalCaps {
         // G.711 first in our own offers: every phone takes it. Answers
         // follow the caller's order, so a phone preferring Opus gets Opus.
         codecs: vec![Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::Opus],
         telephone_event: true,
         ptime_ms: 20,
+        srtp: if transport == SipTransport::Tls {
+            sdp::SrtpPolicy::Allow
+        } else {
+            sdp::SrtpPolicy::Off
+        },
     }
 }
 
@@ -138,6 +145,8 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
         async move {
             let dialog_id = dialog.id();
             let mut task = CallTask {
+                srtp_key: crate::media::srtp::random_master_key(),
+                srtp: None,
                 last_sdp: String::new(),
                 sdp_origin: (rand::random::<u32>() as u64, 0),
                 shared: shared.clone(),
@@ -163,6 +172,9 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
 
 struct CallTask {
     shared: Arc<Shared>,
+    /// Our SRTP master key for this call (used when the SDP agrees on SRTP).
+    srtp_key: [u8; crate::media::srtp::MASTER_KEY_LEN],
+    srtp: Option<crate::media::srtp::SrtpSession>,
     /// The SDP we last sent, re-sent in session refreshes.
     last_sdp: String,
     /// SDP `o=` session id and version: fixed id, version +1 per new SDP (RFC 3264 section 8).
@@ -203,7 +215,38 @@ impl CallTask {
             rtp_port: self.ports.port,
             session_id: self.sdp_origin.0,
             session_version: self.sdp_origin.1,
+            srtp_key: (self.setup.transport == SipTransport::Tls).then_some(self.srtp_key),
         }
+    }
+
+    /// Applies the SRTP outcome of an offer/answer: keys kept, changed,
+    /// started or stopped.
+    fn apply_srtp(&mut self, neg: &Negotiated) {
+        match &neg.srtp {
+            None => {
+                if self.srtp.take().is_some() {
+                    info!("SRTP off");
+                }
+            }
+            Some(c) => {
+                if self
+                    .srtp
+                    .as_ref()
+                    .is_some_and(|s| s.same_keys(c.suite, &c.key))
+                {
+                    return;
+                }
+                match crate::media::srtp::SrtpSession::new(c.suite, &self.srtp_key, &c.key) {
+                    Ok(s) => {
+                        info!(suite = c.suite.name(), "SRTP on");
+                        self.srtp = Some(s);
+                    }
+                    Err(e) => warn!(error = %e, "SRTP setup failed"),
+                }
+            }
+        }
+        let suite = self.srtp.as_ref().map(|s| s.suite().name().to_string());
+        self.shared.calls.update(&self.id, |c| c.srtp = suite);
     }
 
     /// Waits for `dur` while answering dialog events; returns early if the
@@ -245,7 +288,7 @@ impl CallTask {
             return r;
         }
         let local = self.local_media();
-        let caps = local_caps();
+        let caps = local_caps(self.setup.transport);
         let body = match &self.setup.offer {
             Some(neg) => sdp::build_answer(neg, &local),
             None => sdp::build_offer(&caps, &local),
@@ -323,6 +366,7 @@ impl CallTask {
                 return format!("codec error: {e}");
             }
         };
+        self.apply_srtp(&neg);
         if let Err(e) = session.set_dsp(self.setup.route.dsp.clone()) {
             warn!(error = %e, "caller DSP unavailable for this call");
         }
@@ -364,11 +408,21 @@ impl CallTask {
             let wake = tokio::time::Instant::from_std(wake);
             tokio::select! {
                 r = self.ports.rtp.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => session.handle_rtp(Instant::now(), from, &buf[..n]),
+                    Ok((n, from)) => match &mut self.srtp {
+                        None => session.handle_rtp(Instant::now(), from, &buf[..n]),
+                        Some(s) => if let Some(p) = s.unprotect(&buf[..n]) {
+                            session.handle_rtp(Instant::now(), from, &p);
+                        },
+                    },
                     Err(e) => debug!(error = %e, "RTP receive error"),
                 },
                 r = self.ports.rtcp.recv_from(&mut rtcp_buf) => match r {
-                    Ok((n, from)) => session.handle_rtcp(Instant::now(), from, &rtcp_buf[..n]),
+                    Ok((n, from)) => match &mut self.srtp {
+                        None => session.handle_rtcp(Instant::now(), from, &rtcp_buf[..n]),
+                        Some(s) => if let Some(p) = s.unprotect(&rtcp_buf[..n]) {
+                            session.handle_rtcp(Instant::now(), from, &p);
+                        },
+                    },
                     Err(e) => debug!(error = %e, "RTCP receive error"),
                 },
                 _ = tokio::time::sleep_until(wake) => {
@@ -495,7 +549,9 @@ impl CallTask {
                 let stats = session.stats().clone();
                 let quality = session.quality();
                 let jitter = session.jitter_stats();
+                let srtp_rejected = self.srtp.as_ref().map_or(0, |s| s.rejected);
                 self.shared.calls.update(&self.id, |c| {
+                    c.srtp_rejected = srtp_rejected;
                     c.media = stats;
                     c.jitter = Some(jitter);
                     c.quality = Some(quality);
@@ -523,12 +579,23 @@ impl CallTask {
         end
     }
 
-    async fn send(&self, t: Transmit) {
+    async fn send(&mut self, t: Transmit) {
         let sock = match t.socket {
             Socket::Rtp => &self.ports.rtp,
             Socket::Rtcp => &self.ports.rtcp,
         };
-        if let Err(e) = sock.send_to(&t.bytes, t.to).await {
+        let protected;
+        let bytes = match &mut self.srtp {
+            None => &t.bytes,
+            Some(s) => match s.protect(&t.bytes) {
+                Some(p) => {
+                    protected = p;
+                    &protected
+                }
+                None => return,
+            },
+        };
+        if let Err(e) = sock.send_to(bytes, t.to).await {
             debug!(error = %e, to = %t.to, "media send failed");
         }
     }
@@ -555,7 +622,7 @@ impl CallTask {
         let local = self.local_media();
         if req.body.is_empty() {
             // No offer (e.g. a session refresh): we offer, the answer comes in the ACK.
-            let offer = sdp::build_offer(&local_caps(), &local);
+            let offer = sdp::build_offer(&local_caps(self.setup.transport), &local);
             self.last_sdp = offer.clone();
             handle
                 .respond(
@@ -570,7 +637,10 @@ impl CallTask {
         let text = String::from_utf8_lossy(&req.body);
         let neg = sdp::SessionDescription::parse(&text)
             .map_err(|e| e.to_string())
-            .and_then(|s| sdp::negotiate_offer(&s, &local_caps()).map_err(|e| e.to_string()));
+            .and_then(|s| {
+                sdp::negotiate_offer(&s, &local_caps(self.setup.transport))
+                    .map_err(|e| e.to_string())
+            });
         match neg {
             Ok(n) => {
                 let answer = sdp::build_answer(&n, &local);
@@ -585,6 +655,7 @@ impl CallTask {
                     handle.reply(StatusCode::NotAcceptableHere).await.ok();
                     return;
                 }
+                self.apply_srtp(&n);
                 if was_held != held {
                     let mut out = AgentOutput::default();
                     agent.on_hold(held, &mut out);
@@ -763,10 +834,7 @@ pub fn originate(shared: Arc<Shared>, req: Originate) -> Result<String, Originat
         .ports
         .allocate()
         .map_err(|e| OriginateError::Ports(e.to_string()))?;
-    let transport_param = match trunk.transport {
-        SipTransport::Udp => "",
-        SipTransport::Tcp => ";transport=tcp",
-    };
+    let transport_param = trunk.transport.uri_param();
     let uri = |user: &str| {
         rsipstack::sip::Uri::try_from(
             format!("sip:{user}@{}{transport_param}", trunk.host).as_str(),
@@ -784,24 +852,22 @@ pub fn originate(shared: Arc<Shared>, req: Originate) -> Result<String, Originat
         })
         .ok_or_else(|| OriginateError::Invite("no local contact".into()))?;
     let destination = rsipstack::sip::HostWithPort::try_from(trunk.host.as_str())
-        .map(|hp| {
-            rsipstack::transport::SipAddr::new(
-                match trunk.transport {
-                    SipTransport::Udp => rsipstack::sip::Transport::Udp,
-                    SipTransport::Tcp => rsipstack::sip::Transport::Tcp,
-                },
-                hp,
-            )
-        })
+        .map(|hp| rsipstack::transport::SipAddr::new(trunk.transport.rsip(), hp))
         .map_err(|e| OriginateError::Invite(e.to_string()))?;
     let sdp_origin = (rand::random::<u32>() as u64, 1);
+    let srtp_key = crate::media::srtp::random_master_key();
+    let mut caps = local_caps(trunk.transport);
+    if trunk.srtp {
+        caps.srtp = sdp::SrtpPolicy::Require;
+    }
     let offer = sdp::build_offer(
-        &local_caps(),
+        &caps,
         &LocalMedia {
             ip: shared.advertised_ip,
             rtp_port: ports.port,
             session_id: sdp_origin.0,
             session_version: sdp_origin.1,
+            srtp_key: trunk.srtp.then_some(srtp_key),
         },
     );
     let opt = InviteOption {
@@ -879,12 +945,12 @@ pub fn originate(shared: Arc<Shared>, req: Originate) -> Result<String, Originat
                     let body = String::from_utf8_lossy(resp.body()).to_string();
                     let neg = sdp::SessionDescription::parse(&body)
                         .map_err(|e| e.to_string())
-                        .and_then(|s| {
-                            sdp::accept_answer(&s, &local_caps()).map_err(|e| e.to_string())
-                        });
+                        .and_then(|s| sdp::accept_answer(&s, &caps).map_err(|e| e.to_string()));
                     match neg {
                         Ok(neg) => {
                             let mut task = CallTask {
+                                srtp_key,
+                                srtp: None,
                                 last_sdp: offer,
                                 sdp_origin,
                                 shared: shared.clone(),

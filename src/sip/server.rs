@@ -13,6 +13,7 @@ use rsipstack::sip::{Header, Method, Request, StatusCode};
 use rsipstack::transaction::endpoint::TargetLocator;
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transport::connection::SipConnection;
+use rsipstack::transport::tls::{TlsConfig, TlsListenerConnection};
 use rsipstack::transport::{udp::UdpConnection, SipAddr, TcpListenerConnection, TransportLayer};
 use rsipstack::EndpointBuilder;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +33,8 @@ pub enum SipError {
     Listen { addr: String, message: String },
     #[error("SIP stack: {0}")]
     Stack(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// State shared by the dispatcher and every call task.
@@ -127,11 +130,43 @@ impl TargetLocator for LocatorRef {
 }
 
 pub fn sip_addr(addr: SocketAddr, t: SipTransport) -> SipAddr {
-    let transport = match t {
-        SipTransport::Udp => rsipstack::sip::Transport::Udp,
-        SipTransport::Tcp => rsipstack::sip::Transport::Tcp,
+    SipAddr::new(t.rsip(), addr.into())
+}
+
+/// Reads a PEM file named by the profile, with the key in the error.
+fn read_pem(path: &std::path::Path, key: &str) -> Result<Vec<u8>, SipError> {
+    std::fs::read(path).map_err(|e| {
+        SipError::Tls(format!(
+            "{key} = {}: {e} (run `agentline gen-cert` for a self-signed development pair)",
+            path.display()
+        ))
+    })
+}
+
+/// Checks that a PEM file holds at least one certificate / a private key,
+/// so a wrong file stops the start instead of failing every handshake.
+fn check_pem(pem: &[u8], want_key: bool, path: &std::path::Path) -> Result<(), SipError> {
+    use rustls_pki_types::pem::PemObject;
+    let ok = if want_key {
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(pem).is_ok()
+    } else {
+        rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+            .next()
+            .is_some_and(|c| c.is_ok())
     };
-    SipAddr::new(transport, addr.into())
+    if ok {
+        Ok(())
+    } else {
+        Err(SipError::Tls(format!(
+            "{}: expected a PEM {}",
+            path.display(),
+            if want_key {
+                "private key"
+            } else {
+                "certificate"
+            }
+        )))
+    }
 }
 
 /// The IP to advertise for a listener bound to `bind`.
@@ -165,6 +200,15 @@ pub async fn start(
     // Phones that register over TCP without keep-alives would otherwise be
     // dropped after rsipstack's 300 s idle timeout.
     tl.set_stream_idle_timeout(Duration::from_secs(3600));
+    // TLS connections we open (trunks) verify the peer against these anchors.
+    if cfg.trunks.iter().any(|t| t.transport == SipTransport::Tls) {
+        let ca = read_pem(&cfg.tls_ca, "sip.tls_ca")?;
+        check_pem(&ca, false, &cfg.tls_ca)?;
+        tl.set_tls_config(TlsConfig {
+            ca_certs: Some(ca),
+            ..Default::default()
+        });
+    }
     let first_bind = cfg.sip_listen[0].addr.ip();
     let adv_ip = advertised_ip(&cfg, first_bind);
     let mut contacts = Vec::new();
@@ -186,6 +230,35 @@ pub async fn start(
                 }
                 tl.add_transport(conn.into());
                 contacts.push((SipTransport::Udp, format!("sip:agentline@{adv}")));
+            }
+            SipTransport::Tls => {
+                let cert = read_pem(&cfg.tls_cert, "sip.tls_cert")?;
+                let key = read_pem(&cfg.tls_key, "sip.tls_key")?;
+                check_pem(&cert, false, &cfg.tls_cert)?;
+                check_pem(&key, true, &cfg.tls_key)?;
+                std::net::TcpListener::bind(l.addr).map_err(|e| SipError::Listen {
+                    addr: l.to_string(),
+                    message: e.to_string(),
+                })?;
+                let conn = TlsListenerConnection::new(
+                    l.addr,
+                    external,
+                    TlsConfig {
+                        cert: Some(cert),
+                        key: Some(key),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| SipError::Listen {
+                    addr: l.to_string(),
+                    message: e.to_string(),
+                })?;
+                tl.add_transport(conn.into());
+                contacts.push((
+                    SipTransport::Tls,
+                    format!("sip:agentline@{adv};transport=tls"),
+                ));
             }
             SipTransport::Tcp => {
                 // rsipstack binds TCP later and only logs a failure: probe now
@@ -347,6 +420,7 @@ pub fn source_of(req: &Request) -> Option<(SocketAddr, SipTransport)> {
     let addr: SocketAddr = hp.try_into().ok()?;
     let t = match transport {
         rsipstack::sip::Transport::Tcp => SipTransport::Tcp,
+        rsipstack::sip::Transport::Tls => SipTransport::Tls,
         _ => SipTransport::Udp,
     };
     Some((addr, t))
@@ -563,7 +637,7 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
         return;
     };
     // SDP: an offer in the INVITE, or none (we offer in the 200).
-    let local_caps = call::local_caps();
+    let local_caps = call::local_caps(transport);
     let offer = if req.body.is_empty() {
         None
     } else {

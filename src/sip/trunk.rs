@@ -156,10 +156,7 @@ impl Trunks {
 }
 
 fn registrar_uri(t: &TrunkConfig) -> Result<rsipstack::sip::Uri, String> {
-    let transport = match t.transport {
-        SipTransport::Udp => "",
-        SipTransport::Tcp => ";transport=tcp",
-    };
+    let transport = t.transport.uri_param();
     rsipstack::sip::Uri::try_from(format!("sip:{}{transport}", t.host).as_str())
         .map_err(|e| format!("trunk host `{}`: {e}", t.host))
 }
@@ -385,6 +382,7 @@ mod tests {
             register: true,
             keepalive_s: 30,
             allow: vec![],
+            srtp: false,
         };
         let trunks = Trunks::new(std::slice::from_ref(&t), &[]);
         assert_eq!(

@@ -44,6 +44,7 @@ use super::audio;
 pub enum Transport {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl Transport {
@@ -51,6 +52,7 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         }
     }
 }
@@ -146,6 +148,8 @@ pub struct Options {
     pub max_secs: u64,
     /// `-s`: print (and parse) every SIP message.
     pub sip_trace: bool,
+    /// `sip_cafile`: the CA (or self-signed certificate) baresip trusts for TLS.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Options {
@@ -160,6 +164,7 @@ impl Options {
             tail_silence_ms: 1000,
             max_secs: 30,
             sip_trace: true,
+            ca_file: None,
         }
     }
 
@@ -431,6 +436,7 @@ pub fn config_text(dir: &Path, sip_port: u16, rtp: (u16, u16), ctrl_port: u16) -
          module\t\t\tg711.so\n\
          module\t\t\topus.so\n\
          module\t\t\tg722.so\n\
+         module\t\t\tsrtp.so\n\
          module\t\t\taufile.so\n\
          module\t\t\tsndfile.so\n\
          snd_path\t\t{d}/rec\n\
@@ -451,11 +457,11 @@ impl Baresip {
         let ctrl_port = super::free_port();
         let rtp = super::free_rtp_range(20);
         std::fs::create_dir_all(dir.path().join("rec")).expect("rec dir");
-        std::fs::write(
-            dir.path().join("config"),
-            config_text(dir.path(), sip_port, rtp, ctrl_port),
-        )
-        .expect("write config");
+        let mut config = config_text(dir.path(), sip_port, rtp, ctrl_port);
+        if let Some(ca) = &opts.ca_file {
+            config.push_str(&format!("sip_cafile\t\t{}\n", ca.display()));
+        }
+        std::fs::write(dir.path().join("config"), config).expect("write config");
         std::fs::write(
             dir.path().join("accounts"),
             format!("{}\n", opts.account.line()),
