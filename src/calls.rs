@@ -16,6 +16,8 @@ pub struct CallInfo {
     pub to: String,
     pub route: String,
     pub agent: String,
+    /// The trunk the call came in on or goes out through.
+    pub trunk: Option<String>,
     pub state: CallState,
     pub codec: Option<String>,
     /// The SRTP suite when the media is encrypted (SDES over TLS).
@@ -38,6 +40,8 @@ pub struct CallInfo {
     pub caller_speaking: bool,
     /// Caller turns the VAD saw end (speech then end-of-turn silence).
     pub caller_turns: u64,
+    /// The last transfer asked for, and how it went.
+    pub transfer: Option<TransferInfo>,
     /// Why the call ended (e.g. "caller hung up", "call failed: 486 Busy Here").
     pub end_reason: Option<String>,
     pub ended_at_unix_ms: Option<u64>,
@@ -61,6 +65,7 @@ impl CallInfo {
             to,
             route,
             agent,
+            trunk: None,
             state: CallState::Ringing,
             codec: None,
             srtp: None,
@@ -76,6 +81,7 @@ impl CallInfo {
             on_hold: false,
             caller_speaking: false,
             caller_turns: 0,
+            transfer: None,
             end_reason: None,
             ended_at_unix_ms: None,
         }
@@ -101,6 +107,48 @@ pub enum CallState {
 pub enum CallCommand {
     /// Send these digits as RFC 4733 telephone-events.
     SendDtmf(String),
+    /// Hand the caller to someone else (blind transfer).
+    Transfer(TransferRequest),
+    /// The bridged leg placed for a transfer answered (its call id) or failed.
+    BridgeAnswered(String),
+    BridgeFailed(String),
+}
+
+/// How to transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferMode {
+    /// REFER; if the caller's side refuses it, bridge through the trunk.
+    #[default]
+    Auto,
+    /// REFER only (RFC 3515).
+    Refer,
+    /// Call the target through the trunk and bridge the audio (B2BUA).
+    Bridge,
+}
+
+/// A blind transfer: the REFER target and, for bridging, the trunk leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferRequest {
+    /// `sip:` URI put into Refer-To.
+    pub refer_to: String,
+    /// Trunk and number for a bridged leg (needed by `bridge`/`auto` fallback).
+    pub bridge: Option<(String, String)>,
+    pub mode: TransferMode,
+}
+
+/// What the API shows about a transfer.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct TransferInfo {
+    pub target: String,
+    /// `refer` or `bridge`.
+    pub method: String,
+    /// `requested`, `accepted` (REFER 202), `trying` (NOTIFY 1xx),
+    /// `succeeded` (NOTIFY 2xx / bridge answered), `failed`.
+    pub state: String,
+    pub detail: Option<String>,
+    /// The bridged leg's call id.
+    pub bridged_call: Option<String>,
 }
 
 struct Entry {

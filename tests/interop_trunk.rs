@@ -105,6 +105,32 @@ agent = {{ kind = "echo" }}
     )
 }
 
+/// sipp's UAS behind the provider's echo@ (one call, echoing RTP), in the
+/// background; its messages go to `log`.
+fn start_echo_uas(sipp: &std::path::Path, port: u16, log: &std::path::Path) {
+    let mut uas = Command::new(sipp)
+        .arg("-sf")
+        .arg(common::sipp::scenario_path("uas_echo.xml"))
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-mp", &common::free_port().to_string(), "-rtp_echo"])
+        .args([
+            "-m",
+            "1",
+            "-timeout",
+            "40s",
+            "-timeout_error",
+            "-nostdin",
+            "-bg",
+        ])
+        .args(["-trace_msg", "-message_file"])
+        .arg(log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ = uas.wait();
+}
+
 fn trunk(server: &Server) -> serde_json::Value {
     let (code, body) = common::http_get(server.api_port, "/trunks").unwrap();
     assert_eq!(code, 200, "{body}");
@@ -267,27 +293,7 @@ fn outbound_call_answers_the_407_and_reaches_the_uas() {
     };
     // The far end: sipp's UAS, echoing RTP, behind the provider's echo@.
     let dir = tempfile::tempdir().unwrap();
-    let mut uas = Command::new(sipp)
-        .arg("-sf")
-        .arg(common::sipp::scenario_path("uas_echo.xml"))
-        .args(["-i", "127.0.0.1", "-p", &kam.uas.to_string()])
-        .args(["-mp", &common::free_port().to_string(), "-rtp_echo"])
-        .args([
-            "-m",
-            "1",
-            "-timeout",
-            "30s",
-            "-timeout_error",
-            "-nostdin",
-            "-bg",
-        ])
-        .args(["-trace_msg", "-message_file"])
-        .arg(dir.path().join("uas.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _ = uas.wait();
+    start_echo_uas(&sipp, kam.uas, &dir.path().join("uas.log"));
     let server = Server::start(&profile(kam.port, "trunkpass"));
     let (code, body) = common::http_post(
         server.api_port,
@@ -406,4 +412,101 @@ fn refused_outbound_call_reports_the_final_code() {
     );
     let idle = server.wait_idle(Duration::from_secs(10));
     assert_eq!(idle["active_calls"], 0, "{idle}");
+}
+
+/// Transfer to a caller that refuses REFER (sipp answers 501): mode `auto`
+/// falls back to a bridged leg through the trunk (kamailio's echo@ -> sipp
+/// UAS echoing RTP). The caller's leg switches to the bridge once that leg
+/// answers, audio flows through both legs, and hanging up the caller's leg
+/// ends the bridged one too.
+#[test]
+fn refused_refer_falls_back_to_a_bridge_through_the_trunk() {
+    let Some(sipp) = require_peer("sipp") else {
+        return;
+    };
+    let Some(kam) = Kamailio::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    start_echo_uas(&sipp, kam.uas, &dir.path().join("uas.log"));
+    // Callers from 127.0.0.1 reach `echo` without a challenge.
+    let profile = profile(kam.port, "trunkpass")
+        .replace("[sip]\n", "[sip]\ntrusted = [\"127.0.0.1/32\"]\n")
+        + "[[routes]]\ndial = \"echo\"\nagent = { kind = \"echo\" }\n";
+    let server = Server::start(&profile);
+    let t = wait_trunk(&server, Duration::from_secs(10), |t| {
+        t["state"] == "registered"
+    });
+    assert_eq!(t["state"], "registered", "{t}");
+    let caller = common::sipp::spawn_scenario("refer_reject.xml", server.sip_port, "echo", &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let a = loop {
+        let calls = server.calls();
+        if let Some(c) = calls
+            .as_array()
+            .and_then(|v| v.iter().find(|c| c["state"] == "active"))
+        {
+            break c["id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no call: {calls}\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (code, body) = common::http_post(
+        server.api_port,
+        &format!("/calls/{a}/transfer"),
+        r#"{"to":"echo","trunk":"carrier"}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 202, "{body}");
+    let call_a = wait_call(&server, &a, |c| c["transfer"]["state"] == "succeeded");
+    assert_eq!(
+        call_a["transfer"]["state"],
+        "succeeded",
+        "{call_a}\n{}",
+        server.log_text()
+    );
+    assert_eq!(call_a["transfer"]["method"], "bridge", "{call_a}");
+    assert_eq!(call_a["agent"], "bridge", "{call_a}");
+    let b = call_a["transfer"]["bridged_call"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Audio through both legs: the caller's tone reaches the UAS, whose echo
+    // comes back on leg B and is played to the caller on leg A.
+    let call_b = wait_call(&server, &b, |c| {
+        c["media"]["rx_packets"].as_u64() > Some(100)
+    });
+    assert_eq!(call_b["agent"], "bridge", "{call_b}");
+    assert!(
+        call_b["media"]["rx_packets"].as_u64() > Some(100),
+        "{call_b}"
+    );
+    let tx_a = call_a["media"]["tx_packets"].as_u64().unwrap_or(0);
+    let call_a = wait_call(&server, &a, |c| {
+        c["media"]["tx_packets"].as_u64() > Some(tx_a + 50)
+    });
+    assert!(
+        call_a["media"]["tx_packets"].as_u64() > Some(tx_a + 50),
+        "leg A keeps sending what leg B hears: {call_a}"
+    );
+    assert!(
+        call_b["media"]["tx_packets"].as_u64() > Some(50),
+        "{call_b}"
+    );
+    let (code, _) =
+        common::http_post(server.api_port, &format!("/calls/{a}/hangup"), "{}").unwrap();
+    assert_eq!(code, 200);
+    let idle = server.wait_idle(Duration::from_secs(10));
+    assert_eq!(
+        idle["active_calls"],
+        0,
+        "both legs end: {idle}\n{}",
+        server.log_text()
+    );
+    let out = caller.wait(Duration::from_secs(15));
+    assert!(out.success, "{}", out.report());
 }

@@ -22,6 +22,10 @@ pub trait Agent: Send {
     fn kind(&self) -> &'static str;
     fn start(&mut self, _out: &mut AgentOutput) {}
     fn on_audio(&mut self, pcm: &[i16], out: &mut AgentOutput);
+    /// Called on every media tick (each ptime) whether or not the caller's
+    /// audio arrived: agents fed from elsewhere (a provider connection, the
+    /// other leg of a bridge) hand over what they have here.
+    fn poll(&mut self, _out: &mut AgentOutput) {}
     fn on_dtmf(&mut self, _digit: char, _out: &mut AgentOutput) {}
     /// The caller put the call on hold (or resumed it). Nothing is sent while
     /// held; an agent may queue music or stay silent.
@@ -52,6 +56,68 @@ pub fn build(cfg: &AgentConfig) -> Result<Box<dyn Agent>, AgentError> {
         AgentConfig::Echo => Box::new(Echo),
         AgentConfig::Demo => Box::new(Demo::new()?),
     })
+}
+
+/// One side of a two-leg bridge (a transfer completed as a B2BUA): what this
+/// leg's caller says is handed to the other leg, and the other leg's audio
+/// is played here. When the other leg ends, this one hangs up.
+pub struct Bridge {
+    tx: std::sync::mpsc::SyncSender<Vec<i16>>,
+    rx: std::sync::mpsc::Receiver<Vec<i16>>,
+    rate: u32,
+}
+
+/// Frames in flight between the legs before new ones are dropped (1 s).
+const BRIDGE_FRAMES: usize = 50;
+
+/// Two connected bridge ends, both at `rate`.
+pub fn bridge_pair(rate: u32) -> (Bridge, Bridge) {
+    let (a_tx, b_rx) = std::sync::mpsc::sync_channel(BRIDGE_FRAMES);
+    let (b_tx, a_rx) = std::sync::mpsc::sync_channel(BRIDGE_FRAMES);
+    (
+        Bridge {
+            tx: a_tx,
+            rx: a_rx,
+            rate,
+        },
+        Bridge {
+            tx: b_tx,
+            rx: b_rx,
+            rate,
+        },
+    )
+}
+
+impl Agent for Bridge {
+    fn kind(&self) -> &'static str {
+        "bridge"
+    }
+    fn on_audio(&mut self, pcm: &[i16], out: &mut AgentOutput) {
+        use std::sync::mpsc::TrySendError;
+        if let Err(TrySendError::Disconnected(_)) = self.tx.try_send(pcm.to_vec()) {
+            out.hangup = true;
+        }
+        self.poll(out);
+    }
+    fn poll(&mut self, out: &mut AgentOutput) {
+        use std::sync::mpsc::TryRecvError;
+        loop {
+            match self.rx.try_recv() {
+                Ok(frame) => out.audio.extend_from_slice(&frame),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    out.hangup = true;
+                    break;
+                }
+            }
+        }
+    }
+    fn sample_rate(&self) -> Option<u32> {
+        Some(self.rate)
+    }
+    fn max_queue_ms(&self) -> Option<u32> {
+        Some(ECHO_MAX_QUEUE_MS * 2)
+    }
 }
 
 /// Echo's queue may grow to this before the oldest audio is dropped (down
@@ -161,5 +227,22 @@ mod tests {
     fn demo_speaks_at_its_greetings_rate_and_echo_at_the_calls() {
         assert_eq!(build(&AgentConfig::Demo).unwrap().sample_rate(), Some(8000));
         assert_eq!(build(&AgentConfig::Echo).unwrap().sample_rate(), None);
+    }
+
+    #[test]
+    fn bridge_carries_audio_both_ways_and_hangs_up_when_the_other_leg_goes() {
+        let (mut a, mut b) = bridge_pair(8000);
+        let mut out = AgentOutput::default();
+        a.on_audio(&[1; 160], &mut out);
+        assert!(out.audio.is_empty() && !out.hangup);
+        b.on_audio(&[2; 160], &mut out);
+        assert_eq!(out.audio, vec![1; 160], "b plays what a's caller said");
+        let mut out = AgentOutput::default();
+        a.on_audio(&[3; 160], &mut out);
+        assert_eq!(out.audio, vec![2; 160]);
+        drop(b);
+        let mut out = AgentOutput::default();
+        a.on_audio(&[4; 160], &mut out);
+        assert!(out.hangup, "the other leg ended");
     }
 }

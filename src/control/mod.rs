@@ -24,6 +24,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/calls/{id}", get(call))
         .route("/calls/{id}/hangup", post(hangup))
         .route("/calls/{id}/dtmf", post(dtmf))
+        .route("/calls/{id}/transfer", post(transfer))
         .with_state(state)
 }
 
@@ -137,6 +138,121 @@ async fn dtmf(
         (
             StatusCode::ACCEPTED,
             Json(json!({"status": "queued", "digits": req.digits})),
+        )
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such call"})),
+        )
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    /// A `sip:` URI, or a number/user (called through `trunk`, else the
+    /// call's own trunk).
+    to: String,
+    trunk: Option<String>,
+    #[serde(default)]
+    mode: crate::calls::TransferMode,
+}
+
+/// Blind transfer: REFER to the caller's side, or a bridged leg through a
+/// trunk when REFER is refused (mode `auto`) or asked for (`bridge`).
+/// 202 at once; progress shows in `GET /calls/{id}` under `transfer`.
+async fn transfer(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<TransferBody>, axum::extract::rejection::JsonRejection>,
+) -> impl IntoResponse {
+    use crate::calls::{CallCommand, TransferMode, TransferRequest};
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(
+                    json!({"error": format!("expected {{\"to\", \"trunk\"?, \"mode\"?: auto|refer|bridge}}: {e}")}),
+                ),
+            )
+        }
+    };
+    let shared = &s.sip.shared;
+    let Some(call) = shared
+        .calls
+        .get(&id)
+        .filter(|c| c.ended_at_unix_ms.is_none())
+    else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such call"})),
+        );
+    };
+    let trunk_name = req.trunk.clone().or(call.trunk.clone());
+    let trunk = match &trunk_name {
+        Some(n) => match shared.trunks.account(n) {
+            Some((t, _)) => Some(t.clone()),
+            None => {
+                return (
+                    StatusCode::NOT_FOUND,
+                    Json(json!({"error": format!("no trunk named `{n}`")})),
+                )
+            }
+        },
+        None => None,
+    };
+    let is_uri = req.to.starts_with("sip:") || req.to.starts_with("sips:");
+    let user_ok = |u: &str| {
+        !u.is_empty()
+            && u.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-_.*#".contains(c))
+    };
+    let (refer_to, user) = if is_uri {
+        if rsipstack::sip::Uri::try_from(req.to.as_str()).is_err()
+            || req.to.contains(['<', '>', ' '])
+        {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "to: not a valid SIP URI", "got": req.to})),
+            );
+        }
+        let user = req.to.split_once(':').map(|(_, r)| r).unwrap_or("");
+        let user = user.split_once('@').map(|(u, _)| u.to_string());
+        (req.to.clone(), user)
+    } else if user_ok(&req.to) {
+        let host = trunk
+            .as_ref()
+            .map(|t| format!("{}{}", t.host, t.transport.uri_param()))
+            .unwrap_or_else(|| shared.cfg.domain.clone());
+        (format!("sip:{}@{host}", req.to), Some(req.to.clone()))
+    } else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "to: expected a sip: URI or a number", "got": req.to})),
+        );
+    };
+    let bridge = match (&trunk, user) {
+        (Some(t), Some(u)) if user_ok(&u) => Some((t.name.clone(), u)),
+        _ => None,
+    };
+    if req.mode == TransferMode::Bridge && bridge.is_none() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(
+                json!({"error": "mode bridge needs a trunk (the call's or `trunk`) and a number"}),
+            ),
+        );
+    }
+    let cmd = CallCommand::Transfer(TransferRequest {
+        refer_to: refer_to.clone(),
+        bridge,
+        mode: req.mode,
+    });
+    if shared.calls.command(&id, cmd) {
+        (
+            StatusCode::ACCEPTED,
+            Json(json!({"status": "transferring", "refer_to": refer_to, "mode": req.mode})),
         )
     } else {
         (

@@ -33,6 +33,8 @@ pub struct CallSetup {
     pub caller_user: Option<String>,
     /// RFC 4028 session timer granted to this call.
     pub timer: Option<super::timer::SessionTimer>,
+    /// The trunk the call came in on (or goes out through).
+    pub trunk: Option<String>,
 }
 
 /// What we take and offer on a call signalled over `transport`: SRTP (SDES)
@@ -93,7 +95,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
     let id = dialog.id().to_string();
     let hangup = CancellationToken::new();
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
-    let info = CallInfo::new(
+    let mut info = CallInfo::new(
         id.clone(),
         call_id.clone(),
         header_text(&req, "from"),
@@ -102,6 +104,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
         setup.route.agent.kind().to_string(),
         ports.port,
     );
+    info.trunk = setup.trunk.clone();
     if !shared
         .calls
         .try_insert(info, hangup.clone(), cmd_tx, shared.cfg.max_calls)
@@ -145,6 +148,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
         async move {
             let dialog_id = dialog.id();
             let mut task = CallTask {
+                agent_override: None,
                 srtp_key: crate::media::srtp::random_master_key(),
                 srtp: None,
                 last_sdp: String::new(),
@@ -172,6 +176,9 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
 
 struct CallTask {
     shared: Arc<Shared>,
+    /// An agent handed in by whoever placed the call (a bridge leg), used
+    /// instead of the route's.
+    agent_override: Option<Box<dyn agent::Agent>>,
     /// Our SRTP master key for this call (used when the SDP agrees on SRTP).
     srtp_key: [u8; crate::media::srtp::MASTER_KEY_LEN],
     srtp: Option<crate::media::srtp::SrtpSession>,
@@ -339,8 +346,127 @@ impl CallTask {
         self.media_loop(negotiated).await
     }
 
+    fn set_transfer(&self, f: impl FnOnce(&mut crate::calls::TransferInfo)) {
+        self.shared.calls.update(&self.id, |c| {
+            if let Some(t) = c.transfer.as_mut() {
+                f(t);
+            }
+        });
+    }
+
+    /// Starts a transfer: REFER (in its own task; the answer comes back on
+    /// `refer_done`) or, for `bridge`, a second leg through the trunk.
+    fn begin_transfer(
+        &mut self,
+        req: &crate::calls::TransferRequest,
+        refer_done: &tokio::sync::mpsc::Sender<Result<u16, String>>,
+        rate: u32,
+        pending_bridge: &mut Option<agent::Bridge>,
+    ) {
+        use crate::calls::{TransferInfo, TransferMode};
+        info!(target = %req.refer_to, mode = ?req.mode, "transfer requested");
+        let method = if req.mode == TransferMode::Bridge {
+            "bridge"
+        } else {
+            "refer"
+        };
+        self.shared.calls.update(&self.id, |c| {
+            c.transfer = Some(TransferInfo {
+                target: req.refer_to.clone(),
+                method: method.into(),
+                state: "requested".into(),
+                detail: None,
+                bridged_call: None,
+            })
+        });
+        if req.mode == TransferMode::Bridge {
+            self.start_bridge(req, rate, pending_bridge);
+            return;
+        }
+        let uri = match rsipstack::sip::Uri::try_from(req.refer_to.as_str()) {
+            Ok(u) => u,
+            Err(e) => {
+                self.set_transfer(|t| {
+                    t.state = "failed".into();
+                    t.detail = Some(format!("bad target: {e}"));
+                });
+                return;
+            }
+        };
+        let d = self.dialog.clone();
+        let referred_by = self
+            .shared
+            .contact_for(self.setup.transport)
+            .map(|c| format!("<{c}>"));
+        let done = refer_done.clone();
+        tokio::spawn(async move {
+            let headers = referred_by.map(|r| {
+                vec![Header::ReferredBy(
+                    rsipstack::sip::headers::ReferredBy::new(r),
+                )]
+            });
+            let r = match d.refer(uri, headers, None).await {
+                Ok(Some(resp)) => Ok(u16::from(resp.status_code)),
+                Ok(None) => Err("dialog not confirmed".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = done.send(r).await;
+        });
+    }
+
+    /// B2BUA transfer: calls the target through the trunk with one end of a
+    /// bridge; this call switches to the other end once that leg answers.
+    fn start_bridge(
+        &mut self,
+        req: &crate::calls::TransferRequest,
+        rate: u32,
+        pending_bridge: &mut Option<agent::Bridge>,
+    ) {
+        let Some((trunk, to)) = req.bridge.clone() else {
+            self.set_transfer(|t| {
+                t.method = "bridge".into();
+                t.state = "failed".into();
+                t.detail = Some("no trunk to bridge through".into());
+            });
+            return;
+        };
+        let (here, there) = agent::bridge_pair(rate);
+        let leg = Originate {
+            trunk,
+            to,
+            from: None,
+            agent: crate::config::AgentConfig::Echo,
+            ring_timeout_s: Some(60),
+        };
+        match originate_leg(
+            self.shared.clone(),
+            leg,
+            Some(Box::new(there)),
+            Some(self.id.clone()),
+        ) {
+            Ok(b) => {
+                info!(leg = %b, "transfer: bridging through the trunk");
+                *pending_bridge = Some(here);
+                self.set_transfer(|t| {
+                    t.method = "bridge".into();
+                    t.state = "trying".into();
+                    t.bridged_call = Some(b);
+                });
+            }
+            Err(e) => self.set_transfer(|t| {
+                t.method = "bridge".into();
+                t.state = "failed".into();
+                t.detail = Some(e.to_string());
+            }),
+        }
+    }
+
     async fn media_loop(&mut self, neg: Negotiated) -> String {
-        let mut agent = match agent::build(&self.setup.route.agent) {
+        let built = match self.agent_override.take() {
+            Some(a) => Ok(a),
+            None => agent::build(&self.setup.route.agent),
+        };
+        let mut agent = match built {
             Ok(a) => a,
             Err(e) => {
                 warn!(error = %e, "agent failed to start");
@@ -393,6 +519,11 @@ impl CallTask {
         let mut last_refresh = Instant::now();
         let (refresh_tx, mut refresh_rx) = tokio::sync::mpsc::channel::<Result<u16, String>>(2);
         let mut refresh_in_flight = false;
+        // Transfers: the REFER's final answer, the request (for the bridge
+        // fallback), the bridge end waiting for the other leg to answer.
+        let (refer_tx, mut refer_rx) = tokio::sync::mpsc::channel::<Result<u16, String>>(2);
+        let mut transfer: Option<crate::calls::TransferRequest> = None;
+        let mut pending_bridge: Option<agent::Bridge> = None;
         let end = loop {
             let mut wake = session.next_timeout();
             if let Some(t) = timer {
@@ -428,6 +559,8 @@ impl CallTask {
                 _ = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
                     session.handle_timeout(now);
+                    agent.poll(&mut out);
+                    apply_output(&mut session, agent.as_ref(), &mut out);
                     if let Some(t) = timer {
                         if t.expiry(last_refresh).is_some_and(|e| now >= e) {
                             warn!(interval_s = t.interval_s, "session not refreshed: hanging up");
@@ -479,6 +612,56 @@ impl CallTask {
                             warn!(%digits, "cannot send DTMF: no telephone-event negotiated");
                         }
                     }
+                    crate::calls::CallCommand::Transfer(req) => {
+                        let rate = session.params().agent_rate;
+                        self.begin_transfer(&req, &refer_tx, rate, &mut pending_bridge);
+                        transfer = Some(req);
+                    }
+                    crate::calls::CallCommand::BridgeAnswered(leg) => {
+                        if let Some(end) = pending_bridge.take() {
+                            info!(%leg, "transfer: bridged");
+                            session.clear_playout();
+                            agent = Box::new(end);
+                            self.shared.calls.update(&self.id, |c| c.agent = "bridge".into());
+                            self.set_transfer(|t| {
+                                t.state = "succeeded".into();
+                                t.detail = Some("bridged".into());
+                            });
+                        }
+                    }
+                    crate::calls::CallCommand::BridgeFailed(why) => {
+                        if pending_bridge.take().is_some() {
+                            info!(%why, "transfer: bridge leg failed; the agent stays");
+                            self.set_transfer(|t| {
+                                t.state = "failed".into();
+                                t.detail = Some(why);
+                            });
+                        }
+                    }
+                },
+                Some(r) = refer_rx.recv() => match r {
+                    Ok(code) if (200..300).contains(&code) => {
+                        info!(code, "REFER accepted");
+                        self.set_transfer(|t| t.state = "accepted".into());
+                    }
+                    other => {
+                        let why = match &other {
+                            Ok(code) => format!("REFER refused: {code}"),
+                            Err(e) => format!("REFER failed: {e}"),
+                        };
+                        info!(%why, "transfer");
+                        match transfer.clone() {
+                            Some(req) if req.mode == crate::calls::TransferMode::Auto && req.bridge.is_some() => {
+                                self.set_transfer(|t| t.detail = Some(why));
+                                let rate = session.params().agent_rate;
+                                self.start_bridge(&req, rate, &mut pending_bridge);
+                            }
+                            _ => self.set_transfer(|t| {
+                                t.state = "failed".into();
+                                t.detail = Some(why);
+                            }),
+                        }
+                    }
                 },
                 st = self.state_rx.recv() => match st {
                     None => break "dialog gone".to_string(),
@@ -493,6 +676,31 @@ impl CallTask {
                             self.on_dtmf(d, agent.as_mut(), &mut session);
                         }
                         handle.reply(StatusCode::OK).await.ok();
+                    }
+                    Some(DialogState::Notify(_, req, handle)) => {
+                        handle.reply(StatusCode::OK).await.ok();
+                        let refer_pending = transfer.as_ref().is_some_and(|t| t.mode != crate::calls::TransferMode::Bridge)
+                            && pending_bridge.is_none();
+                        if let (true, Some(code)) = (refer_pending, refer_notify_status(&req)) {
+                            info!(code, "transfer progress (NOTIFY sipfrag)");
+                            if (200..300).contains(&code) {
+                                self.set_transfer(|t| {
+                                    t.state = "succeeded".into();
+                                    t.detail = Some(format!("NOTIFY {code}"));
+                                });
+                                self.dialog.bye().await.ok();
+                                let target = transfer.as_ref().map(|t| t.refer_to.clone()).unwrap_or_default();
+                                break format!("transferred to {target}");
+                            } else if code >= 300 {
+                                self.set_transfer(|t| {
+                                    t.state = "failed".into();
+                                    t.detail = Some(format!("NOTIFY {code}"));
+                                });
+                                transfer = None;
+                            } else {
+                                self.set_transfer(|t| t.state = "trying".into());
+                            }
+                        }
                     }
                     Some(other) => answer_other(other).await,
                 }
@@ -560,6 +768,16 @@ impl CallTask {
         };
         if let Some(t) = session.rtcp_bye() {
             self.send(t).await;
+        }
+        // A bridged (or still ringing) transfer leg ends with this one.
+        if let Some(leg) = self
+            .shared
+            .calls
+            .get(&self.id)
+            .and_then(|c| c.transfer)
+            .and_then(|t| t.bridged_call)
+        {
+            self.shared.calls.hangup(&leg);
         }
         let s = session.stats();
         let q = session.quality();
@@ -748,6 +966,25 @@ fn reason(why: &TerminatedReason) -> String {
     }
 }
 
+/// The status code in a REFER NOTIFY's `message/sipfrag` body
+/// (`SIP/2.0 200 OK`), if the NOTIFY is for `Event: refer`.
+pub fn refer_notify_status(req: &rsipstack::sip::Request) -> Option<u16> {
+    let event = req.headers.iter().find_map(|h| match h {
+        Header::Event(e) => Some(e.value().to_ascii_lowercase()),
+        Header::Other(n, v) if n.eq_ignore_ascii_case("event") || n.eq_ignore_ascii_case("o") => {
+            Some(v.to_ascii_lowercase())
+        }
+        _ => None,
+    })?;
+    if !event.trim().starts_with("refer") {
+        return None;
+    }
+    let body = String::from_utf8_lossy(&req.body);
+    let line = body.lines().next()?.trim();
+    let rest = line.strip_prefix("SIP/2.0 ")?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
 /// SIP INFO DTMF: `application/dtmf-relay` (`Signal=5`) or `application/dtmf` (`5`).
 pub fn dtmf_from_info(req: &rsipstack::sip::Request) -> Option<char> {
     let ct = req
@@ -809,6 +1046,17 @@ pub enum OriginateError {
 /// on ring timeout or hangup, the agent on the media once answered. Returns
 /// the call id at once; progress shows in `GET /calls/{id}` and the log.
 pub fn originate(shared: Arc<Shared>, req: Originate) -> Result<String, OriginateError> {
+    originate_leg(shared, req, None, None)
+}
+
+/// [`originate`] with an agent handed in (a bridge end) and a parent call
+/// told when this leg answers or fails (`BridgeAnswered` / `BridgeFailed`).
+pub fn originate_leg(
+    shared: Arc<Shared>,
+    req: Originate,
+    agent_override: Option<Box<dyn agent::Agent>>,
+    parent: Option<String>,
+) -> Result<String, OriginateError> {
     use rsipstack::dialog::invitation::InviteOption;
     if shared.draining.is_cancelled() {
         return Err(OriginateError::Draining);
@@ -893,15 +1141,20 @@ pub fn originate(shared: Arc<Shared>, req: Originate) -> Result<String, Originat
     let id = dialog.id().to_string();
     let hangup = CancellationToken::new();
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
-    let info = CallInfo::new(
+    let mut info = CallInfo::new(
         id.clone(),
         dialog.id().call_id.clone(),
         from.clone(),
         req.to.clone(),
         format!("outbound:{}", trunk.name),
-        req.agent.kind().to_string(),
+        if agent_override.is_some() {
+            "bridge".to_string()
+        } else {
+            req.agent.kind().to_string()
+        },
         ports.port,
     );
+    info.trunk = Some(trunk.name.clone());
     if !shared
         .calls
         .try_insert(info, hangup.clone(), cmd_tx, shared.cfg.max_calls)
@@ -948,7 +1201,14 @@ pub fn originate(shared: Arc<Shared>, req: Originate) -> Result<String, Originat
                         .and_then(|s| sdp::accept_answer(&s, &caps).map_err(|e| e.to_string()));
                     match neg {
                         Ok(neg) => {
+                            if let Some(p) = &parent {
+                                shared.calls.command(
+                                    p,
+                                    crate::calls::CallCommand::BridgeAnswered(id.clone()),
+                                );
+                            }
                             let mut task = CallTask {
+                                agent_override,
                                 srtp_key,
                                 srtp: None,
                                 last_sdp: offer,
@@ -969,6 +1229,7 @@ pub fn originate(shared: Arc<Shared>, req: Originate) -> Result<String, Originat
                                     transport: trunk.transport,
                                     caller_user: None,
                                     timer: None,
+                                    trunk: Some(trunk.name.clone()),
                                 },
                             };
                             task.media_loop(neg).await
@@ -989,6 +1250,12 @@ pub fn originate(shared: Arc<Shared>, req: Originate) -> Result<String, Originat
                 Err(e) => format!("call task failed: {e}"),
             };
             info!(reason = %end, "call ended");
+            if let Some(p) = &parent {
+                // No effect once the bridge is up (the parent already switched).
+                shared
+                    .calls
+                    .command(p, crate::calls::CallCommand::BridgeFailed(end.clone()));
+            }
             shared.dialogs.remove_dialog(&dialog.id());
             shared.calls.end(&id, Some(&end));
         }

@@ -687,6 +687,7 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
         transport,
         caller_user,
         timer,
+        trunk,
     };
     call::admit(shared.clone(), tx, setup);
 }
