@@ -335,37 +335,63 @@ fn outbound_call_answers_the_407_and_reaches_the_uas() {
 }
 
 /// Behind NAT the provider can only reach us while our binding is open:
-/// while registered over UDP we send CRLF pings to it (seen on the wire).
-#[test]
-fn registered_udp_trunk_sends_crlf_keepalives() {
+/// while registered we send CRLF pings to it (seen on the wire) - as UDP
+/// datagrams, or on the TCP flow the registration uses (RFC 5626 4.4.1).
+fn trunk_sends_crlf_keepalives(transport: &str) {
     let Some(tshark) = require_peer("tshark") else {
         return;
     };
     let Some(kam) = Kamailio::start() else {
         return;
     };
-    let server = Server::start(
-        &profile(kam.port, "trunkpass").replace("expires = 10", "expires = 60\nkeepalive_s = 1"),
-    );
+    let server = Server::start(&profile(kam.port, "trunkpass").replace(
+        "expires = 10",
+        &format!("expires = 60\nkeepalive_s = 1\ntransport = \"{transport}\""),
+    ));
     let t = wait_trunk(&server, Duration::from_secs(10), |t| {
         t["state"] == "registered"
     });
-    assert_eq!(t["state"], "registered", "{t}");
-    // Capture 4 s of 4-byte UDP payloads (CRLF CRLF) towards the provider.
+    assert_eq!(t["state"], "registered", "{t}\n{}", server.log_text());
+    // Capture 4 s of payloads towards the provider; count the CRLF CRLF ones.
+    let (filter, field) = if transport == "udp" {
+        (
+            format!("udp dst port {} and udp[4:2] = 12", kam.port),
+            "data.data",
+        )
+    } else {
+        (format!("tcp dst port {}", kam.port), "tcp.payload")
+    };
     let out = Command::new(tshark)
-        .args(["-i", "lo", "-a", "duration:4", "-f"])
-        .arg(format!("udp dst port {} and udp[4:2] = 12", kam.port))
-        .args(["-T", "fields", "-e", "data.data"])
+        .args(["-i", "lo", "-a", "duration:4", "-f", &filter])
+        .args(["-T", "fields", "-e", field])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let pings = text.lines().filter(|l| l.trim() == "0d0a0d0a").count();
+    let pings = text
+        .lines()
+        .filter(|l| l.trim().replace(':', "") == "0d0a0d0a")
+        .count();
     assert!(
         pings >= 2,
-        "CRLF keep-alives on the wire in 4 s (1 s period): {pings}\n{text}\n{}",
+        "CRLF keep-alives over {transport} in 4 s (1 s period): {pings}\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(trunk(&server)["keepalives_sent"].as_u64() >= Some(2));
+    assert_eq!(
+        trunk(&server)["state"],
+        "registered",
+        "pings do not break the flow"
+    );
+}
+
+#[test]
+fn registered_udp_trunk_sends_crlf_keepalives() {
+    trunk_sends_crlf_keepalives("udp");
+}
+
+#[test]
+fn registered_tcp_trunk_sends_crlf_keepalives_on_its_flow() {
+    trunk_sends_crlf_keepalives("tcp");
 }
 
 /// The provider restarts (losing its registrations): the trunk registers
@@ -509,4 +535,63 @@ fn refused_refer_falls_back_to_a_bridge_through_the_trunk() {
     );
     let out = caller.wait(Duration::from_secs(15));
     assert!(out.success, "{}", out.report());
+}
+
+/// A provider answers 302: the outbound call follows the Contact with a new
+/// INVITE (same offer), which a second UAS answers.
+#[test]
+fn outbound_call_follows_a_302_redirect() {
+    let Some(sipp) = require_peer("sipp") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let moved = common::free_port();
+    start_echo_uas(&sipp, moved, &dir.path().join("moved.log"));
+    let redirector = common::free_port();
+    let mut r = Command::new(&sipp)
+        .arg("-sf")
+        .arg(common::sipp::scenario_path("uas_redirect.xml"))
+        .args(["-i", "127.0.0.1", "-p", &redirector.to_string()])
+        .args(["-key", "moved_port", &moved.to_string()])
+        .args([
+            "-m",
+            "1",
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            "-nostdin",
+            "-bg",
+        ])
+        .args(["-trace_msg", "-message_file"])
+        .arg(dir.path().join("redirect.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ = r.wait();
+    // An IP-authenticated trunk (no registration) to the redirecting provider.
+    let server = Server::start(&format!(
+        "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.1:{redirector}\"\nregister = false\n"
+    ));
+    let id = place_call(&server, "echo", "demo");
+    let call = wait_call(&server, &id, |c| {
+        c["state"] == "active" && c["media"]["rx_packets"].as_u64() > Some(20)
+    });
+    let logs = format!(
+        "{}\n{}\n{}",
+        std::fs::read_to_string(dir.path().join("redirect.log")).unwrap_or_default(),
+        std::fs::read_to_string(dir.path().join("moved.log")).unwrap_or_default(),
+        server.log_text()
+    );
+    assert_eq!(call["state"], "active", "{call}\n{logs}");
+    assert!(logs.contains("INVITE sip:moved@127.0.0.1"), "{logs}");
+    let (code, _) =
+        common::http_post(server.api_port, &format!("/calls/{id}/hangup"), "{}").unwrap();
+    assert_eq!(code, 200);
+    let idle = server.wait_idle(Duration::from_secs(10));
+    assert_eq!(idle["active_calls"], 0, "{idle}");
+    assert_eq!(
+        idle["dialogs"], 0,
+        "the redirected dialog is gone too: {idle}"
+    );
 }

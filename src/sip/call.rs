@@ -966,6 +966,24 @@ fn reason(why: &TerminatedReason) -> String {
     }
 }
 
+/// How many 3xx redirects an outbound call follows.
+const MAX_REDIRECTS: u32 = 3;
+
+/// The first Contact of a 3xx response, as the new request-URI.
+fn redirect_target(resp: &rsipstack::sip::Response) -> Option<rsipstack::sip::Uri> {
+    if resp.status_code.kind() != rsipstack::sip::StatusCodeKind::Redirection {
+        return None;
+    }
+    let contact = resp.contact_header().ok()?.value().to_string();
+    // `<sip:x@y>;q=0.5, <sip:...>` or a bare URI: take the first one.
+    let first = contact.split(',').next()?.trim();
+    let uri = match (first.find('<'), first.find('>')) {
+        (Some(a), Some(b)) if a < b => &first[a + 1..b],
+        _ => first.split(';').next()?.trim(),
+    };
+    rsipstack::sip::Uri::try_from(uri).ok()
+}
+
 /// The status code in a REFER NOTIFY's `message/sipfrag` body
 /// (`SIP/2.0 200 OK`), if the NOTIFY is for `Event: refer`.
 pub fn refer_notify_status(req: &rsipstack::sip::Request) -> Option<u16> {
@@ -1074,7 +1092,14 @@ pub fn originate_leg(
     if !valid(&req.to) {
         return Err(OriginateError::BadTarget(req.to.clone()));
     }
-    let from = req.from.clone().unwrap_or_else(|| trunk.username.clone());
+    // IP-authenticated trunks have no username: call as `agentline`.
+    let from = req.from.clone().unwrap_or_else(|| {
+        if trunk.username.is_empty() {
+            "agentline".to_string()
+        } else {
+            trunk.username.clone()
+        }
+    });
     if !valid(&from) {
         return Err(OriginateError::BadTarget(from));
     }
@@ -1133,6 +1158,7 @@ pub fn originate_leg(
         destination: Some(destination),
         ..Default::default()
     };
+    let base_opt = opt.clone();
     let (state_tx, state_rx) = shared.dialogs.new_dialog_state_channel();
     let (dialog, invite) = shared
         .dialogs
@@ -1178,17 +1204,50 @@ pub fn originate_leg(
             let id = call_key;
             info!("placing outbound call");
             let mut invite = invite;
-            let outcome = tokio::select! {
-                r = &mut invite => Some(r),
-                _ = tokio::time::sleep(ring_timeout) => None,
-                _ = hangup.cancelled() => None,
-            };
-            let outcome = match outcome {
-                Some(r) => r,
-                None => {
-                    info!("not answered in time (or hung up): CANCEL");
-                    dialog.cancel().await.ok();
-                    invite.await
+            let mut dialog = dialog;
+            let mut state_rx = state_rx;
+            let deadline = tokio::time::Instant::now() + ring_timeout;
+            let mut redirects = 0;
+            let outcome = loop {
+                let outcome = tokio::select! {
+                    r = &mut invite => Some(r),
+                    _ = tokio::time::sleep_until(deadline) => None,
+                    _ = hangup.cancelled() => None,
+                };
+                let outcome = match outcome {
+                    Some(r) => r,
+                    None => {
+                        info!("not answered in time (or hung up): CANCEL");
+                        dialog.cancel().await.ok();
+                        invite.await
+                    }
+                };
+                // 3xx: try the first Contact (at most MAX_REDIRECTS hops),
+                // with the same offer and credentials.
+                let target = match &outcome {
+                    Ok(Ok((_, Some(resp)))) if redirects < MAX_REDIRECTS => redirect_target(resp),
+                    _ => None,
+                };
+                let Some(target) = target else {
+                    break outcome;
+                };
+                redirects += 1;
+                info!(%target, "following redirect");
+                let mut o = base_opt.clone();
+                o.destination = rsipstack::transport::SipAddr::try_from(&target).ok();
+                o.callee = target;
+                let (tx, rx) = shared.dialogs.new_dialog_state_channel();
+                match shared.dialogs.do_invite_async(o, tx) {
+                    Ok((d, inv)) => {
+                        shared.dialogs.remove_dialog(&dialog.id());
+                        dialog = d;
+                        invite = inv;
+                        state_rx = rx;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot follow the redirect");
+                        break outcome;
+                    }
                 }
             };
             let end = match outcome {

@@ -12,7 +12,7 @@ use rsipstack::dialog::registration::Registration;
 use rsipstack::sip::{Header, StatusCode};
 use rsipstack::transaction::endpoint::EndpointInnerRef;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::config::{SipTransport, TrunkConfig};
 
@@ -202,7 +202,7 @@ pub fn spawn_registration(
                 realm: None,
                 ..Default::default()
             };
-            let mut reg = Registration::new(endpoint, Some(cred));
+            let mut reg = Registration::new(endpoint.clone(), Some(cred));
             let mut expires = t.expires;
             let mut failures = 0u32;
             let mut registered = false;
@@ -284,13 +284,13 @@ pub fn spawn_registration(
                 let wait_ms = wait.as_millis() as u64;
                 trunks.update(&t.name, |s| s.next_attempt_in_ms = Some(wait_ms));
                 let until = Instant::now() + wait;
-                // While registered over UDP, keep the NAT binding towards the
-                // provider open with CRLF pings between refreshes.
-                let ping = match (&udp, t.transport, failures == 0 && registered) {
-                    (Some(u), SipTransport::Udp, true) if t.keepalive_s > 0 => {
-                        keepalive_target(&t).map(|a| (u.clone(), a))
-                    }
-                    _ => None,
+                // While registered, keep the NAT binding (UDP) or the flow
+                // (TCP/TLS, RFC 5626 section 4.4.1) towards the provider open
+                // with CRLF pings between refreshes.
+                let ping = if failures == 0 && registered && t.keepalive_s > 0 {
+                    keepalive_target(&t)
+                } else {
+                    None
                 };
                 let period = Duration::from_secs(t.keepalive_s.max(1) as u64);
                 let mut next_ping = Instant::now() + period;
@@ -303,9 +303,10 @@ pub fn spawn_registration(
                     if Instant::now() >= until {
                         break false;
                     }
-                    if let Some((u, addr)) = &ping {
-                        if u.send_raw(b"\r\n\r\n", addr).await.is_ok() {
-                            trunks.update(&t.name, |s| s.keepalives_sent += 1);
+                    if let Some(addr) = &ping {
+                        match send_crlf(&endpoint, udp.as_ref(), addr).await {
+                            Ok(()) => trunks.update(&t.name, |s| s.keepalives_sent += 1),
+                            Err(e) => debug!(error = %e, "keep-alive not sent"),
                         }
                         next_ping = Instant::now() + period;
                     }
@@ -332,16 +333,47 @@ pub fn spawn_registration(
 /// The trunk's address for keep-alives (numeric host:port; a name is
 /// resolved once here).
 fn keepalive_target(t: &TrunkConfig) -> Option<rsipstack::transport::SipAddr> {
+    let default_port = if t.transport == SipTransport::Tls {
+        5061
+    } else {
+        5060
+    };
     let host = if t.host.contains(':') && !t.host.starts_with('[') {
         t.host.clone()
     } else {
-        format!("{}:5060", t.host)
+        format!("{}:{default_port}", t.host)
     };
     let addr = host.to_socket_addrs().ok()?.next()?;
     Some(rsipstack::transport::SipAddr::new(
-        rsipstack::sip::Transport::Udp,
+        t.transport.rsip(),
         addr.into(),
     ))
+}
+
+/// A double-CRLF ping: a datagram on our UDP socket, or on the TCP/TLS
+/// connection the registration uses (looked up, not opened anew).
+async fn send_crlf(
+    endpoint: &EndpointInnerRef,
+    udp: Option<&rsipstack::transport::udp::UdpConnection>,
+    addr: &rsipstack::transport::SipAddr,
+) -> Result<(), String> {
+    use rsipstack::transport::connection::SipConnection;
+    use rsipstack::transport::stream::StreamConnection as _;
+    const PING: &[u8] = b"\r\n\r\n";
+    if addr.r#type == Some(rsipstack::sip::Transport::Udp) {
+        let u = udp.ok_or("no UDP listener")?;
+        return u.send_raw(PING, addr).await.map_err(|e| e.to_string());
+    }
+    let (conn, _) = endpoint
+        .transport_layer
+        .lookup(addr, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    match conn {
+        SipConnection::Tcp(c) => c.send_raw(PING).await.map_err(|e| e.to_string()),
+        SipConnection::Tls(c) => c.send_raw(PING).await.map_err(|e| e.to_string()),
+        other => Err(format!("no stream flow ({})", other.transport())),
+    }
 }
 
 fn jitter() -> f64 {
