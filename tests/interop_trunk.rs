@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,9 +28,15 @@ impl Kamailio {
     }
 
     fn start_on(port: u16, uas: u16) -> Option<Kamailio> {
+        Self::start_with(port, uas, None)
+    }
+
+    /// Also listens for SIP over TLS on `tls.0` with certificate `tls.1`
+    /// and key `tls.2` (kamailio's tls module).
+    fn start_with(port: u16, uas: u16, tls: Option<(u16, &Path, &Path)>) -> Option<Kamailio> {
         require_peer("kamailio")?;
         let dir = tempfile::tempdir().unwrap();
-        let cfg = std::fs::read_to_string(concat!(
+        let mut cfg = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/interop/kamailio-trunk.cfg"
         ))
@@ -37,6 +44,39 @@ impl Kamailio {
         .replace("127.0.0.1:5080", &format!("127.0.0.1:{port}"))
         .replace("trunk.test:5080", &format!("trunk.test:{port}"))
         .replace("127.0.0.1:5090", &format!("127.0.0.1:{uas}"));
+        if let Some((tls_port, cert, key)) = tls {
+            let modules = "/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so";
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                assert!(
+                    Path::new(modules).exists(),
+                    "CI: kamailio-tls-modules missing"
+                );
+            } else if !Path::new(modules).exists() {
+                eprintln!("SKIP: kamailio-tls-modules not installed");
+                return None;
+            }
+            cfg = cfg
+                .replacen(
+                    "listen=tcp:",
+                    &format!(
+                        "enable_tls=yes\nlisten=tls:127.0.0.1:{tls_port}\nalias=\"127.0.0.1:{tls_port}\"\nlisten=tcp:"
+                    ),
+                    1,
+                )
+                .replacen(
+                    "loadmodule \"tm.so\"",
+                    &format!(
+                        "loadmodule \"tls.so\"\nmodparam(\"tls\", \"certificate\", \"{}\")\n\
+                         modparam(\"tls\", \"private_key\", \"{}\")\n\
+                         modparam(\"tls\", \"tls_method\", \"TLSv1.2+\")\n\
+                         modparam(\"tls\", \"verify_certificate\", 0)\n\
+                         modparam(\"tls\", \"require_certificate\", 0)\nloadmodule \"tm.so\"",
+                        cert.display(),
+                        key.display()
+                    ),
+                    1,
+                );
+        }
         let path = dir.path().join("kamailio.cfg");
         std::fs::write(&path, cfg).unwrap();
         let log = std::fs::File::create(dir.path().join("kamailio.log")).unwrap();
@@ -593,5 +633,74 @@ fn outbound_call_follows_a_302_redirect() {
     assert_eq!(
         idle["dialogs"], 0,
         "the redirected dialog is gone too: {idle}"
+    );
+}
+
+fn gen_cert(dir: &Path) -> std::path::PathBuf {
+    let out = Command::new(env!("CARGO_BIN_EXE_agentline"))
+        .args(["gen-cert", "--dir"])
+        .arg(dir)
+        .args(["--name", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("agentline.crt")
+}
+
+/// A trunk with `transport = "tls"` registers over TLS to a provider whose
+/// certificate chains to `sip.tls_ca`, and refuses one it cannot verify.
+#[test]
+fn tls_trunk_registers_and_verifies_the_providers_certificate() {
+    let provider = tempfile::tempdir().unwrap();
+    let provider_cert = gen_cert(provider.path());
+    let stranger = tempfile::tempdir().unwrap();
+    let stranger_cert = gen_cert(stranger.path());
+    let tls_port = free_port();
+    let Some(kam) = Kamailio::start_with(
+        free_port(),
+        free_port(),
+        Some((
+            tls_port,
+            &provider_cert,
+            &provider.path().join("agentline.key"),
+        )),
+    ) else {
+        return;
+    };
+    let profile = |ca: &Path| {
+        format!(
+            "[sip]\ntls_ca = \"{}\"\n[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.1:{tls_port}\"\n\
+             transport = \"tls\"\nusername = \"trunkuser\"\npassword = \"trunkpass\"\nexpires = 60\n",
+            ca.display()
+        )
+    };
+    let _ = kam.port;
+    let server = Server::start(&profile(&provider_cert));
+    let t = wait_trunk(&server, Duration::from_secs(10), |t| {
+        t["state"] == "registered"
+    });
+    assert_eq!(
+        t["state"],
+        "registered",
+        "over TLS: {t}\n{}",
+        server.log_text()
+    );
+    drop(server);
+    // The same provider, but we trust someone else: no registration.
+    let server = Server::start(&profile(&stranger_cert));
+    let t = wait_trunk(&server, Duration::from_secs(6), |t| {
+        t["state"] == "failed" || t["state"] == "registered"
+    });
+    assert_ne!(t["state"], "registered", "an unverified provider: {t}");
+    assert!(
+        t["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("certificate") || e.contains("UnknownIssuer")),
+        "the error is shown: {t}\n{}",
+        server.log_text()
     );
 }

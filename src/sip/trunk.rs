@@ -213,8 +213,23 @@ pub fn spawn_registration(
                     }
                     s.next_attempt_in_ms = None;
                 });
+                // TCP/TLS: open (or reuse) the flow first, so a refused
+                // connection or an unverifiable certificate shows at once as
+                // the trunk's error instead of after the transaction timeout.
+                let preflight = match flow_target(&t) {
+                    Some(addr) if t.transport != SipTransport::Udp => endpoint
+                        .transport_layer
+                        .lookup(&addr, None)
+                        .await
+                        .err()
+                        .map(|e| format!("cannot connect over {}: {e}", t.transport)),
+                    _ => None,
+                };
                 // Not cancel-safe (rsipstack): run to completion, check stop after.
-                let result = reg.register(uri.clone(), Some(expires)).await;
+                let result = match preflight {
+                    Some(e) => Err(rsipstack::Error::Error(e)),
+                    None => reg.register(uri.clone(), Some(expires)).await,
+                };
                 let wait = match result {
                     Ok(resp) if resp.status_code.kind() == rsipstack::sip::StatusCodeKind::Successful => {
                         failures = 0;
@@ -288,7 +303,7 @@ pub fn spawn_registration(
                 // (TCP/TLS, RFC 5626 section 4.4.1) towards the provider open
                 // with CRLF pings between refreshes.
                 let ping = if failures == 0 && registered && t.keepalive_s > 0 {
-                    keepalive_target(&t)
+                    flow_target(&t)
                 } else {
                     None
                 };
@@ -332,7 +347,7 @@ pub fn spawn_registration(
 
 /// The trunk's address for keep-alives (numeric host:port; a name is
 /// resolved once here).
-fn keepalive_target(t: &TrunkConfig) -> Option<rsipstack::transport::SipAddr> {
+fn flow_target(t: &TrunkConfig) -> Option<rsipstack::transport::SipAddr> {
     let default_port = if t.transport == SipTransport::Tls {
         5061
     } else {
