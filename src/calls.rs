@@ -40,6 +40,16 @@ pub struct CallInfo {
     pub caller_speaking: bool,
     /// Caller turns the VAD saw end (speech then end-of-turn silence).
     pub caller_turns: u64,
+    /// The UUID the agent providers and webhooks know this call by.
+    pub uuid: Option<String>,
+    /// What was said, as the providers transcribed it (last 100 lines).
+    pub transcript: Vec<TranscriptLine>,
+    /// Per-turn latency: caller end of speech to first agent audio (last 50).
+    pub turns: Vec<crate::agent::TurnLatency>,
+    /// Times the caller barged in on the agent.
+    pub interruptions: u64,
+    /// The last provider error (a fallback may have taken over).
+    pub last_agent_error: Option<String>,
     /// The last transfer asked for, and how it went.
     pub transfer: Option<TransferInfo>,
     /// Why the call ended (e.g. "caller hung up", "call failed: 486 Busy Here").
@@ -81,6 +91,11 @@ impl CallInfo {
             on_hold: false,
             caller_speaking: false,
             caller_turns: 0,
+            uuid: None,
+            transcript: Vec::new(),
+            turns: Vec::new(),
+            interruptions: 0,
+            last_agent_error: None,
             transfer: None,
             end_reason: None,
             ended_at_unix_ms: None,
@@ -112,6 +127,14 @@ pub enum CallCommand {
     /// The bridged leg placed for a transfer answered (its call id) or failed.
     BridgeAnswered(String),
     BridgeFailed(String),
+}
+
+/// One transcribed line.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct TranscriptLine {
+    pub role: String,
+    pub text: String,
+    pub at_unix_ms: u64,
 }
 
 /// How to transfer.

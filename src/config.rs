@@ -187,6 +187,27 @@ struct RawProfile {
     routes: Vec<RawRoute>,
     #[serde(default)]
     trunks: Vec<RawTrunk>,
+    webhooks: Option<RawWebhooks>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    url: String,
+    secret: Option<String>,
+    secret_env: Option<String>,
+    timeout_ms: Option<u64>,
+    retries: Option<u32>,
+}
+
+/// Where call events go (AVR webhook format).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Sent as `X-AVR-WEBHOOK-SECRET`.
+    pub secret: Option<PasswordSource>,
+    pub timeout_ms: u64,
+    pub retries: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +293,15 @@ struct RawRoute {
     did: Option<String>,
     agent: AgentConfig,
     #[serde(default)]
+    fallback: Vec<AgentConfig>,
+    /// Fail over when the agent says nothing this long after the caller's turn.
+    response_timeout_ms: Option<u64>,
+    /// Caller speech (route VAD) drops the agent's queued audio.
+    barge_in: Option<bool>,
+    /// Ignore caller speech while the agent talks (AVR INTERRUPT_LISTENING).
+    #[serde(default)]
+    interrupt_listening: bool,
+    #[serde(default)]
     answer_delay_ms: u64,
     #[serde(default)]
     dsp: RawDsp,
@@ -301,6 +331,85 @@ pub enum AgentConfig {
     Echo,
     /// Plays the embedded greeting, then echoes.
     Demo,
+    /// Speaks a text (espeak-ng) or plays a WAV, then hangs up or stays silent.
+    Say {
+        text: Option<String>,
+        wav: Option<PathBuf>,
+        /// `hangup` (default) or `listen` (stay on the line, silent).
+        then: Option<String>,
+    },
+    /// OpenAI Realtime over WebSocket (speech to speech).
+    OpenaiRealtime {
+        #[serde(default = "default_realtime_model")]
+        model: String,
+        api_key_env: Option<String>,
+        api_key_file: Option<PathBuf>,
+        /// Default `wss://api.openai.com/v1/realtime`.
+        base_url: Option<String>,
+        instructions: Option<String>,
+        instructions_file: Option<PathBuf>,
+        voice: Option<String>,
+        /// Speak the beta protocol (`OpenAI-Beta: realtime=v1`, beta event names).
+        #[serde(default)]
+        beta: bool,
+        /// HTTP tools the model may call (POSTed JSON arguments, the answer
+        /// goes back to the model).
+        #[serde(default)]
+        tools: Vec<HttpTool>,
+    },
+    /// An AVR speech-to-speech container (WebSocket, s16le 8 kHz).
+    AvrSts { url: String },
+    /// AVR ASR -> LLM -> TTS containers over their HTTP streaming protocols.
+    AvrPipeline {
+        asr_url: String,
+        llm_url: String,
+        tts_url: String,
+        system: Option<String>,
+    },
+    /// An AudioSocket server (avr-core, or anything that speaks it).
+    Audiosocket { addr: String },
+    /// OpenAI-compatible local services: transcriptions, chat, speech.
+    OpenaiCompat {
+        /// Base for all three (e.g. `http://127.0.0.1:8000/v1`), or give each URL.
+        base_url: Option<String>,
+        asr_url: Option<String>,
+        llm_url: Option<String>,
+        tts_url: Option<String>,
+        #[serde(default = "default_asr_model")]
+        asr_model: String,
+        #[serde(default = "default_llm_model")]
+        llm_model: String,
+        #[serde(default = "default_tts_model")]
+        tts_model: String,
+        voice: Option<String>,
+        api_key_env: Option<String>,
+        system: Option<String>,
+    },
+}
+
+/// A tool the OpenAI Realtime model may call: its JSON arguments are
+/// POSTed to `url`, and the response body is handed back to the model.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTool {
+    pub name: String,
+    pub description: String,
+    pub url: String,
+    /// JSON Schema of the arguments, as a JSON string (default: an object).
+    pub parameters: Option<String>,
+}
+
+fn default_realtime_model() -> String {
+    "gpt-realtime".into()
+}
+fn default_asr_model() -> String {
+    "whisper-1".into()
+}
+fn default_llm_model() -> String {
+    "gpt-4o-mini".into()
+}
+fn default_tts_model() -> String {
+    "tts-1".into()
 }
 
 impl AgentConfig {
@@ -308,7 +417,104 @@ impl AgentConfig {
         match self {
             AgentConfig::Echo => "echo",
             AgentConfig::Demo => "demo",
+            AgentConfig::Say { .. } => "say",
+            AgentConfig::OpenaiRealtime { .. } => "openai_realtime",
+            AgentConfig::AvrSts { .. } => "avr_sts",
+            AgentConfig::AvrPipeline { .. } => "avr_pipeline",
+            AgentConfig::Audiosocket { .. } => "audiosocket",
+            AgentConfig::OpenaiCompat { .. } => "openai_compat",
         }
+    }
+
+    /// Checks what can be checked before a call (URLs, files, secrets named).
+    pub fn validate(&self) -> Result<(), String> {
+        let url = |u: &str, schemes: &[&str]| {
+            if schemes.iter().any(|s| u.starts_with(s)) && u.len() > 8 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "expected a {} URL, got `{u}`",
+                    schemes.join(" or ")
+                ))
+            }
+        };
+        match self {
+            AgentConfig::Echo | AgentConfig::Demo => Ok(()),
+            AgentConfig::Say { text, wav, then } => {
+                if text.is_none() == wav.is_none() {
+                    return Err("say: give exactly one of text or wav".into());
+                }
+                match then.as_deref() {
+                    None | Some("hangup") | Some("listen") => Ok(()),
+                    Some(o) => Err(format!("say: then = \"hangup\" or \"listen\", got `{o}`")),
+                }
+            }
+            AgentConfig::OpenaiRealtime {
+                base_url,
+                instructions,
+                instructions_file,
+                ..
+            } => {
+                if let Some(u) = base_url {
+                    url(u, &["ws://", "wss://"])?;
+                }
+                if instructions.is_some() && instructions_file.is_some() {
+                    return Err("give instructions or instructions_file, not both".into());
+                }
+                Ok(())
+            }
+            AgentConfig::AvrSts { url: u } => url(u, &["ws://", "wss://"]),
+            AgentConfig::AvrPipeline {
+                asr_url,
+                llm_url,
+                tts_url,
+                ..
+            } => {
+                for u in [asr_url, llm_url, tts_url] {
+                    url(u, &["http://", "https://"])?;
+                }
+                Ok(())
+            }
+            AgentConfig::Audiosocket { addr } => {
+                if addr.contains(':') {
+                    Ok(())
+                } else {
+                    Err(format!("expected host:port, got `{addr}`"))
+                }
+            }
+            AgentConfig::OpenaiCompat {
+                base_url,
+                asr_url,
+                llm_url,
+                tts_url,
+                ..
+            } => {
+                for u in [base_url, asr_url, llm_url, tts_url].into_iter().flatten() {
+                    url(u, &["http://", "https://"])?;
+                }
+                if base_url.is_none()
+                    && (asr_url.is_none() || llm_url.is_none() || tts_url.is_none())
+                {
+                    return Err("give base_url, or asr_url, llm_url and tts_url".into());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Identifies the provider endpoint for circuit breaking.
+    pub fn endpoint_key(&self) -> String {
+        let where_ = match self {
+            AgentConfig::OpenaiRealtime { base_url, .. } => base_url.clone().unwrap_or_default(),
+            AgentConfig::AvrSts { url } => url.clone(),
+            AgentConfig::AvrPipeline { llm_url, .. } => llm_url.clone(),
+            AgentConfig::Audiosocket { addr } => addr.clone(),
+            AgentConfig::OpenaiCompat {
+                base_url, llm_url, ..
+            } => base_url.clone().or(llm_url.clone()).unwrap_or_default(),
+            _ => String::new(),
+        };
+        format!("{}:{where_}", self.kind())
     }
 }
 
@@ -337,9 +543,31 @@ pub struct RouteConfig {
     /// Routed by DID from a trunk.
     pub is_did: bool,
     pub agent: AgentConfig,
+    /// Tried in order when the agent fails within a call.
+    pub fallback: Vec<AgentConfig>,
+    pub response_timeout_ms: u64,
+    pub barge_in: bool,
+    pub interrupt_listening: bool,
     pub answer_delay_ms: u64,
     /// Caller-side denoise / VAD / gain.
     pub dsp: crate::media::dsp::DspConfig,
+}
+
+impl RouteConfig {
+    /// A route that answers with `agent` and nothing else.
+    pub fn simple(dial: String, agent: AgentConfig) -> RouteConfig {
+        RouteConfig {
+            dial,
+            is_did: false,
+            agent,
+            fallback: Vec::new(),
+            response_timeout_ms: 8000,
+            barge_in: true,
+            interrupt_listening: false,
+            answer_delay_ms: 0,
+            dsp: crate::media::dsp::DspConfig::off(),
+        }
+    }
 }
 
 /// A SIP trunk: a provider we register to and take calls from.
@@ -402,6 +630,7 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     pub routes: Vec<RouteConfig>,
     pub trunks: Vec<TrunkConfig>,
+    pub webhooks: Option<WebhookConfig>,
 }
 
 /// Command-line values that win over the profile.
@@ -701,10 +930,22 @@ impl Config {
                 end_of_turn_ms: r.dsp.end_of_turn_ms.unwrap_or(defaults.end_of_turn_ms),
                 speech_start_ms: r.dsp.speech_start_ms.unwrap_or(defaults.speech_start_ms),
             };
+            for (j, a) in std::iter::once(&r.agent).chain(&r.fallback).enumerate() {
+                let k = if j == 0 {
+                    format!("{key}.agent")
+                } else {
+                    format!("{key}.fallback[{}]", j - 1)
+                };
+                a.validate().map_err(|m| bad(&k, m))?;
+            }
             routes.push(RouteConfig {
                 dial,
                 is_did,
                 agent: r.agent,
+                fallback: r.fallback,
+                response_timeout_ms: r.response_timeout_ms.unwrap_or(8000).clamp(500, 120_000),
+                barge_in: r.barge_in.unwrap_or(true),
+                interrupt_listening: r.interrupt_listening,
                 answer_delay_ms: r.answer_delay_ms,
                 dsp,
             });
@@ -794,6 +1035,34 @@ impl Config {
             });
         }
 
+        let webhooks = match raw.webhooks {
+            None => None,
+            Some(w) => {
+                if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                    return Err(bad(
+                        "webhooks.url",
+                        format!("expected an http(s) URL, got `{}`", w.url),
+                    ));
+                }
+                let secret = match (w.secret, w.secret_env) {
+                    (Some(_), Some(_)) => {
+                        return Err(bad(
+                            "webhooks.secret",
+                            "give either secret or secret_env, not both".into(),
+                        ))
+                    }
+                    (Some(s), None) => Some(PasswordSource::Inline(s)),
+                    (None, Some(v)) => Some(PasswordSource::Env(v)),
+                    (None, None) => None,
+                };
+                Some(WebhookConfig {
+                    url: w.url,
+                    secret,
+                    timeout_ms: w.timeout_ms.unwrap_or(2000).clamp(100, 60_000),
+                    retries: w.retries.unwrap_or(2).min(10),
+                })
+            }
+        };
         Ok(Config {
             origin: origin.to_string(),
             sip_listen,
@@ -827,6 +1096,7 @@ impl Config {
             users,
             routes,
             trunks,
+            webhooks,
         })
     }
 

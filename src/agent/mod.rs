@@ -1,8 +1,14 @@
-//! AI bridges behind one trait. Today: `echo` and `demo`; the provider
-//! bridges (OpenAI Realtime, AVR, AudioSocket, OpenAI-compatible) plug in here.
+//! AI bridges behind one trait: `echo`, `demo`, `say`, and the provider
+//! bridges (OpenAI Realtime, AVR STS/pipeline, AudioSocket,
+//! OpenAI-compatible), with `fallback` chains and circuit breakers.
 //!
 //! An [`Agent`] is sans-IO from the call task's point of view: it is handed
 //! caller audio and DTMF and answers with audio to play and requests.
+//! Provider bridges run their network client in a task of their own
+//! ([`remote::Remote`]); the media path only ever does channel operations.
+
+pub mod fallback;
+pub mod remote;
 
 use crate::config::AgentConfig;
 use crate::media::wav::{Wav, WavError};
@@ -16,6 +22,67 @@ pub struct AgentOutput {
     pub clear: bool,
     /// End the call.
     pub hangup: bool,
+    /// Things to report (transcripts, tool calls, transfer requests, errors).
+    pub events: Vec<AgentEvent>,
+}
+
+/// Per-turn latency: caller end of speech to the first agent audio handed
+/// to the call, with the stages a provider exposes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TurnLatency {
+    pub total_ms: u64,
+    pub asr_ms: Option<u64>,
+    pub llm_first_token_ms: Option<u64>,
+    pub tts_first_byte_ms: Option<u64>,
+}
+
+/// Something an agent reports besides audio.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// `role` is `user` (the caller) or `agent`.
+    Transcript {
+        role: String,
+        text: String,
+    },
+    /// The caller barged in: queued agent audio was dropped.
+    Interruption,
+    /// The agent asks to hand the caller to someone (`transfer_call` tool).
+    Transfer {
+        to: String,
+    },
+    /// A tool call the provider made (reported to webhooks).
+    ToolCall {
+        name: String,
+        arguments: String,
+    },
+    Latency(TurnLatency),
+    /// The provider cannot go on (no connection, dropped, error, silent);
+    /// a fallback chain replaces it.
+    Failed {
+        reason: String,
+    },
+    /// A provider-side error that does not end the session.
+    Error {
+        message: String,
+    },
+    /// Which provider is speaking now (after a failover).
+    Provider {
+        kind: String,
+    },
+}
+
+/// What a provider bridge knows about its call.
+#[derive(Debug, Clone, Default)]
+pub struct AgentContext {
+    /// The call's id, sent as the AVR/AudioSocket UUID.
+    pub uuid: String,
+    pub caller: String,
+    pub called: String,
+    /// The negotiated codec: a G.711 call can pass mu-law straight through.
+    pub codec: Option<crate::sdp::Codec>,
+    /// Per-call overrides from the `call_initiated` webhook (`sts_url`, ...).
+    pub overrides: std::collections::HashMap<String, String>,
 }
 
 pub trait Agent: Send {
@@ -30,6 +97,9 @@ pub trait Agent: Send {
     /// The caller put the call on hold (or resumed it). Nothing is sent while
     /// held; an agent may queue music or stay silent.
     fn on_hold(&mut self, _held: bool, _out: &mut AgentOutput) {}
+    /// The call dropped `dropped_ms` of this agent's queued audio (barge-in),
+    /// so a provider can tell how much the caller really heard.
+    fn on_cleared(&mut self, _dropped_ms: u64) {}
     /// The caller started or finished a turn (route VAD): barge-in and
     /// end-of-turn for agents that take turns.
     fn on_turn(&mut self, _event: crate::media::dsp::TurnEvent, _out: &mut AgentOutput) {}
@@ -48,13 +118,27 @@ pub trait Agent: Send {
 pub enum AgentError {
     #[error("greeting audio: {0}")]
     Greeting(#[from] WavError),
+    #[error("{0}")]
+    Config(String),
 }
 
-/// Builds the agent a route names.
+/// Builds the agent a route names (without its fallbacks).
 pub fn build(cfg: &AgentConfig) -> Result<Box<dyn Agent>, AgentError> {
+    build_for(cfg, &AgentContext::default())
+}
+
+/// Builds the agent a route names for one call.
+pub fn build_for(cfg: &AgentConfig, ctx: &AgentContext) -> Result<Box<dyn Agent>, AgentError> {
+    let _ = ctx;
     Ok(match cfg {
         AgentConfig::Echo => Box::new(Echo),
         AgentConfig::Demo => Box::new(Demo::new()?),
+        other => {
+            return Err(AgentError::Config(format!(
+                "agent kind `{}` is not available yet",
+                other.kind()
+            )))
+        }
     })
 }
 

@@ -1,5 +1,7 @@
 //! HTTP control API: `GET /health`, `GET /calls`, `GET /calls/{id}`.
 
+pub mod webhooks;
+
 use std::net::SocketAddr;
 
 use axum::extract::{Path, State};

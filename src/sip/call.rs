@@ -149,6 +149,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
             let dialog_id = dialog.id();
             let mut task = CallTask {
                 agent_override: None,
+                uuid: String::new(),
                 srtp_key: crate::media::srtp::random_master_key(),
                 srtp: None,
                 last_sdp: String::new(),
@@ -179,6 +180,8 @@ struct CallTask {
     /// An agent handed in by whoever placed the call (a bridge leg), used
     /// instead of the route's.
     agent_override: Option<Box<dyn agent::Agent>>,
+    /// The call's UUID for providers and webhooks (set once answered).
+    uuid: String,
     /// Our SRTP master key for this call (used when the SDP agrees on SRTP).
     srtp_key: [u8; crate::media::srtp::MASTER_KEY_LEN],
     srtp: Option<crate::media::srtp::SrtpSession>,
@@ -346,6 +349,106 @@ impl CallTask {
         self.media_loop(negotiated).await
     }
 
+    /// Records and reports what the agent said or did.
+    fn on_agent_event(&self, ev: agent::AgentEvent) {
+        use agent::AgentEvent as E;
+        let uuid = self.uuid.clone();
+        match &ev {
+            E::Transcript { role, text } => {
+                info!(%role, %text, "transcript");
+                let line = crate::calls::TranscriptLine {
+                    role: role.clone(),
+                    text: text.clone(),
+                    at_unix_ms: unix_ms(),
+                };
+                self.shared.calls.update(&self.id, |c| {
+                    if c.transcript.len() >= 100 {
+                        c.transcript.remove(0);
+                    }
+                    c.transcript.push(line);
+                });
+                self.webhook(
+                    &uuid,
+                    "transcription",
+                    serde_json::json!({"role": role, "text": text}),
+                );
+            }
+            E::Interruption => {
+                debug!("caller barged in");
+                self.shared.calls.update(&self.id, |c| c.interruptions += 1);
+                self.webhook(&uuid, "interruption", serde_json::json!({}));
+            }
+            E::Latency(l) => {
+                info!(total_ms = l.total_ms, asr_ms = ?l.asr_ms, llm_first_token_ms = ?l.llm_first_token_ms,
+                      tts_first_byte_ms = ?l.tts_first_byte_ms, "turn latency");
+                let l = l.clone();
+                self.shared.calls.update(&self.id, |c| {
+                    if c.turns.len() >= 50 {
+                        c.turns.remove(0);
+                    }
+                    c.turns.push(l);
+                });
+            }
+            E::Error { message } | E::Failed { reason: message } => {
+                warn!(error = %message, "agent error");
+                let m = message.clone();
+                self.shared
+                    .calls
+                    .update(&self.id, |c| c.last_agent_error = Some(m));
+                self.webhook(&uuid, "error", serde_json::json!({"message": message}));
+            }
+            E::Provider { kind } => {
+                info!(agent = %kind, "fallback agent took over");
+                let k = kind.clone();
+                self.shared.calls.update(&self.id, |c| c.agent = k);
+            }
+            E::ToolCall { name, arguments } => {
+                info!(%name, "agent tool call");
+                self.webhook(
+                    &uuid,
+                    "tool_invocation",
+                    serde_json::json!({"name": name, "arguments": arguments}),
+                );
+            }
+            E::Transfer { to } => info!(%to, "agent asked for a transfer"),
+        }
+    }
+
+    /// A transfer the agent asked for: a SIP URI, or a number through the
+    /// call's trunk (REFER first, bridge if refused).
+    fn transfer_request(&self, to: &str) -> Result<crate::calls::TransferRequest, String> {
+        let trunk = self
+            .setup
+            .trunk
+            .as_ref()
+            .and_then(|n| self.shared.trunks.account(n).map(|(t, _)| t.clone()));
+        let is_uri = to.starts_with("sip:") || to.starts_with("sips:");
+        let user_ok = !to.is_empty()
+            && to
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-_.*#".contains(c));
+        if is_uri {
+            rsipstack::sip::Uri::try_from(to).map_err(|e| e.to_string())?;
+            Ok(crate::calls::TransferRequest {
+                refer_to: to.to_string(),
+                bridge: None,
+                mode: crate::calls::TransferMode::Refer,
+            })
+        } else if user_ok {
+            let host = trunk
+                .as_ref()
+                .map(|t| format!("{}{}", t.host, t.transport.uri_param()))
+                .unwrap_or_else(|| self.shared.cfg.domain.clone());
+            Ok(crate::calls::TransferRequest {
+                refer_to: format!("sip:{to}@{host}"),
+                bridge: trunk.map(|t| (t.name.clone(), to.to_string())),
+                mode: crate::calls::TransferMode::Auto,
+            })
+        } else {
+            Err("expected a sip: URI or a number".into())
+        }
+    }
+
     fn set_transfer(&self, f: impl FnOnce(&mut crate::calls::TransferInfo)) {
         self.shared.calls.update(&self.id, |c| {
             if let Some(t) = c.transfer.as_mut() {
@@ -461,11 +564,71 @@ impl CallTask {
         }
     }
 
-    async fn media_loop(&mut self, neg: Negotiated) -> String {
-        let built = match self.agent_override.take() {
-            Some(a) => Ok(a),
-            None => agent::build(&self.setup.route.agent),
+    fn webhook(&self, uuid: &str, kind: &str, payload: serde_json::Value) {
+        if let Some(w) = &self.shared.webhooks {
+            w.send(uuid, kind, payload);
+        }
+    }
+
+    /// The route's agent for this call: echo/demo directly, providers in a
+    /// failover chain (with the route's fallbacks and circuit breakers).
+    async fn build_agent(
+        &mut self,
+        neg: &Negotiated,
+        uuid: &str,
+    ) -> Result<Box<dyn agent::Agent>, agent::AgentError> {
+        if let Some(a) = self.agent_override.take() {
+            return Ok(a);
+        }
+        let info = self.shared.calls.get(&self.id);
+        let mut ctx = agent::AgentContext {
+            uuid: uuid.to_string(),
+            caller: info.as_ref().map(|c| c.from.clone()).unwrap_or_default(),
+            called: self.setup.route.dial.clone(),
+            codec: Some(neg.codec),
+            overrides: Default::default(),
         };
+        let mut chain = vec![self.setup.route.agent.clone()];
+        chain.extend(self.setup.route.fallback.iter().cloned());
+        if let Some(w) = &self.shared.webhooks {
+            let payload = serde_json::json!({
+                "from": ctx.caller, "to": ctx.called, "agent": chain[0].kind(),
+            });
+            if let Some(answer) = w.call_initiated(uuid, payload).await {
+                if let Some(obj) = answer.as_object() {
+                    for (k, v) in obj {
+                        if let Some(v) = v.as_str() {
+                            ctx.overrides.insert(k.clone(), v.to_string());
+                        }
+                    }
+                }
+                // `sts_url` points this call's first agent at another STS.
+                if let Some(u) = ctx.overrides.get("sts_url") {
+                    chain[0] = crate::config::AgentConfig::AvrSts { url: u.clone() };
+                }
+            }
+        }
+        if chain.len() == 1
+            && matches!(
+                chain[0],
+                crate::config::AgentConfig::Echo | crate::config::AgentConfig::Demo
+            )
+        {
+            return agent::build_for(&chain[0], &ctx);
+        }
+        let timeout = Duration::from_millis(self.setup.route.response_timeout_ms);
+        Ok(Box::new(agent::fallback::Fallback::new(
+            chain, ctx, timeout,
+        )?))
+    }
+
+    async fn media_loop(&mut self, neg: Negotiated) -> String {
+        let uuid = uuid::Uuid::new_v4().to_string();
+        self.uuid = uuid.clone();
+        self.shared
+            .calls
+            .update(&self.id, |c| c.uuid = Some(uuid.clone()));
+        let built = self.build_agent(&neg, &uuid).await;
         let mut agent = match built {
             Ok(a) => a,
             Err(e) => {
@@ -504,9 +667,16 @@ impl CallTask {
         });
         info!(codec = neg.codec.encoding_name(), pt = neg.pt, remote = ?neg.remote_rtp,
               agent = agent.kind(), "call answered");
+        self.webhook(
+            &uuid,
+            "call_started",
+            serde_json::json!({
+                "codec": neg.codec.encoding_name(), "agent": agent.kind(),
+            }),
+        );
         let mut out = AgentOutput::default();
         agent.start(&mut out);
-        apply_output(&mut session, agent.as_ref(), &mut out);
+        apply_output(&mut session, agent.as_mut(), &mut out);
 
         let mut buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 1500];
@@ -560,7 +730,7 @@ impl CallTask {
                     let now = Instant::now();
                     session.handle_timeout(now);
                     agent.poll(&mut out);
-                    apply_output(&mut session, agent.as_ref(), &mut out);
+                    apply_output(&mut session, agent.as_mut(), &mut out);
                     if let Some(t) = timer {
                         if t.expiry(last_refresh).is_some_and(|e| now >= e) {
                             warn!(interval_s = t.interval_s, "session not refreshed: hanging up");
@@ -708,8 +878,14 @@ impl CallTask {
             while let Some(ev) = session.poll_event() {
                 match ev {
                     MediaEvent::Audio(pcm) => {
-                        agent.on_audio(&pcm, &mut out);
-                        apply_output(&mut session, agent.as_ref(), &mut out);
+                        // INTERRUPT_LISTENING: the agent does not hear the
+                        // caller while it talks (the stream keeps its pace).
+                        if self.setup.route.interrupt_listening && session.queued_ms() > 0 {
+                            agent.on_audio(&vec![0; pcm.len()], &mut out);
+                        } else {
+                            agent.on_audio(&pcm, &mut out);
+                        }
+                        apply_output(&mut session, agent.as_mut(), &mut out);
                     }
                     MediaEvent::Dtmf(d) => self.on_dtmf(d, agent.as_mut(), &mut session),
                     MediaEvent::Turn(ev) => {
@@ -721,8 +897,17 @@ impl CallTask {
                                 c.caller_turns += 1;
                             }
                         });
+                        // Barge-in from our VAD: drop what the agent queued.
+                        if speaking
+                            && self.setup.route.barge_in
+                            && !self.setup.route.interrupt_listening
+                            && session.queued_ms() > 0
+                        {
+                            out.clear = true;
+                            out.events.push(agent::AgentEvent::Interruption);
+                        }
                         agent.on_turn(ev, &mut out);
-                        apply_output(&mut session, agent.as_ref(), &mut out);
+                        apply_output(&mut session, agent.as_mut(), &mut out);
                     }
                     MediaEvent::Latched(addr) => {
                         info!(%addr, "RTP latched");
@@ -731,6 +916,19 @@ impl CallTask {
                             .update(&self.id, |c| c.remote_rtp = Some(addr.to_string()));
                     }
                 }
+            }
+            for ev in std::mem::take(&mut out.events) {
+                if let agent::AgentEvent::Transfer { to } = &ev {
+                    match self.transfer_request(to) {
+                        Ok(req) => {
+                            let rate = session.params().agent_rate;
+                            self.begin_transfer(&req, &refer_tx, rate, &mut pending_bridge);
+                            transfer = Some(req);
+                        }
+                        Err(e) => warn!(%to, error = %e, "agent asked for a transfer we cannot do"),
+                    }
+                }
+                self.on_agent_event(ev);
             }
             if out.hangup {
                 self.dialog.bye().await.ok();
@@ -794,6 +992,7 @@ impl CallTask {
             mos = format!("{:.2}", q.mos),
             "media summary"
         );
+        self.webhook(&self.uuid, "call_ended", serde_json::json!({"reason": end}));
         end
     }
 
@@ -820,6 +1019,11 @@ impl CallTask {
 
     fn on_dtmf(&self, digit: char, agent: &mut dyn agent::Agent, session: &mut Session) {
         info!(%digit, "DTMF");
+        self.webhook(
+            &self.uuid,
+            "dtmf_digit",
+            serde_json::json!({"digit": digit.to_string()}),
+        );
         self.shared.calls.update(&self.id, |c| c.dtmf.push(digit));
         let mut out = AgentOutput::default();
         agent.on_dtmf(digit, &mut out);
@@ -923,9 +1127,11 @@ fn media_params(
     }
 }
 
-fn apply_output(session: &mut Session, agent: &dyn agent::Agent, out: &mut AgentOutput) {
+fn apply_output(session: &mut Session, agent: &mut dyn agent::Agent, out: &mut AgentOutput) {
     if out.clear {
+        let dropped = session.queued_ms();
         session.clear_playout();
+        agent.on_cleared(dropped);
     }
     if !out.audio.is_empty() {
         session.handle_agent_audio(&out.audio);
@@ -1191,13 +1397,7 @@ pub fn originate_leg(
     }
     let ring_timeout = Duration::from_secs(req.ring_timeout_s.unwrap_or(60).clamp(1, 600));
     let span = tracing::info_span!("call", call_id = %dialog.id().call_id, to = %req.to, trunk = %trunk.name);
-    let route = RouteConfig {
-        dial: req.to.clone(),
-        is_did: false,
-        agent: req.agent.clone(),
-        answer_delay_ms: 0,
-        dsp: crate::media::dsp::DspConfig::off(),
-    };
+    let route = RouteConfig::simple(req.to.clone(), req.agent.clone());
     let call_key = id.clone();
     tokio::spawn(
         async move {
@@ -1268,6 +1468,7 @@ pub fn originate_leg(
                             }
                             let mut task = CallTask {
                                 agent_override,
+                                uuid: String::new(),
                                 srtp_key,
                                 srtp: None,
                                 last_sdp: offer,

@@ -53,6 +53,7 @@ pub struct Shared {
     pub draining: CancellationToken,
     pub nat: Arc<NatLocator>,
     pub trunks: Arc<super::trunk::Trunks>,
+    pub webhooks: Option<crate::control::webhooks::Webhooks>,
 }
 
 impl Shared {
@@ -307,7 +308,12 @@ pub async fn start(
         }
     });
 
+    let webhooks = match &cfg.webhooks {
+        Some(w) => Some(crate::control::webhooks::Webhooks::new(w).map_err(SipError::Stack)?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
+        webhooks,
         auth: Authenticator::new(
             &cfg.domain,
             creds,

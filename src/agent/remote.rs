@@ -1,0 +1,218 @@
+//! The bridge between the call's media loop (sync, one call per task) and a
+//! provider client running in a task of its own. The media loop only does
+//! non-blocking channel operations: caller audio is `try_send` (a stalled
+//! provider drops frames, counted, instead of stalling the call), and agent
+//! audio and events are drained on every 20 ms tick by [`Agent::poll`].
+
+use std::future::Future;
+
+use tokio::sync::mpsc;
+
+use super::{Agent, AgentEvent, AgentOutput};
+use crate::media::dsp::TurnEvent;
+
+/// What the call hands to a provider task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// One frame of caller audio at the agent's rate.
+    Audio(Vec<i16>),
+    Dtmf(char),
+    /// Our VAD's view of the caller's turn.
+    Turn(TurnEvent),
+    Hold(bool),
+    /// The call dropped this much queued agent audio (barge-in).
+    Cleared {
+        dropped_ms: u64,
+    },
+}
+
+/// What a provider task hands back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Agent audio at the agent's rate, any length (re-chunked and paced by
+    /// the media session).
+    Audio(Vec<i16>),
+    /// Drop queued audio now (the provider saw the caller barge in).
+    Clear,
+    Hangup,
+    Event(AgentEvent),
+}
+
+/// Frames of caller audio buffered towards a provider (1 s at 20 ms).
+const INPUT_FRAMES: usize = 50;
+
+/// An [`Agent`] whose work happens in a spawned task.
+pub struct Remote {
+    kind: &'static str,
+    rate: u32,
+    tx: mpsc::Sender<Input>,
+    rx: mpsc::UnboundedReceiver<Output>,
+    ended: bool,
+    /// Caller frames dropped because the provider did not keep up.
+    pub dropped_frames: u64,
+}
+
+/// The task's ends of the channels.
+pub struct Io {
+    pub inputs: mpsc::Receiver<Input>,
+    pub outputs: mpsc::UnboundedSender<Output>,
+}
+
+impl Io {
+    /// Hands something to the call; false once the call has gone.
+    pub fn send(&self, o: Output) -> bool {
+        self.outputs.send(o).is_ok()
+    }
+}
+
+impl Remote {
+    /// Spawns `run` with its channels. When `run` returns an error the agent
+    /// reports [`AgentEvent::Failed`] (a fallback chain then takes over);
+    /// when it returns `Ok` the provider ended the conversation (hangup).
+    pub fn spawn<F, Fut>(kind: &'static str, rate: u32, run: F) -> Remote
+    where
+        F: FnOnce(Io) -> Fut,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let (in_tx, in_rx) = mpsc::channel(INPUT_FRAMES);
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let io = Io {
+            inputs: in_rx,
+            outputs: out_tx.clone(),
+        };
+        let fut = run(io);
+        tokio::spawn(async move {
+            let end = match fut.await {
+                Ok(()) => Output::Hangup,
+                Err(reason) => {
+                    tracing::warn!(provider = kind, %reason, "agent provider failed");
+                    Output::Event(AgentEvent::Failed { reason })
+                }
+            };
+            let _ = out_tx.send(end);
+        });
+        Remote {
+            kind,
+            rate,
+            tx: in_tx,
+            rx: out_rx,
+            ended: false,
+            dropped_frames: 0,
+        }
+    }
+
+    fn push(&mut self, i: Input) {
+        match self.tx.try_send(i) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.dropped_frames += 1,
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+impl Agent for Remote {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    fn on_audio(&mut self, pcm: &[i16], out: &mut AgentOutput) {
+        self.push(Input::Audio(pcm.to_vec()));
+        self.poll(out);
+    }
+    fn on_dtmf(&mut self, digit: char, _out: &mut AgentOutput) {
+        self.push(Input::Dtmf(digit));
+    }
+    fn on_turn(&mut self, event: TurnEvent, _out: &mut AgentOutput) {
+        self.push(Input::Turn(event));
+    }
+    fn on_hold(&mut self, held: bool, _out: &mut AgentOutput) {
+        self.push(Input::Hold(held));
+    }
+    fn on_cleared(&mut self, dropped_ms: u64) {
+        self.push(Input::Cleared { dropped_ms });
+    }
+    fn poll(&mut self, out: &mut AgentOutput) {
+        if self.ended {
+            return;
+        }
+        loop {
+            match self.rx.try_recv() {
+                Ok(Output::Audio(a)) => out.audio.extend_from_slice(&a),
+                Ok(Output::Clear) => {
+                    out.audio.clear();
+                    out.clear = true;
+                }
+                Ok(Output::Hangup) => {
+                    out.hangup = true;
+                    self.ended = true;
+                    break;
+                }
+                Ok(Output::Event(e)) => {
+                    if matches!(e, AgentEvent::Failed { .. }) {
+                        self.ended = true;
+                        out.events.push(e);
+                        break;
+                    }
+                    out.events.push(e);
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.ended = true;
+                    out.events.push(AgentEvent::Failed {
+                        reason: "provider task ended".into(),
+                    });
+                    break;
+                }
+            }
+        }
+    }
+    fn sample_rate(&self) -> Option<u32> {
+        Some(self.rate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn audio_goes_out_and_comes_back_through_the_task() {
+        let mut r = Remote::spawn("test", 8000, |mut io: Io| async move {
+            while let Some(i) = io.inputs.recv().await {
+                match i {
+                    Input::Audio(a) => {
+                        io.send(Output::Audio(a.iter().map(|s| s + 1).collect()));
+                    }
+                    Input::Dtmf('#') => return Ok(()),
+                    Input::Dtmf(_) => return Err("boom".into()),
+                    _ => {}
+                }
+            }
+            Ok(())
+        });
+        let mut out = AgentOutput::default();
+        r.on_audio(&[1, 2], &mut out);
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            r.poll(&mut out);
+            if !out.audio.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(out.audio, vec![2, 3]);
+        r.on_dtmf('1', &mut out);
+        let mut out = AgentOutput::default();
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            r.poll(&mut out);
+            if !out.events.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(
+            out.events,
+            vec![AgentEvent::Failed {
+                reason: "boom".into()
+            }]
+        );
+    }
+}

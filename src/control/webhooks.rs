@@ -1,0 +1,158 @@
+//! Call events to the customer's backend in AVR's webhook format:
+//! `POST url` with `{"uuid","type","timestamp","payload"}` and the
+//! `X-AVR-WEBHOOK-SECRET` header. Delivery runs in its own task with a
+//! timeout and retries with back-off, so the media path never waits;
+//! only `call_initiated` is awaited (bounded by the timeout), because its
+//! answer may override the call's agent settings.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::config::{PasswordSource, WebhookConfig};
+
+#[derive(Clone)]
+pub struct Webhooks {
+    url: String,
+    secret: Option<String>,
+    timeout: Duration,
+    retries: u32,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn timestamp() -> String {
+    // RFC 3339 / ISO-8601 UTC with milliseconds, without a date crate.
+    let ms = crate::calls::unix_ms();
+    let secs = (ms / 1000) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+impl Webhooks {
+    pub fn new(cfg: &WebhookConfig) -> Result<Webhooks, String> {
+        let secret = match &cfg.secret {
+            None => None,
+            Some(PasswordSource::Inline(s)) => Some(s.clone()),
+            Some(PasswordSource::Env(v)) => Some(
+                std::env::var(v).map_err(|_| format!("webhooks.secret_env: `{v}` is not set"))?,
+            ),
+            Some(PasswordSource::Generated) => None,
+        };
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(cfg.timeout_ms))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Webhooks {
+            url: cfg.url.clone(),
+            secret,
+            timeout: Duration::from_millis(cfg.timeout_ms),
+            retries: cfg.retries,
+            client,
+        })
+    }
+
+    fn body(uuid: &str, kind: &str, payload: Value) -> Value {
+        json!({"uuid": uuid, "type": kind, "timestamp": timestamp(), "payload": payload})
+    }
+
+    async fn post_once(&self, body: &Value) -> Result<Value, String> {
+        let mut req = self.client.post(&self.url).json(body);
+        if let Some(s) = &self.secret {
+            req = req.header("X-AVR-WEBHOOK-SECRET", s);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("webhook answered {status}"));
+        }
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, body: Value) -> Result<Value, String> {
+        let mut wait = Duration::from_millis(200);
+        let mut last = String::new();
+        for attempt in 0..=self.retries {
+            match self.post_once(&body).await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    tracing::debug!(attempt, error = %e, "webhook delivery failed");
+                    last = e;
+                }
+            }
+            if attempt < self.retries {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+        Err(last)
+    }
+
+    /// Fire and forget (with retries in the background).
+    pub fn send(&self, uuid: &str, kind: &str, payload: Value) {
+        let this = self.clone();
+        let body = Self::body(uuid, kind, payload);
+        let kind = kind.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = this.post(body).await {
+                tracing::warn!(event = %kind, error = %e, "webhook not delivered");
+            }
+        });
+    }
+
+    /// `call_initiated`: waits (at most the timeout, no retries) for the
+    /// answer, whose JSON object may carry per-call overrides.
+    pub async fn call_initiated(&self, uuid: &str, payload: Value) -> Option<Value> {
+        let body = Self::body(uuid, "call_initiated", payload);
+        match tokio::time::timeout(self.timeout, self.post_once(&body)).await {
+            Ok(Ok(v)) if v.is_object() => Some(v),
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "call_initiated webhook failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("call_initiated webhook timed out");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamp_is_iso8601_utc() {
+        let t = super::timestamp();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(
+            t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T',
+            "{t}"
+        );
+    }
+}
