@@ -4,6 +4,7 @@
 
 pub mod audio;
 pub mod baresip;
+pub mod fakes;
 pub mod sipp;
 
 use std::io::{Read, Write};
