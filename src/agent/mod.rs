@@ -9,6 +9,7 @@
 
 pub mod fallback;
 pub mod remote;
+pub mod say;
 
 use crate::config::AgentConfig;
 use crate::media::wav::{Wav, WavError};
@@ -22,6 +23,8 @@ pub struct AgentOutput {
     pub clear: bool,
     /// End the call.
     pub hangup: bool,
+    /// End the call once the queued audio has been played.
+    pub hangup_after_playout: bool,
     /// Things to report (transcripts, tool calls, transfer requests, errors).
     pub events: Vec<AgentEvent>,
 }
@@ -133,6 +136,9 @@ pub fn build_for(cfg: &AgentConfig, ctx: &AgentContext) -> Result<Box<dyn Agent>
     Ok(match cfg {
         AgentConfig::Echo => Box::new(Echo),
         AgentConfig::Demo => Box::new(Demo::new()?),
+        AgentConfig::Say { text, wav, then } => {
+            Box::new(say::spawn(text.clone(), wav.clone(), then.clone())?)
+        }
         other => {
             return Err(AgentError::Config(format!(
                 "agent kind `{}` is not available yet",

@@ -35,6 +35,8 @@ pub enum Output {
     /// Drop queued audio now (the provider saw the caller barge in).
     Clear,
     Hangup,
+    /// Hang up once the queued audio has been played.
+    HangupAfterPlayout,
     Event(AgentEvent),
 }
 
@@ -141,6 +143,7 @@ impl Agent for Remote {
                     out.audio.clear();
                     out.clear = true;
                 }
+                Ok(Output::HangupAfterPlayout) => out.hangup_after_playout = true,
                 Ok(Output::Hangup) => {
                     out.hangup = true;
                     self.ended = true;

@@ -934,6 +934,10 @@ impl CallTask {
                 self.dialog.bye().await.ok();
                 break "agent hung up".to_string();
             }
+            if out.hangup_after_playout && session.queued_ms() == 0 {
+                self.dialog.bye().await.ok();
+                break "agent finished".to_string();
+            }
             while let Some(t) = session.poll_transmit() {
                 self.send(t).await;
             }

@@ -1,0 +1,121 @@
+//! `say`: speaks a text (espeak-ng, run off the media path) or plays a WAV,
+//! then hangs up once it has been heard (`then = "hangup"`, the default) or
+//! stays on the line silently (`then = "listen"`). Used on its own or as the
+//! last resort of a fallback chain.
+
+use std::path::PathBuf;
+
+use super::remote::{Io, Output, Remote};
+use super::AgentError;
+
+/// The rate `say` speaks at.
+pub const RATE: u32 = 16000;
+
+/// Linear resampling with a moving-average pre-filter when going down:
+/// good enough for prompts, and works for any pair of rates (22050 Hz).
+pub fn resample_linear(input: &[i16], from: u32, to: u32) -> Vec<i16> {
+    if from == to || input.is_empty() {
+        return input.to_vec();
+    }
+    let filtered: Vec<i16> = if to < from {
+        let w = (from as usize).div_ceil(to as usize).max(1);
+        input
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let lo = i.saturating_sub(w / 2);
+                let hi = (i + w.div_ceil(2)).min(input.len());
+                let sum: i32 = input[lo..hi].iter().map(|&s| s as i32).sum();
+                (sum / (hi - lo) as i32) as i16
+            })
+            .collect()
+    } else {
+        input.to_vec()
+    };
+    let out_len = (input.len() as u64 * to as u64 / from as u64) as usize;
+    (0..out_len)
+        .map(|i| {
+            let pos = i as f64 * from as f64 / to as f64;
+            let j = pos as usize;
+            let frac = pos - j as f64;
+            let a = filtered[j.min(filtered.len() - 1)] as f64;
+            let b = filtered[(j + 1).min(filtered.len() - 1)] as f64;
+            (a + (b - a) * frac).round() as i16
+        })
+        .collect()
+}
+
+/// Synthesises `text` with espeak-ng (blocking; call off the media path).
+pub fn espeak(text: &str) -> Result<Vec<i16>, String> {
+    let out = std::process::Command::new("espeak-ng")
+        .arg("--stdout")
+        .arg("--")
+        .arg(text)
+        .output()
+        .map_err(|e| format!("espeak-ng: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "espeak-ng failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    // espeak-ng streams a WAV whose size fields are placeholders.
+    let mut wav = out.stdout;
+    if wav.len() > 44 {
+        let data_len = (wav.len() - 44) as u32;
+        wav[4..8].copy_from_slice(&(data_len + 36).to_le_bytes());
+        wav[40..44].copy_from_slice(&data_len.to_le_bytes());
+    }
+    let w = crate::media::wav::Wav::parse(&wav).map_err(|e| e.to_string())?;
+    Ok(resample_linear(&w.mono(), w.sample_rate, RATE))
+}
+
+fn load_wav(path: &PathBuf) -> Result<Vec<i16>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let w =
+        crate::media::wav::Wav::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(resample_linear(&w.mono(), w.sample_rate, RATE))
+}
+
+pub fn spawn(
+    text: Option<String>,
+    wav: Option<PathBuf>,
+    then: Option<String>,
+) -> Result<Remote, AgentError> {
+    let hangup = then.as_deref() != Some("listen");
+    Ok(Remote::spawn("say", RATE, move |mut io: Io| async move {
+        let audio = tokio::task::spawn_blocking(move || match (text, wav) {
+            (Some(t), _) => espeak(&t),
+            (None, Some(p)) => load_wav(&p),
+            (None, None) => Err("say: nothing to say".into()),
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        io.send(Output::Audio(audio));
+        if hangup {
+            io.send(Output::HangupAfterPlayout);
+        }
+        // Stay until the call ends (returning would hang up at once).
+        while io.inputs.recv().await.is_some() {}
+        Ok(())
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_resampling_keeps_length_and_level() {
+        let tone: Vec<i16> = (0..22050)
+            .map(|i| ((i as f64 * 440.0 * std::f64::consts::TAU / 22050.0).sin() * 8000.0) as i16)
+            .collect();
+        let out = resample_linear(&tone, 22050, 16000);
+        assert_eq!(out.len(), 16000);
+        let rms = |v: &[i16]| {
+            (v.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+        };
+        let (a, b) = (rms(&tone), rms(&out));
+        assert!((b / a - 1.0).abs() < 0.05, "{a} vs {b}");
+    }
+}
