@@ -307,6 +307,7 @@ impl EchoCall {
         };
         let from: SocketAddr = "192.0.2.10:40000".parse().unwrap();
         let params = MediaParams {
+            send_silence: false,
             codec,
             pt,
             te_pt: Some(101),

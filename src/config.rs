@@ -258,6 +258,7 @@ struct RawRtp {
     timeout_s: Option<u64>,
     jitter_min_ms: Option<u32>,
     jitter_max_ms: Option<u32>,
+    send_silence: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -618,6 +619,8 @@ pub struct Config {
     /// Adaptive jitter buffer bounds (target delay follows measured jitter).
     pub jitter_min_ms: u32,
     pub jitter_max_ms: u32,
+    /// Keep RTP flowing (silence) while the agent is quiet.
+    pub rtp_send_silence: bool,
     pub api_listen: SocketAddr,
     pub log_format: LogFormat,
     pub state_dir: PathBuf,
@@ -1087,6 +1090,7 @@ impl Config {
             rtp_timeout_s: raw.rtp.timeout_s.unwrap_or(60),
             jitter_min_ms,
             jitter_max_ms,
+            rtp_send_silence: raw.rtp.send_silence.unwrap_or(true),
             api_listen,
             log_format,
             state_dir,

@@ -8,6 +8,7 @@
 //! ([`remote::Remote`]); the media path only ever does channel operations.
 
 pub mod fallback;
+pub mod openai_realtime;
 pub mod remote;
 pub mod say;
 
@@ -132,10 +133,10 @@ pub fn build(cfg: &AgentConfig) -> Result<Box<dyn Agent>, AgentError> {
 
 /// Builds the agent a route names for one call.
 pub fn build_for(cfg: &AgentConfig, ctx: &AgentContext) -> Result<Box<dyn Agent>, AgentError> {
-    let _ = ctx;
     Ok(match cfg {
         AgentConfig::Echo => Box::new(Echo),
         AgentConfig::Demo => Box::new(Demo::new()?),
+        AgentConfig::OpenaiRealtime { .. } => Box::new(openai_realtime::spawn(cfg, ctx)?),
         AgentConfig::Say { text, wav, then } => {
             Box::new(say::spawn(text.clone(), wav.clone(), then.clone())?)
         }

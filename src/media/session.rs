@@ -43,6 +43,10 @@ pub struct MediaParams {
     pub agent_rate: u32,
     /// The peer's a=fmtp for the codec (Opus FEC/DTX/bit rate wishes).
     pub codec_fmtp: Option<String>,
+    /// Send silence when the agent has nothing to say, so RTP never stops
+    /// (carriers' media timeouts, NAT bindings); off = suppress the gap and
+    /// mark the next talk spurt.
+    pub send_silence: bool,
 }
 
 /// Which of the call's two sockets a datagram leaves from.
@@ -667,9 +671,11 @@ impl Session {
             if self.sent_any {
                 self.stats.tx_underruns += 1;
             }
-            // A gap: the next packet starts a talk spurt (RFC 3551 section 4.1).
-            self.marker_next = true;
-            return;
+            if !self.params.send_silence {
+                // A gap: the next packet starts a talk spurt (RFC 3551 section 4.1).
+                self.marker_next = true;
+                return;
+            }
         }
         let take = n.min(self.playout.len());
         let mut frame: Vec<i16> = self.playout.drain(..take).collect();
@@ -768,6 +774,7 @@ mod tests {
 
     fn params() -> MediaParams {
         MediaParams {
+            send_silence: false,
             codec: Codec::Pcmu,
             pt: 0,
             te_pt: Some(101),

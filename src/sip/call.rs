@@ -1116,6 +1116,7 @@ fn media_params(
     agent_rate: Option<u32>,
 ) -> MediaParams {
     MediaParams {
+        send_silence: cfg.rtp_send_silence,
         codec: neg.codec,
         pt: neg.pt,
         te_pt: neg.telephone_event_pt,

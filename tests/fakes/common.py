@@ -684,7 +684,9 @@ def run_main(main: Callable[[], Any], rec_getter: Callable[[], Recorder | None] 
         if getattr(args, "exit_on_stdin_eof", False):
             def watch_stdin() -> None:
                 try:
-                    while sys.stdin.buffer.read(4096):
+                    # os.read, not sys.stdin: a daemon thread blocked in a
+                    # buffered read aborts the interpreter at shutdown.
+                    while os.read(0, 4096):
                         pass
                 except (OSError, ValueError):
                     pass
