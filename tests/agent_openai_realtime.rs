@@ -267,3 +267,143 @@ fn provider_dying_mid_call_hands_over_to_the_fallback_within_a_second() {
         "failover: provider dropped at {drop_after_ms:.0} ms, fallback audible at {speech_at_ms:.0} ms"
     );
 }
+
+/// A profile HTTP tool: the model's arguments are POSTed to it and its
+/// answer goes back as `function_call_output`, then a new response.
+#[test]
+fn http_tool_call_round_trips_through_the_profile_tool() {
+    if require_peer("baresip").is_none() {
+        return;
+    }
+    let Some(backend) = Fake::start("fake_webhook.py", &["--call-initiated-response", "{}"]) else {
+        return;
+    };
+    let Some(fake) = Fake::start(
+        "fake_openai_realtime.py",
+        &[
+            "--api-key",
+            "sk-test",
+            "--tool-call",
+            "lookup_order",
+            "--tool-args",
+            "{\"order\": \"A-17\"}",
+            "--silence-ms",
+            "700",
+        ],
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "sk-test").unwrap();
+    let server = Server::start(
+        &profile(fake.port, &key, "").replace(
+            "voice = \"alloy\" }",
+            &format!(
+                "voice = \"alloy\", tools = [ {{ name = \"lookup_order\", description = \"Order status\", \
+                 url = \"http://127.0.0.1:{}/orders\" }} ] }}",
+                backend.port
+            ),
+        ),
+    );
+    let speech = audio::read_wav(&data_path("speech_8k.wav"))
+        .unwrap()
+        .to_8k();
+    let mut input = speech.samples.clone();
+    input.extend(silence(4000));
+    let c = call(&server, &Audio::new(8000, input), dir.path(), 20);
+    let ctx = format!(
+        "{}\n{}\n{}",
+        c.ctx,
+        fake.events_text(),
+        backend.events_text()
+    );
+    let posted: Vec<serde_json::Value> = backend
+        .events()
+        .into_iter()
+        .filter(|e| e["dir"] == "in" && e["path"] == "/orders")
+        .collect();
+    assert_eq!(posted.len(), 1, "the tool was called once\n{ctx}");
+    assert_eq!(posted[0]["body"]["order"], "A-17", "{ctx}");
+    let output = fake
+        .wait_marker("function_call_output", Duration::from_secs(2))
+        .unwrap_or_else(|| panic!("no function_call_output\n{ctx}"));
+    assert_eq!(output["call_id"], "call_1", "{output}");
+    assert!(
+        fake.wait_marker("response_create", Duration::from_secs(1))
+            .is_some(),
+        "a new response was asked for\n{ctx}"
+    );
+    // The answer after the tool reached the caller.
+    assert!(tone_ms(&c.heard, 440.0) > 1000.0, "{ctx}");
+}
+
+/// A wideband (G.722) caller: the session uses PCM16 at 24 kHz, here over
+/// the beta protocol (`OpenAI-Beta: realtime=v1`, beta event names).
+#[test]
+fn wideband_call_uses_pcm16_24k_over_the_beta_protocol() {
+    if require_peer("baresip").is_none() {
+        return;
+    }
+    let Some(fake) = Fake::start(
+        "fake_openai_realtime.py",
+        &[
+            "--api-key",
+            "sk-test",
+            "--beta-names",
+            "--silence-ms",
+            "700",
+        ],
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "sk-test").unwrap();
+    let server = Server::start(
+        &profile(fake.port, &key, "")
+            .replace("voice = \"alloy\" }", "voice = \"alloy\", beta = true }"),
+    );
+    let speech = audio::read_wav(&data_path("speech_8k.wav")).unwrap();
+    let wav = dir.path().join("caller.wav");
+    let mut samples = speech.to_8k().samples;
+    samples.extend(silence(3500));
+    audio::write_wav(&wav, &Audio::new(8000, samples)).unwrap();
+    let account = Account::new("1000", None, server.sip_port)
+        .regint(0)
+        .audio_codecs(Some("G722/16000/1"));
+    let mut opts = Options::new(account).dial("ai").play(&wav);
+    opts.input_format = (16000, 1);
+    opts.max_secs = 20;
+    let out = Baresip::run(opts);
+    let ctx = format!(
+        "{}\n{}\n{}",
+        out.summary(),
+        server.log_text(),
+        fake.events_text()
+    );
+    let fmt = fake
+        .wait_marker("session_format", Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(
+        (
+            fmt["shape"].as_str(),
+            fmt["input"].as_str(),
+            fmt["beta_header"].as_bool()
+        ),
+        (Some("beta"), Some("pcm16"), Some(true)),
+        "{fmt}"
+    );
+    let (got, info) = audio::read_wav_info(&fake.input_wav()).unwrap();
+    assert_eq!(info.rate, 24000, "{ctx}");
+    let (_, corr) = audio::find_segment(&got, &speech).unwrap_or_else(|| panic!("{ctx}"));
+    assert!(
+        corr > 0.85,
+        "G.722 -> 24 kHz speech at the provider: corr {corr:.2}\n{ctx}"
+    );
+    assert!(
+        tone_ms(&out.heard().unwrap(), 440.0) > 1000.0,
+        "the answer was heard\n{ctx}"
+    );
+    eprintln!("wideband: speech at the provider corr {corr:.2}");
+}
