@@ -50,6 +50,8 @@ pub struct CallInfo {
     pub interruptions: u64,
     /// The last provider error (a fallback may have taken over).
     pub last_agent_error: Option<String>,
+    /// Channel variables (AMI `/setvar`), for tools that read them back.
+    pub variables: std::collections::BTreeMap<String, String>,
     /// The last transfer asked for, and how it went.
     pub transfer: Option<TransferInfo>,
     /// Why the call ended (e.g. "caller hung up", "call failed: 486 Busy Here").
@@ -96,6 +98,7 @@ impl CallInfo {
             turns: Vec::new(),
             interruptions: 0,
             last_agent_error: None,
+            variables: Default::default(),
             transfer: None,
             end_reason: None,
             ended_at_unix_ms: None,
@@ -262,6 +265,14 @@ impl CallRegistry {
         let mut v: Vec<CallInfo> = self.lock().values().map(|e| e.info.clone()).collect();
         v.sort_by_key(|c| c.started_at_unix_ms);
         v
+    }
+
+    /// The id of the active call known to providers by `uuid`.
+    pub fn find_uuid(&self, uuid: &str) -> Option<String> {
+        self.lock()
+            .values()
+            .find(|e| e.info.uuid.as_deref() == Some(uuid))
+            .map(|e| e.info.id.clone())
     }
 
     /// An active call, else a recently ended one.

@@ -130,3 +130,77 @@ fn refused_refer_leaves_the_call_with_its_agent() {
     let out = run.wait(Duration::from_secs(15));
     assert!(out.success, "{}", out.report());
 }
+
+fn uuid_of(server: &Server, id: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(u) = call_view(server, id)["uuid"].as_str() {
+            return u.to_string();
+        }
+        assert!(Instant::now() < deadline, "no uuid on the call");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The avr-ami routes AVR tools call (`AMI_URL`): /variables, /setvar,
+/// /transfer (a REFER with the asked-for target) and /hangup, by uuid.
+#[test]
+fn ami_routes_transfer_and_hang_up_by_uuid() {
+    if require_peer("sipp").is_none() {
+        return;
+    }
+    let server = Server::start(PROFILE);
+    let run = spawn_scenario("refer_accept.xml", server.sip_port, "echo", &[]);
+    let id = active_call(&server);
+    let uuid = uuid_of(&server, &id);
+    let post = |path: &str, body: &str| {
+        let (code, text) = http_post(server.api_port, path, body).unwrap();
+        (
+            code,
+            serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default(),
+        )
+    };
+    let (code, v) = post(
+        "/variables",
+        r#"{"uuid":"00000000-0000-4000-8000-000000000000"}"#,
+    );
+    assert_eq!(code, 404, "{v}");
+    let (code, v) = post(
+        "/setvar",
+        &format!(r#"{{"uuid":"{uuid}","name":"customer","value":"42"}}"#),
+    );
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = post("/variables", &format!(r#"{{"uuid":"{uuid}"}}"#));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["message"]["customer"], "42", "{v}");
+    assert_eq!(v["message"]["uuid"], uuid.as_str(), "{v}");
+    let (code, v) = post("/transfer", &format!(r#"{{"uuid":"{uuid}"}}"#));
+    assert_eq!(code, 400, "exten is required: {v}");
+    let (code, v) = post(
+        "/transfer",
+        &format!(
+            r#"{{"uuid":"{uuid}","exten":"sip:operator@pbx.example.test","context":"default","priority":1}}"#
+        ),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["message"], "Transfer initiated");
+    let out = run.wait(Duration::from_secs(30));
+    assert!(
+        out.success,
+        "REFER to the AMI's exten\n{}\n{}",
+        out.report(),
+        server.log_text()
+    );
+    assert_eq!(call_view(&server, &id)["transfer"]["state"], "succeeded");
+
+    // /hangup on a second call.
+    let run = spawn_scenario("server_bye.xml", server.sip_port, "echo", &[]);
+    let id = active_call(&server);
+    let uuid = uuid_of(&server, &id);
+    let (code, v) = post("/hangup", &format!(r#"{{"uuid":"{uuid}"}}"#));
+    assert_eq!(code, 200, "{v}");
+    let out = run.wait(Duration::from_secs(15));
+    assert!(out.success, "BYE after /hangup\n{}", out.report());
+    let (code, _) = post("/hangup", &format!(r#"{{"uuid":"{uuid}"}}"#));
+    assert_eq!(code, 404, "the call is gone");
+}

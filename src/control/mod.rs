@@ -1,5 +1,6 @@
 //! HTTP control API: `GET /health`, `GET /calls`, `GET /calls/{id}`.
 
+pub mod ami;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/calls/{id}/hangup", post(hangup))
         .route("/calls/{id}/dtmf", post(dtmf))
         .route("/calls/{id}/transfer", post(transfer))
+        .merge(ami::routes())
         .with_state(state)
 }
 
@@ -191,53 +193,20 @@ async fn transfer(
             Json(json!({"error": "no such call"})),
         );
     };
-    let trunk_name = req.trunk.clone().or(call.trunk.clone());
-    let trunk = match &trunk_name {
-        Some(n) => match shared.trunks.account(n) {
-            Some((t, _)) => Some(t.clone()),
-            None => {
-                return (
-                    StatusCode::NOT_FOUND,
-                    Json(json!({"error": format!("no trunk named `{n}`")})),
-                )
-            }
-        },
-        None => None,
-    };
-    let is_uri = req.to.starts_with("sip:") || req.to.starts_with("sips:");
-    let user_ok = |u: &str| {
-        !u.is_empty()
-            && u.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+-_.*#".contains(c))
-    };
-    let (refer_to, user) = if is_uri {
-        if rsipstack::sip::Uri::try_from(req.to.as_str()).is_err()
-            || req.to.contains(['<', '>', ' '])
-        {
+    let trunk = req.trunk.clone().or(call.trunk.clone());
+    let target = match crate::sip::call::transfer_target(shared, trunk.as_deref(), &req.to) {
+        Ok(t) => t,
+        Err(e) if e.starts_with("no trunk") => {
+            return (StatusCode::NOT_FOUND, Json(json!({"error": e})))
+        }
+        Err(e) => {
             return (
                 StatusCode::BAD_REQUEST,
-                Json(json!({"error": "to: not a valid SIP URI", "got": req.to})),
-            );
+                Json(json!({"error": format!("to: {e}"), "got": req.to})),
+            )
         }
-        let user = req.to.split_once(':').map(|(_, r)| r).unwrap_or("");
-        let user = user.split_once('@').map(|(u, _)| u.to_string());
-        (req.to.clone(), user)
-    } else if user_ok(&req.to) {
-        let host = trunk
-            .as_ref()
-            .map(|t| format!("{}{}", t.host, t.transport.uri_param()))
-            .unwrap_or_else(|| shared.cfg.domain.clone());
-        (format!("sip:{}@{host}", req.to), Some(req.to.clone()))
-    } else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": "to: expected a sip: URI or a number", "got": req.to})),
-        );
     };
-    let bridge = match (&trunk, user) {
-        (Some(t), Some(u)) if user_ok(&u) => Some((t.name.clone(), u)),
-        _ => None,
-    };
+    let (refer_to, bridge) = (target.refer_to, target.bridge);
     if req.mode == TransferMode::Bridge && bridge.is_none() {
         return (
             StatusCode::BAD_REQUEST,

@@ -414,39 +414,9 @@ impl CallTask {
         }
     }
 
-    /// A transfer the agent asked for: a SIP URI, or a number through the
-    /// call's trunk (REFER first, bridge if refused).
+    /// A transfer the agent asked for (see [`transfer_target`]).
     fn transfer_request(&self, to: &str) -> Result<crate::calls::TransferRequest, String> {
-        let trunk = self
-            .setup
-            .trunk
-            .as_ref()
-            .and_then(|n| self.shared.trunks.account(n).map(|(t, _)| t.clone()));
-        let is_uri = to.starts_with("sip:") || to.starts_with("sips:");
-        let user_ok = !to.is_empty()
-            && to
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+-_.*#".contains(c));
-        if is_uri {
-            rsipstack::sip::Uri::try_from(to).map_err(|e| e.to_string())?;
-            Ok(crate::calls::TransferRequest {
-                refer_to: to.to_string(),
-                bridge: None,
-                mode: crate::calls::TransferMode::Refer,
-            })
-        } else if user_ok {
-            let host = trunk
-                .as_ref()
-                .map(|t| format!("{}{}", t.host, t.transport.uri_param()))
-                .unwrap_or_else(|| self.shared.cfg.domain.clone());
-            Ok(crate::calls::TransferRequest {
-                refer_to: format!("sip:{to}@{host}"),
-                bridge: trunk.map(|t| (t.name.clone(), to.to_string())),
-                mode: crate::calls::TransferMode::Auto,
-            })
-        } else {
-            Err("expected a sip: URI or a number".into())
-        }
+        transfer_target(&self.shared, self.setup.trunk.as_deref(), to)
     }
 
     fn set_transfer(&self, f: impl FnOnce(&mut crate::calls::TransferInfo)) {
@@ -1174,6 +1144,63 @@ fn reason(why: &TerminatedReason) -> String {
         TerminatedReason::UasBye => "we hung up".into(),
         TerminatedReason::Timeout => "no ACK (timeout)".into(),
         other => format!("{other:?}"),
+    }
+}
+
+/// Where a transfer goes: a `sip:` URI (REFER only), or a number or user
+/// through `trunk` (REFER to it at the trunk's host, bridged through the
+/// trunk if REFER is refused), or at our domain without a trunk.
+pub fn transfer_target(
+    shared: &Shared,
+    trunk: Option<&str>,
+    to: &str,
+) -> Result<crate::calls::TransferRequest, String> {
+    use crate::calls::{TransferMode, TransferRequest};
+    let trunk = match trunk {
+        Some(n) => Some(
+            shared
+                .trunks
+                .account(n)
+                .map(|(t, _)| t.clone())
+                .ok_or_else(|| format!("no trunk named `{n}`"))?,
+        ),
+        None => None,
+    };
+    let user_ok = |u: &str| {
+        !u.is_empty()
+            && u.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-_.*#".contains(c))
+    };
+    if to.starts_with("sip:") || to.starts_with("sips:") {
+        if to.contains(['<', '>', ' ', '"']) {
+            return Err(format!("not a plain SIP URI: `{to}`"));
+        }
+        rsipstack::sip::Uri::try_from(to).map_err(|e| format!("not a SIP URI: {e}"))?;
+        let user = to
+            .split_once(':')
+            .and_then(|(_, r)| r.split_once('@'))
+            .map(|(u, _)| u.to_string());
+        let bridge = match (&trunk, user) {
+            (Some(t), Some(u)) if user_ok(&u) => Some((t.name.clone(), u)),
+            _ => None,
+        };
+        Ok(TransferRequest {
+            refer_to: to.to_string(),
+            bridge,
+            mode: TransferMode::Auto,
+        })
+    } else if user_ok(to) {
+        let host = trunk
+            .as_ref()
+            .map(|t| format!("{}{}", t.host, t.transport.uri_param()))
+            .unwrap_or_else(|| shared.cfg.domain.clone());
+        Ok(TransferRequest {
+            refer_to: format!("sip:{to}@{host}"),
+            bridge: trunk.map(|t| (t.name.clone(), to.to_string())),
+            mode: TransferMode::Auto,
+        })
+    } else {
+        Err(format!("expected a sip: URI or a number, got `{to}`"))
     }
 }
 
