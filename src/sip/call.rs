@@ -966,6 +966,20 @@ impl CallTask {
             mos = format!("{:.2}", q.mos),
             "media summary"
         );
+        if let Some(c) = self.shared.calls.get(&self.id) {
+            if !c.turns.is_empty() {
+                let mut totals: Vec<u64> = c.turns.iter().map(|t| t.total_ms).collect();
+                totals.sort_unstable();
+                info!(
+                    turns = totals.len(),
+                    latency_median_ms = totals[totals.len() / 2],
+                    latency_max_ms = totals[totals.len() - 1],
+                    interruptions = c.interruptions,
+                    agent = %c.agent,
+                    "agent summary"
+                );
+            }
+        }
         self.webhook(&self.uuid, "call_ended", serde_json::json!({"reason": end}));
         end
     }
