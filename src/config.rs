@@ -302,6 +302,10 @@ struct RawRoute {
     /// Ignore caller speech while the agent talks (AVR INTERRUPT_LISTENING).
     #[serde(default)]
     interrupt_listening: bool,
+    /// Background sound (WAV) mixed under the agent, AVR AMBIENT_NOISE_FILE.
+    ambient_file: Option<PathBuf>,
+    /// Its volume, 0.0-1.0 (AMBIENT_NOISE_LEVEL), default 0.1.
+    ambient_level: Option<f32>,
     #[serde(default)]
     answer_delay_ms: u64,
     #[serde(default)]
@@ -549,6 +553,8 @@ pub struct RouteConfig {
     pub response_timeout_ms: u64,
     pub barge_in: bool,
     pub interrupt_listening: bool,
+    /// Background sound mixed under the agent and its volume.
+    pub ambient: Option<(PathBuf, f32)>,
     pub answer_delay_ms: u64,
     /// Caller-side denoise / VAD / gain.
     pub dsp: crate::media::dsp::DspConfig,
@@ -565,6 +571,7 @@ impl RouteConfig {
             response_timeout_ms: 8000,
             barge_in: true,
             interrupt_listening: false,
+            ambient: None,
             answer_delay_ms: 0,
             dsp: crate::media::dsp::DspConfig::off(),
         }
@@ -949,6 +956,29 @@ impl Config {
                 response_timeout_ms: r.response_timeout_ms.unwrap_or(8000).clamp(500, 120_000),
                 barge_in: r.barge_in.unwrap_or(true),
                 interrupt_listening: r.interrupt_listening,
+                ambient: match r.ambient_file {
+                    None => None,
+                    Some(f) => {
+                        let level = r.ambient_level.unwrap_or(0.1);
+                        if !(0.0..=1.0).contains(&level) {
+                            return Err(bad(
+                                &format!("{key}.ambient_level"),
+                                format!("expected 0.0-1.0, got {level}"),
+                            ));
+                        }
+                        let f = resolve(Some(f), "");
+                        let ok = std::fs::read(&f).map_err(|e| e.to_string()).and_then(|b| {
+                            crate::media::wav::Wav::parse(&b).map_err(|e| e.to_string())
+                        });
+                        if let Err(e) = ok {
+                            return Err(bad(
+                                &format!("{key}.ambient_file"),
+                                format!("{}: {e}", f.display()),
+                            ));
+                        }
+                        Some((f, level))
+                    }
+                },
                 answer_delay_ms: r.answer_delay_ms,
                 dsp,
             });

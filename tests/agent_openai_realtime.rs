@@ -84,23 +84,12 @@ fn call(server: &Server, input: &Audio, dir: &Path, max_secs: u64) -> Call {
 }
 
 /// How long the first stretch of a steady tone at `hz` sounds in `heard`
-/// (20 ms frames dominated by the tone, gaps up to 40 ms bridged).
+/// (gaps up to 40 ms bridged).
 fn tone_ms(heard: &Audio, hz: f32) -> f64 {
-    let h = heard.to_8k().samples;
-    let frames = h.chunks_exact(160);
     let mut on = 0usize;
     let mut off_run = 0usize;
-    for f in frames {
-        let (mut re, mut im, mut e) = (0f32, 0f32, 0f32);
-        for (i, &x) in f.iter().enumerate() {
-            let ph = i as f32 * hz * std::f32::consts::TAU / 8000.0;
-            re += x * ph.cos();
-            im += x * ph.sin();
-            e += x * x;
-        }
-        let mag = (re * re + im * im).sqrt() * 2.0 / 160.0;
-        let rms = (e / 160.0).sqrt();
-        if rms > 0.02 && mag / (rms * std::f32::consts::SQRT_2) > 0.8 {
+    for t in audio::tone_frames(heard, hz) {
+        if t {
             on += 1 + off_run.min(2) * usize::from(on > 0);
             off_run = 0;
         } else if on > 0 {

@@ -78,3 +78,51 @@ fn say_speaks_the_text_then_hangs_up() {
     );
     eprintln!("say: heard at {at_ms:.0} ms, corr {corr:.2}, {spoken_ms:.0} ms of speech");
 }
+
+/// `ambient_file` is mixed under the agent for the whole call, also when
+/// the agent is silent (RTP keeps flowing).
+#[test]
+fn ambient_sound_plays_under_the_agent_for_the_whole_call() {
+    if require_peer("baresip").is_none() || require_peer("espeak-ng").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hum = dir.path().join("hum.wav");
+    let n = 8000;
+    let tone = audio::Audio::new(
+        8000,
+        (0..n)
+            .map(|i| (i as f32 * 1000.0 * std::f32::consts::TAU / 8000.0).sin() * 0.5)
+            .collect(),
+    );
+    audio::write_wav(&hum, &tone).unwrap();
+    let server = Server::start(&format!(
+        "[sip]\ntrusted = [\"127.0.0.1/32\"]\n[[routes]]\ndial = \"hello\"\n\
+         agent = {{ kind = \"say\", text = \"Hello.\", then = \"listen\" }}\n\
+         ambient_file = \"{}\"\nambient_level = 0.2\n",
+        hum.display()
+    ));
+    let account = Account::new("1000", None, server.sip_port).regint(0);
+    let mut opts = Options::new(account).dial("hello");
+    opts.tail_silence_ms = 5000;
+    opts.max_secs = 15;
+    let out = Baresip::run(opts);
+    // From the first packet on (no alignment padding): silence frames
+    // would otherwise count as speech below.
+    let heard = out.heard().unwrap();
+    let frames = audio::tone_frames(&heard, 1000.0);
+    let ctx = format!("{}\n{}", out.summary(), audio::describe(&heard));
+    // The last 2 s (after "Hello."): the hum alone, every frame.
+    let tail = &frames[frames.len().saturating_sub(100)..];
+    let on = tail.iter().filter(|&&t| t).count();
+    assert!(on >= 95, "hum in {on} of the last 100 frames\n{ctx}");
+    // At 0.2 of a 0.5 sine: about -23 dBFS.
+    let level = audio::rms_dbfs(&heard.to_8k().samples[heard.to_8k().samples.len() - 8000..]);
+    assert!(
+        (-26.0..=-20.0).contains(&level),
+        "hum level {level:.1} dBFS\n{ctx}"
+    );
+    // "Hello." was spoken over it: frames where the hum does not dominate.
+    let voiced = frames.iter().filter(|&&t| !t).count();
+    assert!(voiced > 10, "speech over the hum: {voiced} frames\n{ctx}");
+}

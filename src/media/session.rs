@@ -228,6 +228,8 @@ pub struct Session {
     last_tick: Instant,
     next_send: Instant,
     sent_any: bool,
+    /// Background sound mixed under the agent (looped), and its gain.
+    ambient: Option<(Vec<i16>, usize, f32)>,
     transmit: VecDeque<Transmit>,
     events: VecDeque<MediaEvent>,
     dtmf: DtmfReceiver,
@@ -272,6 +274,7 @@ impl Session {
             last_tick: now,
             next_send: now + ptime,
             sent_any: false,
+            ambient: None,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             dtmf: DtmfReceiver::default(),
@@ -441,6 +444,12 @@ impl Session {
     }
 
     /// Turns on caller-side DSP (denoise, VAD, gain) at the agent's rate.
+    /// Mixes `pcm` (at the agent's rate, looped) under everything we send,
+    /// at `gain` (0.0-1.0); RTP then flows continuously.
+    pub fn set_ambient(&mut self, pcm: Vec<i16>, gain: f32) {
+        self.ambient = (!pcm.is_empty()).then_some((pcm, 0, gain.clamp(0.0, 1.0)));
+    }
+
     pub fn set_dsp(&mut self, cfg: DspConfig) -> Result<(), super::dsp::DspError> {
         if !(cfg.denoise || cfg.vad || cfg.agc) {
             self.dsp = None;
@@ -671,7 +680,7 @@ impl Session {
             if self.sent_any {
                 self.stats.tx_underruns += 1;
             }
-            if !self.params.send_silence {
+            if !self.params.send_silence && self.ambient.is_none() {
                 // A gap: the next packet starts a talk spurt (RFC 3551 section 4.1).
                 self.marker_next = true;
                 return;
@@ -680,6 +689,13 @@ impl Session {
         let take = n.min(self.playout.len());
         let mut frame: Vec<i16> = self.playout.drain(..take).collect();
         frame.resize(n, 0);
+        if let Some((amb, pos, gain)) = &mut self.ambient {
+            for s in frame.iter_mut() {
+                let a = f32::from(amb[*pos]) * *gain;
+                *s = (f32::from(*s) + a).clamp(-32768.0, 32767.0) as i16;
+                *pos = (*pos + 1) % amb.len();
+            }
+        }
         let (Some(to), true) = (self.remote(), self.params.direction.sends()) else {
             return;
         };

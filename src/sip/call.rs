@@ -626,6 +626,20 @@ impl CallTask {
             }
         };
         self.apply_srtp(&neg);
+        if let Some((file, level)) = self.setup.route.ambient.clone() {
+            match tokio::fs::read(&file)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|b| crate::media::wav::Wav::parse(&b).map_err(|e| e.to_string()))
+            {
+                Ok(w) => {
+                    let rate = session.params().agent_rate;
+                    let pcm = agent::say::resample_linear(&w.mono(), w.sample_rate, rate);
+                    session.set_ambient(pcm, level);
+                }
+                Err(e) => warn!(file = %file.display(), error = %e, "ambient sound not loaded"),
+            }
+        }
         if let Err(e) = session.set_dsp(self.setup.route.dsp.clone()) {
             warn!(error = %e, "caller DSP unavailable for this call");
         }

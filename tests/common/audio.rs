@@ -570,3 +570,24 @@ pub fn echo_report(sent: &Audio, received: &Audio, max_delay_ms: f64) -> EchoRep
         received_ms: received.duration_ms(),
     }
 }
+
+/// For each 20 ms frame (8 kHz): whether a steady tone at `hz` dominates it
+/// (its Goertzel magnitude carries > 80 % of the frame's RMS, and the frame
+/// is not silent).
+pub fn tone_frames(audio: &Audio, hz: f32) -> Vec<bool> {
+    let h = audio.to_8k().samples;
+    h.chunks_exact(160)
+        .map(|f| {
+            let (mut re, mut im, mut e) = (0f32, 0f32, 0f32);
+            for (i, &x) in f.iter().enumerate() {
+                let ph = i as f32 * hz * std::f32::consts::TAU / 8000.0;
+                re += x * ph.cos();
+                im += x * ph.sin();
+                e += x * x;
+            }
+            let mag = (re * re + im * im).sqrt() * 2.0 / 160.0;
+            let rms = (e / 160.0).sqrt();
+            rms > 0.02 && mag / (rms * std::f32::consts::SQRT_2) > 0.8
+        })
+        .collect()
+}
