@@ -396,3 +396,71 @@ fn wideband_call_uses_pcm16_24k_over_the_beta_protocol() {
     );
     eprintln!("wideband: speech at the provider corr {corr:.2}");
 }
+
+/// The model calls `transfer_call`: the caller's phone (baresip) gets a
+/// REFER to the asked-for target, and the NOTIFYs it sends back are read.
+#[test]
+fn transfer_call_tool_sends_a_refer_to_the_caller() {
+    if require_peer("baresip").is_none() {
+        return;
+    }
+    let Some(fake) = Fake::start(
+        "fake_openai_realtime.py",
+        &[
+            "--api-key",
+            "sk-test",
+            "--tool-call",
+            "transfer_call",
+            "--tool-args",
+            "{\"to\": \"sip:operator@127.0.0.1:9\"}",
+            "--silence-ms",
+            "700",
+        ],
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "sk-test").unwrap();
+    let server = Server::start(&profile(fake.port, &key, ""));
+    let speech = audio::read_wav(&data_path("speech_8k.wav"))
+        .unwrap()
+        .to_8k();
+    let mut samples = speech.samples.clone();
+    samples.extend(silence(5000));
+    let wav = dir.path().join("caller.wav");
+    audio::write_wav(&wav, &Audio::new(8000, samples)).unwrap();
+    let account = Account::new("1000", None, server.sip_port).regint(0);
+    let mut opts = Options::new(account).dial("ai").play(&wav);
+    opts.max_secs = 12;
+    let out = Baresip::run(opts);
+    let ctx = format!(
+        "{}\n{}\n{}",
+        out.sip_flow(),
+        server.log_text(),
+        fake.events_text()
+    );
+    let refer = out
+        .facts
+        .messages
+        .iter()
+        .find(|m| !m.outgoing && m.status.is_none() && m.method == "REFER")
+        .unwrap_or_else(|| panic!("no REFER reached the phone\n{ctx}"));
+    assert!(
+        refer
+            .header("Refer-To")
+            .is_some_and(|r| r.contains("sip:operator@127.0.0.1:9")),
+        "{:?}\n{ctx}",
+        refer.headers
+    );
+    let output = fake
+        .wait_marker("function_call_output", Duration::from_secs(2))
+        .unwrap_or_else(|| panic!("the model got no tool output\n{ctx}"));
+    assert!(
+        output["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("transferring")),
+        "{output}"
+    );
+    assert!(server.log_text().contains("transfer requested"), "{ctx}");
+}
