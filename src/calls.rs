@@ -14,6 +14,8 @@ pub struct CallInfo {
     pub call_id: String,
     pub from: String,
     pub to: String,
+    /// The caller's number: P-Asserted-Identity (trunks), else the From user.
+    pub caller_id: Option<String>,
     pub route: String,
     pub agent: String,
     /// The trunk the call came in on or goes out through.
@@ -75,6 +77,7 @@ impl CallInfo {
             call_id,
             from,
             to,
+            caller_id: None,
             route,
             agent,
             trunk: None,

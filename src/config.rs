@@ -223,6 +223,7 @@ struct RawTrunk {
     register: Option<bool>,
     keepalive_s: Option<u32>,
     srtp: Option<bool>,
+    outbound_proxy: Option<String>,
     #[serde(default)]
     allow: Vec<String>,
 }
@@ -598,6 +599,9 @@ pub struct TrunkConfig {
     pub allow: Vec<ipnet::IpNet>,
     /// Offer SRTP (SDES, RTP/SAVP) on outbound calls; only with TLS.
     pub srtp: bool,
+    /// `host[:port]` every request to this trunk is sent to (REGISTER,
+    /// INVITE, keep-alives), while the request-URIs keep `host`.
+    pub outbound_proxy: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -1065,6 +1069,15 @@ impl Config {
                 keepalive_s: t.keepalive_s.unwrap_or(30),
                 allow,
                 srtp,
+                outbound_proxy: match t.outbound_proxy {
+                    Some(p) if p.is_empty() || p.contains(['<', '>', ' ', ';']) => {
+                        return Err(bad(
+                            &format!("{key}.outbound_proxy"),
+                            format!("expected host[:port], got `{p}`"),
+                        ))
+                    }
+                    other => other,
+                },
             });
         }
 

@@ -226,6 +226,13 @@ fn server_sends_bye_on_sigterm() {
         let out = run.wait(Duration::from_secs(1));
         panic!("the call never became active: {h}\n{}", out.report());
     }
+    // Caller ID comes from P-Asserted-Identity (the From user is `sipp`).
+    assert_eq!(
+        server.calls()[0]["caller_id"],
+        "+41445550000",
+        "{}",
+        server.calls()
+    );
     // Let the ACK land and RTP flow before pulling the plug.
     std::thread::sleep(Duration::from_millis(500));
     assert!(

@@ -704,3 +704,49 @@ fn tls_trunk_registers_and_verifies_the_providers_certificate() {
         server.log_text()
     );
 }
+
+/// `outbound_proxy`: the trunk's host is a name that does not resolve here
+/// (`trunk.test`, kamailio's alias); REGISTER and the outbound INVITE go to
+/// the proxy address and still carry the host in their request-URIs.
+#[test]
+fn outbound_proxy_carries_registration_and_calls() {
+    let Some(sipp) = require_peer("sipp") else {
+        return;
+    };
+    let Some(kam) = Kamailio::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    start_echo_uas(&sipp, kam.uas, &dir.path().join("uas.log"));
+    let server = Server::start(&profile(kam.port, "trunkpass").replace(
+        &format!("host = \"127.0.0.1:{}\"", kam.port),
+        &format!(
+            "host = \"trunk.test:{0}\"\noutbound_proxy = \"127.0.0.1:{0}\"",
+            kam.port
+        ),
+    ));
+    let t = wait_trunk(&server, Duration::from_secs(10), |t| {
+        t["state"] == "registered"
+    });
+    assert_eq!(
+        t["state"],
+        "registered",
+        "via the proxy: {t}\n{}",
+        server.log_text()
+    );
+    let id = place_call(&server, "echo", "demo");
+    let call = wait_call(&server, &id, |c| {
+        c["state"] == "active" && c["media"]["rx_packets"].as_u64() > Some(20)
+    });
+    let log = std::fs::read_to_string(dir.path().join("uas.log")).unwrap_or_default();
+    assert_eq!(
+        call["state"],
+        "active",
+        "{call}\n{log}\n{}",
+        server.log_text()
+    );
+    let (code, _) =
+        common::http_post(server.api_port, &format!("/calls/{id}/hangup"), "{}").unwrap();
+    assert_eq!(code, 200);
+    server.wait_idle(Duration::from_secs(10));
+}

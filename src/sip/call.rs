@@ -54,6 +54,37 @@ pub fn local_caps(transport: SipTransport) -> LocalCaps {
     }
 }
 
+/// The user part of a `sip:`/`sips:`/`tel:` URI inside a header value.
+fn uri_user(value: &str) -> Option<String> {
+    let start = ["sip:", "sips:", "tel:"]
+        .iter()
+        .filter_map(|p| value.find(p).map(|i| i + p.len()))
+        .min()?;
+    let rest = &value[start..];
+    let end = rest.find(['>', ' ', ',']).unwrap_or(rest.len());
+    let uri = &rest[..end];
+    if value[..start].ends_with("tel:") {
+        let num = uri.split(';').next().unwrap_or("");
+        return (!num.is_empty()).then(|| num.to_string());
+    }
+    // sip:user@host: no `@`, no user.
+    let (user, _) = uri.split_once('@')?;
+    let user = user.split(';').next().unwrap_or("");
+    (!user.is_empty()).then(|| user.to_string())
+}
+
+/// Caller ID: P-Asserted-Identity (set by trunks), else the From user.
+fn caller_id(req: &rsipstack::sip::Request) -> Option<String> {
+    let pai = req.headers.iter().find_map(|h| match h {
+        Header::PAssertedIdentity(v) => Some(v.value().to_string()),
+        Header::Other(n, v) if n.eq_ignore_ascii_case("P-Asserted-Identity") => Some(v.clone()),
+        _ => None,
+    });
+    pai.as_deref()
+        .and_then(uri_user)
+        .or_else(|| uri_user(&header_text(req, "from")))
+}
+
 fn header_text(req: &rsipstack::sip::Request, which: &str) -> String {
     let v = match which {
         "from" => req.from_header().map(|h| h.value().to_string()),
@@ -105,6 +136,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
         ports.port,
     );
     info.trunk = setup.trunk.clone();
+    info.caller_id = caller_id(&req);
     if !shared
         .calls
         .try_insert(info, hangup.clone(), cmd_tx, shared.cfg.max_calls)
@@ -1232,6 +1264,23 @@ pub fn transfer_target(
     }
 }
 
+#[cfg(test)]
+mod caller_id_tests {
+    #[test]
+    fn uri_users() {
+        assert_eq!(
+            super::uri_user("\"Bob\" <sip:+41445551234@carrier.example;user=phone>").as_deref(),
+            Some("+41445551234")
+        );
+        assert_eq!(
+            super::uri_user("<tel:+15551234>").as_deref(),
+            Some("+15551234")
+        );
+        assert_eq!(super::uri_user("<sip:carrier.example>"), None);
+        assert_eq!(super::uri_user("garbage"), None);
+    }
+}
+
 /// How many 3xx redirects an outbound call follows.
 const MAX_REDIRECTS: u32 = 3;
 
@@ -1390,9 +1439,15 @@ pub fn originate_leg(
             .ok()
         })
         .ok_or_else(|| OriginateError::Invite("no local contact".into()))?;
-    let destination = rsipstack::sip::HostWithPort::try_from(trunk.host.as_str())
-        .map(|hp| rsipstack::transport::SipAddr::new(trunk.transport.rsip(), hp))
-        .map_err(|e| OriginateError::Invite(e.to_string()))?;
+    // Through the outbound proxy when there is one; the request-URI keeps the host.
+    let destination = match &trunk.outbound_proxy {
+        Some(_) => super::trunk::next_hop(&trunk)
+            .map(|a| rsipstack::transport::SipAddr::new(trunk.transport.rsip(), a.into()))
+            .ok_or_else(|| OriginateError::Invite("outbound_proxy does not resolve".into()))?,
+        None => rsipstack::sip::HostWithPort::try_from(trunk.host.as_str())
+            .map(|hp| rsipstack::transport::SipAddr::new(trunk.transport.rsip(), hp))
+            .map_err(|e| OriginateError::Invite(e.to_string()))?,
+    };
     let sdp_origin = (rand::random::<u32>() as u64, 1);
     let srtp_key = crate::media::srtp::random_master_key();
     let mut caps = local_caps(trunk.transport);

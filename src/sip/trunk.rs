@@ -70,14 +70,35 @@ pub fn trunk_sources(t: &TrunkConfig) -> Vec<ipnet::IpNet> {
     if !t.allow.is_empty() {
         return t.allow.clone();
     }
-    let host = if t.host.contains(':') && !t.host.starts_with('[') {
-        t.host.clone()
+    std::iter::once(&t.host)
+        .chain(t.outbound_proxy.as_ref())
+        .flat_map(|h| resolve(h, 5060))
+        .map(|a| ipnet::IpNet::from(a.ip()))
+        .collect()
+}
+
+/// `host[:port]` to socket addresses (`default_port` when none is given).
+pub fn resolve(host: &str, default_port: u16) -> Vec<SocketAddr> {
+    let hp = if host.contains(':') && !host.starts_with('[') {
+        host.to_string()
     } else {
-        format!("{}:5060", t.host)
+        format!("{host}:{default_port}")
     };
-    host.to_socket_addrs()
-        .map(|it| it.map(|a: SocketAddr| ipnet::IpNet::from(a.ip())).collect())
+    hp.to_socket_addrs()
+        .map(|it| it.collect())
         .unwrap_or_default()
+}
+
+/// Where requests to the trunk go: its outbound proxy, else its host.
+pub fn next_hop(t: &TrunkConfig) -> Option<SocketAddr> {
+    let port = if t.transport == SipTransport::Tls {
+        5061
+    } else {
+        5060
+    };
+    resolve(t.outbound_proxy.as_deref().unwrap_or(&t.host), port)
+        .into_iter()
+        .next()
 }
 
 pub struct Trunks {
@@ -203,6 +224,9 @@ pub fn spawn_registration(
                 ..Default::default()
             };
             let mut reg = Registration::new(endpoint.clone(), Some(cred));
+            if t.outbound_proxy.is_some() {
+                reg.outbound_proxy = next_hop(&t);
+            }
             let mut expires = t.expires;
             let mut failures = 0u32;
             let mut registered = false;
@@ -348,17 +372,7 @@ pub fn spawn_registration(
 /// The trunk's address for keep-alives (numeric host:port; a name is
 /// resolved once here).
 fn flow_target(t: &TrunkConfig) -> Option<rsipstack::transport::SipAddr> {
-    let default_port = if t.transport == SipTransport::Tls {
-        5061
-    } else {
-        5060
-    };
-    let host = if t.host.contains(':') && !t.host.starts_with('[') {
-        t.host.clone()
-    } else {
-        format!("{}:{default_port}", t.host)
-    };
-    let addr = host.to_socket_addrs().ok()?.next()?;
+    let addr = next_hop(t)?;
     Some(rsipstack::transport::SipAddr::new(
         t.transport.rsip(),
         addr.into(),
@@ -430,6 +444,7 @@ mod tests {
             keepalive_s: 30,
             allow: vec![],
             srtp: false,
+            outbound_proxy: None,
         };
         let trunks = Trunks::new(std::slice::from_ref(&t), &[]);
         assert_eq!(
