@@ -484,3 +484,49 @@ fn garbage_from_the_provider_is_ignored_and_the_call_goes_on() {
     assert!(corr >= 0.9, "{ctx}");
     assert_eq!(server.health()["status"], "ok", "{}", server.health());
 }
+
+/// avr-sts-ultravox sends `interruption` whenever it goes back to
+/// listening, i.e. when its reply's play time ends on its own clock. Our
+/// playout runs a little behind that clock, so such an interruption may
+/// clip the very end of the reply: this bounds how much.
+#[test]
+fn interruption_at_the_end_of_a_reply_clips_at_most_its_last_frames() {
+    if require_peer("baresip").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reply = chirp(2000, 300.0, 2500.0, 0.25);
+    let reply_wav = write(tmp.path(), "reply.wav", &reply);
+    let Some(fake) = Fake::start(
+        "fake_avr_sts.py",
+        &[
+            "--greeting",
+            "--spurious-interruption",
+            "--reply-wav",
+            reply_wav.to_str().unwrap(),
+        ],
+    ) else {
+        return;
+    };
+    let server = Server::start(&profile(&sts_route("sts", &ws(&fake), "")));
+    let (out, id) = call(&server, "sts", None, 0, 4000);
+    let ctx = format!(
+        "{}\n{}\n{}",
+        fake.events_text(),
+        out.summary(),
+        server.log_text()
+    );
+    let sent = fake
+        .events()
+        .iter()
+        .any(|e| e["dir"] == "out" && e["type"] == "interruption");
+    assert!(sent, "the fake sent no interruption\n{ctx}");
+    let info = call_info(&server, &id.expect("call id"));
+    assert!(info["interruptions"].as_u64().unwrap() >= 1, "{info}");
+    let heard = out.heard().unwrap_or_else(|e| panic!("{e}\n{ctx}"));
+    let h8 = heard.to_8k();
+    let (s, e) = audio::speech_region(&h8).unwrap_or_else(|| panic!("nothing heard\n{ctx}"));
+    let heard_ms = (e - s) as f64 / 8.0;
+    eprintln!("spurious interruption at the reply's end: heard {heard_ms:.0} of 2000 ms");
+    assert!(heard_ms >= 1900.0, "heard {heard_ms} ms of 2000\n{ctx}");
+}
