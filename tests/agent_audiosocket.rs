@@ -165,7 +165,10 @@ fn speech_goes_to_the_server_its_paced_reply_plays_and_its_hangup_ends_the_call(
         "call lasted {:?}\n{ctx}",
         out.elapsed
     );
-    assert!(server.log_text().contains("agent hung up"), "{ctx}");
+    let id = info["id"].as_str().unwrap();
+    let (_, body) = http_get(server.api_port, &format!("/calls/{id}")).unwrap();
+    let after: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(after["end_reason"], "agent finished", "{after}\n{ctx}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::avr_sts::LatencyClock;
+use super::avr_sts::{sleep_until, LatencyClock, Prebuffer};
 use super::remote::{Input, Io, Output, Remote};
 use super::AgentContext;
 use crate::media::dsp::TurnEvent;
@@ -152,37 +152,6 @@ fn uuid_bytes(text: &str) -> [u8; 16] {
     }
 }
 
-/// When the audio handed to the call will have played: the server sends in
-/// real time, so what is queued is the audio of the current talk spurt not
-/// yet covered by the time since it started.
-#[derive(Debug, Default)]
-struct PlayoutClock {
-    spurt: Option<(Instant, Duration)>,
-}
-
-/// The media session's own buffering on top of that (jitter, one tick).
-const PLAYOUT_MARGIN: Duration = Duration::from_millis(80);
-/// Never hold a hangup longer than this.
-const MAX_HANGUP_WAIT: Duration = Duration::from_secs(5);
-
-impl PlayoutClock {
-    fn handed(&mut self, samples: usize, now: Instant) {
-        let d = Duration::from_micros(samples as u64 * 1_000_000 / RATE as u64);
-        match &mut self.spurt {
-            Some((start, len)) if *start + *len > now => *len += d,
-            _ => self.spurt = Some((now, d)),
-        }
-    }
-    fn unplayed(&self, now: Instant) -> Duration {
-        match self.spurt {
-            Some((start, len)) => {
-                ((start + len + PLAYOUT_MARGIN).saturating_duration_since(now)).min(MAX_HANGUP_WAIT)
-            }
-            None => Duration::ZERO,
-        }
-    }
-}
-
 /// Starts the AudioSocket client for one call.
 pub fn spawn(addr: &str, ctx: &AgentContext) -> Remote {
     let addr = addr.to_string();
@@ -213,7 +182,7 @@ pub async fn run(addr: String, uuid: [u8; 16], mut io: Io) -> Result<(), String>
     let mut out_pcm: Vec<u8> = Vec::with_capacity(AUDIO_FRAME_BYTES * 2);
     let mut carry: Option<u8> = None;
     let mut latency = LatencyClock::default();
-    let mut playout = PlayoutClock::default();
+    let mut prebuffer = Prebuffer::default();
     let mut buf = vec![0u8; 4096];
     loop {
         tokio::select! {
@@ -237,7 +206,8 @@ pub async fn run(addr: String, uuid: [u8; 16], mut io: Io) -> Result<(), String>
                     }
                 }
                 Some(Input::Turn(TurnEvent::SpeechEnded)) => latency.speech_ended(Instant::now()),
-                Some(Input::Turn(_) | Input::Hold(_) | Input::Cleared { .. }) => {}
+                Some(Input::Cleared { .. }) => prebuffer.cleared(),
+                Some(Input::Turn(_) | Input::Hold(_)) => {}
                 None => {
                     // The call ended: hang up and close.
                     let _ = write_all(&mut wr, &Frame::Hangup.encode()).await;
@@ -245,6 +215,11 @@ pub async fn run(addr: String, uuid: [u8; 16], mut io: Io) -> Result<(), String>
                     return Ok(());
                 }
             },
+            _ = sleep_until(prebuffer.deadline()) => {
+                if let Some(pcm) = prebuffer.flush(Instant::now()) {
+                    io.send(Output::Audio(pcm));
+                }
+            }
             read = rd.read(&mut buf) => {
                 let n = match read {
                     Ok(0) if parser.pending() > 0 => {
@@ -275,19 +250,27 @@ pub async fn run(addr: String, uuid: [u8; 16], mut io: Io) -> Result<(), String>
                             if pcm.is_empty() {
                                 continue;
                             }
-                            if let Some(ev) = latency.agent_audio(Instant::now()) {
+                            let now = Instant::now();
+                            if let Some(ev) = latency.agent_audio(now) {
                                 io.send(Output::Event(ev));
                             }
-                            playout.handed(pcm.len(), Instant::now());
-                            if !io.send(Output::Audio(pcm)) {
-                                return Ok(());
+                            if let Some(pcm) = prebuffer.push(pcm, now) {
+                                if !io.send(Output::Audio(pcm)) {
+                                    return Ok(());
+                                }
                             }
                         }
                         Frame::Hangup => {
-                            // Let the last words play before the call ends.
-                            let wait = playout.unplayed(Instant::now());
-                            tracing::info!(wait_ms = wait.as_millis() as u64, "AudioSocket server hung up");
-                            tokio::time::sleep(wait).await;
+                            // The server is done: the call ends once its
+                            // last words have played. Returning now would
+                            // hang up at once, so stay until the call ends.
+                            tracing::info!("AudioSocket server hung up");
+                            drop((rd, wr));
+                            if let Some(pcm) = prebuffer.flush(Instant::now()) {
+                                io.send(Output::Audio(pcm));
+                            }
+                            io.send(Output::HangupAfterPlayout);
+                            while io.inputs.recv().await.is_some() {}
                             return Ok(());
                         }
                         Frame::Error(code) => {
@@ -384,26 +367,6 @@ mod tests {
     }
 
     #[test]
-    fn a_hangup_waits_for_the_audio_still_playing() {
-        let t0 = Instant::now();
-        let mut c = PlayoutClock::default();
-        assert_eq!(c.unplayed(t0), Duration::ZERO);
-        // 1 s in one burst: nearly all of it is still to play.
-        c.handed(8000, t0);
-        assert_eq!(
-            c.unplayed(t0 + Duration::from_millis(100)),
-            Duration::from_millis(980)
-        );
-        // Paced 20 ms frames: only the margin is left.
-        let mut c = PlayoutClock::default();
-        for i in 0..50u64 {
-            c.handed(160, t0 + Duration::from_millis(20 * i));
-        }
-        assert_eq!(c.unplayed(t0 + Duration::from_millis(1000)), PLAYOUT_MARGIN);
-        assert_eq!(c.unplayed(t0 + Duration::from_secs(3)), Duration::ZERO);
-    }
-
-    #[test]
     fn uuid_text_becomes_its_16_bytes() {
         let u = uuid_bytes("01234567-89ab-cdef-0123-456789abcdef");
         assert_eq!(u[0], 0x01);
@@ -446,6 +409,9 @@ mod tests {
             .unwrap();
         assert_eq!(rx.recv().await, Some(Output::Audio(vec![1, 2])));
         s.write_all(&Frame::Hangup.encode()).await.unwrap();
+        assert_eq!(rx.recv().await, Some(Output::HangupAfterPlayout));
+        assert!(!task.is_finished(), "stays until the call has played out");
+        drop(tx);
         assert_eq!(task.await.unwrap(), Ok(()));
     }
 

@@ -62,6 +62,70 @@ impl LatencyClock {
     }
 }
 
+/// A talk spurt's first audio is held until [`PREBUFFER`] of it is there
+/// (or that long has passed), then everything goes through at once: a
+/// provider that streams in real time (AudioSocket's paced 20 ms frames, a
+/// slow STS) keeps that cushion in the call's queue, so a frame arriving a
+/// little late does not leave a gap on the phone.
+#[derive(Debug, Default)]
+pub(crate) struct Prebuffer {
+    pending: Vec<i16>,
+    flush_at: Option<Instant>,
+    /// When the audio handed to the call so far will have played.
+    playing_until: Option<Instant>,
+}
+
+/// The cushion against arrival jitter (and the latency it adds once per
+/// talk spurt).
+pub(crate) const PREBUFFER: Duration = Duration::from_millis(60);
+
+impl Prebuffer {
+    /// Provider audio at `RATE`: what to hand to the call now.
+    pub(crate) fn push(&mut self, pcm: Vec<i16>, now: Instant) -> Option<Vec<i16>> {
+        let in_spurt = self.playing_until.is_some_and(|t| t > now);
+        if in_spurt && self.pending.is_empty() {
+            self.handed(pcm.len(), now);
+            return Some(pcm);
+        }
+        if self.pending.is_empty() {
+            self.flush_at = Some(now + PREBUFFER);
+        }
+        self.pending.extend(pcm);
+        if self.pending.len() as u64 * 1000 >= PREBUFFER.as_millis() as u64 * RATE as u64 {
+            return self.flush(now);
+        }
+        None
+    }
+
+    /// When held audio must go out even if no more comes.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.flush_at
+    }
+
+    pub(crate) fn flush(&mut self, now: Instant) -> Option<Vec<i16>> {
+        self.flush_at = None;
+        if self.pending.is_empty() {
+            return None;
+        }
+        let pcm = std::mem::take(&mut self.pending);
+        self.handed(pcm.len(), now);
+        Some(pcm)
+    }
+
+    /// The call dropped its queue (barge-in): held audio goes too.
+    pub(crate) fn cleared(&mut self) {
+        self.pending.clear();
+        self.flush_at = None;
+        self.playing_until = None;
+    }
+
+    fn handed(&mut self, samples: usize, now: Instant) {
+        let start = self.playing_until.filter(|t| *t > now).unwrap_or(now);
+        self.playing_until =
+            Some(start + Duration::from_micros(samples as u64 * 1_000_000 / RATE as u64));
+    }
+}
+
 /// The protocol state of one STS connection, without any IO.
 #[derive(Debug, Default)]
 pub struct Session {
@@ -189,6 +253,14 @@ impl Session {
     }
 }
 
+/// Sleeps until `at`, or forever without one (a `select!` timer).
+pub(crate) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Sends one message, failing when the provider does not take it in time.
 async fn send<S>(sink: &mut S, m: Message) -> Result<(), String>
 where
@@ -212,6 +284,7 @@ pub async fn run(url: String, uuid: String, mut io: Io) -> Result<(), String> {
         .map_err(|e| format!("connect to {url}: {e}"))?;
     let (mut sink, mut stream) = ws.split();
     let mut session = Session::default();
+    let mut prebuffer = Prebuffer::default();
     send(&mut sink, Message::Text(Session::init(&uuid).into())).await?;
     tracing::info!(%url, "AVR STS connected");
     loop {
@@ -224,7 +297,8 @@ pub async fn run(url: String, uuid: String, mut io: Io) -> Result<(), String> {
                     send(&mut sink, Message::Text(Session::dtmf(d).into())).await?;
                 }
                 Some(Input::Turn(ev)) => session.on_turn(ev, Instant::now()),
-                Some(Input::Hold(_) | Input::Cleared { .. }) => {}
+                Some(Input::Cleared { .. }) => prebuffer.cleared(),
+                Some(Input::Hold(_)) => {}
                 None => {
                     // The call ended: close the socket cleanly.
                     let _ = send(&mut sink, Message::Close(None)).await;
@@ -238,9 +312,26 @@ pub async fn run(url: String, uuid: String, mut io: Io) -> Result<(), String> {
                     return Ok(());
                 }
             },
+            _ = sleep_until(prebuffer.deadline()) => {
+                if let Some(pcm) = prebuffer.flush(Instant::now()) {
+                    io.send(Output::Audio(pcm));
+                }
+            }
             msg = stream.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
-                    for o in session.on_text(t.as_str(), Instant::now()) {
+                    let now = Instant::now();
+                    for o in session.on_text(t.as_str(), now) {
+                        let o = match o {
+                            Output::Audio(pcm) => match prebuffer.push(pcm, now) {
+                                Some(pcm) => Output::Audio(pcm),
+                                None => continue,
+                            },
+                            Output::Clear => {
+                                prebuffer.cleared();
+                                Output::Clear
+                            }
+                            other => other,
+                        };
                         if !io.send(o) {
                             return Ok(());
                         }
@@ -388,6 +479,32 @@ mod tests {
                 ..Default::default()
             }))
         );
+    }
+
+    #[test]
+    fn prebuffer_holds_a_spurts_start_then_passes_audio_through() {
+        let t0 = Instant::now();
+        let ms = |m: u64| t0 + Duration::from_millis(m);
+        let mut p = Prebuffer::default();
+        // Paced 20 ms frames: the first two are held, the third releases 60 ms.
+        assert_eq!(p.push(vec![1; 160], ms(0)), None);
+        assert_eq!(p.deadline(), Some(ms(60)));
+        assert_eq!(p.push(vec![2; 160], ms(20)), None);
+        assert_eq!(p.push(vec![3; 160], ms(40)).map(|v| v.len()), Some(480));
+        // In the spurt, a frame 30 ms late still goes straight through.
+        assert_eq!(p.push(vec![4; 160], ms(90)).map(|v| v.len()), Some(160));
+        assert_eq!(p.deadline(), None);
+        // A burst bigger than the cushion is not held at all.
+        let mut p = Prebuffer::default();
+        assert_eq!(p.push(vec![0; 8000], ms(0)).map(|v| v.len()), Some(8000));
+        // A short sound is released at the deadline.
+        let mut p = Prebuffer::default();
+        assert_eq!(p.push(vec![0; 80], ms(0)), None);
+        assert_eq!(p.flush(ms(60)).map(|v| v.len()), Some(80));
+        // After the queue has played out, the next spurt is cushioned again.
+        assert_eq!(p.push(vec![0; 160], ms(500)), None);
+        p.cleared();
+        assert_eq!(p.flush(ms(600)), None);
     }
 
     #[tokio::test]
