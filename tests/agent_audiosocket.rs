@@ -327,6 +327,18 @@ fn dropped_connection_fails_over_within_a_second() {
     // agent is silent), so the gap is timed on the fakes' clock; the phone
     // must have heard both greetings whole.
     let a_reply = chirp(1000, 2500.0, 500.0, 0.25);
+    // On the phone's clock (RTP flows through silence): where A's greeting
+    // was heard maps the fakes' clock onto it.
+    let aligned = out.heard_aligned().unwrap_or_else(|e| panic!("{e}\n{ctx}"));
+    let (at_a_phone, _) = audio::find_segment(&aligned, &a_reply).expect("A heard");
+    let (at_b_phone, _) = audio::find_segment(&aligned, &b_reply).expect("B heard");
+    let disc_on_phone = at_a_phone + (t_disc - first_audio_out(&a).unwrap()) * 1000.0;
+    let heard_gap_ms = at_b_phone - disc_on_phone;
+    eprintln!("failover heard on the phone {heard_gap_ms:.0} ms after the drop");
+    assert!(
+        heard_gap_ms < 1000.0,
+        "phone heard the fallback {heard_gap_ms:.0} ms after the drop\n{ctx}"
+    );
     let heard = out.heard().unwrap_or_else(|e| panic!("{e}\n{ctx}"));
     let (_, corr_a) = audio::find_segment(&heard, &a_reply).expect("A heard");
     let (at_b, corr_b) = audio::find_segment(&heard, &b_reply).expect("B heard");

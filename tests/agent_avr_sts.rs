@@ -358,6 +358,18 @@ fn provider_dropping_mid_call_fails_over_within_a_second() {
     // packets it received: the server sends nothing while the agent is
     // silent, so the gap itself is measured on the providers' clock, and
     // the server plays what arrives within a 20 ms tick.)
+    // On the phone's clock (RTP flows through silence): where A's greeting
+    // was heard maps the fakes' clock onto it.
+    let aligned = out.heard_aligned().unwrap_or_else(|e| panic!("{e}\n{ctx}"));
+    let (at_a_phone, _) = audio::find_segment(&aligned, &a_reply).expect("A heard");
+    let (at_b_phone, _) = audio::find_segment(&aligned, &b_reply).expect("B heard");
+    let disc_on_phone = at_a_phone + (t_disc - first_audio_out(&a).unwrap()) * 1000.0;
+    let heard_gap_ms = at_b_phone - disc_on_phone;
+    eprintln!("failover heard on the phone {heard_gap_ms:.0} ms after the drop");
+    assert!(
+        heard_gap_ms < 1000.0,
+        "phone heard the fallback {heard_gap_ms:.0} ms after the drop\n{ctx}"
+    );
     let heard = out.heard().unwrap_or_else(|e| panic!("{e}\n{ctx}"));
     let (_, corr_a) = audio::find_segment(&heard, &a_reply).expect("A heard");
     let (at_b, corr_b) = audio::find_segment(&heard, &b_reply).expect("B heard");
