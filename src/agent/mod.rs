@@ -7,6 +7,8 @@
 //! Provider bridges run their network client in a task of their own
 //! ([`remote::Remote`]); the media path only ever does channel operations.
 
+pub mod audiosocket;
+pub mod avr_sts;
 pub mod fallback;
 pub mod openai_realtime;
 pub mod remote;
@@ -140,6 +142,8 @@ pub fn build_for(cfg: &AgentConfig, ctx: &AgentContext) -> Result<Box<dyn Agent>
         AgentConfig::Say { text, wav, then } => {
             Box::new(say::spawn(text.clone(), wav.clone(), then.clone())?)
         }
+        AgentConfig::AvrSts { url } => Box::new(avr_sts::spawn(url, ctx)),
+        AgentConfig::Audiosocket { addr } => Box::new(audiosocket::spawn(addr, ctx)),
         other => {
             return Err(AgentError::Config(format!(
                 "agent kind `{}` is not available yet",
