@@ -19,6 +19,12 @@ pub fn speech() -> Audio {
     audio::read_wav(&data_path("speech_8k.wav")).expect("speech_8k.wav")
 }
 
+/// Where the speech in speech_8k.wav ends (ms; the file has a short tail).
+pub fn spoken_end_ms() -> f64 {
+    let s = speech().to_8k();
+    audio::speech_region(&s).expect("speech").1 as f64 / 8.0
+}
+
 /// The phrase, `GAP_MS` of silence, the phrase again.
 pub fn two_phrases(dir: &Path) -> (PathBuf, Audio) {
     let s = speech();
@@ -115,40 +121,47 @@ pub fn print_turns(label: &str, info: &serde_json::Value) {
     eprintln!("{label}: turns = {}", info["turns"]);
 }
 
-/// The phone heard exactly `sentences` x the TTS recording, intact and
-/// without gaps, and the call sent exactly that much audio (20 ms packets).
-/// We send RTP only while the agent speaks, so baresip's decoder dump holds
-/// nothing but the agent's speech, back to back.
-pub fn assert_heard_replies(
-    out: &Outcome,
-    info: &serde_json::Value,
-    reply: &Audio,
-    sentences: usize,
-) {
-    let heard = out.heard().expect("decoder dump").to_8k();
+/// The phone heard `sentences` x the TTS recording starting 0.1-2.5 s
+/// after `after_ms` (the end of the speech in a caller's phrase, on the caller's clock),
+/// intact, at real-time pace and without gaps. Returns when it started.
+pub fn assert_reply_after(out: &Outcome, reply: &Audio, after_ms: f64, sentences: usize) -> f64 {
+    let heard = out.heard_aligned().expect("decoder dump");
     let ctx = format!("heard: {}\n{}", audio::describe(&heard), out.summary());
+    let (start, end) = sound_after(&heard, after_ms)
+        .unwrap_or_else(|| panic!("nothing heard after {after_ms} ms: {ctx}"));
     let expected = repeated(reply, sentences);
     let want_ms = expected.duration_ms();
-    let tx = info["media"]["tx_packets"].as_u64().unwrap_or(0) as f64;
     assert!(
-        (tx * 20.0 - want_ms).abs() <= 60.0,
-        "the call sent {tx} packets for {want_ms} ms of TTS audio: {info}"
+        (100.0..=2500.0).contains(&(start - after_ms)),
+        "agent speech started {} ms after the caller's phrase: {ctx}",
+        start - after_ms
     );
-    let (start, end) = sound_after(&heard, 0.0).unwrap_or_else(|| panic!("heard nothing: {ctx}"));
     assert!(
         ((end - start) - want_ms).abs() <= 250.0,
         "heard {} ms of agent speech, the TTS said {want_ms} ms: {ctx}",
         end - start
     );
-    // The dump starts with the agent's first packet: the speech lines up
-    // within 0-300 ms, not at the offset of a repetition.
-    let d = audio::cross_correlation_delay(&expected, &heard, 300.0)
+    let got = window(&heard, start - 100.0, end + 200.0);
+    let d = audio::cross_correlation_delay(&expected, &got, 400.0)
         .unwrap_or_else(|| panic!("heard audio does not line up with the TTS audio: {ctx}"));
     assert!(
         d.corr >= 0.8,
         "heard audio differs from the TTS audio (corr {:.2}): {ctx}",
         d.corr
     );
-    let gap = audio::longest_gap_ms(&expected, &heard, d.ms);
+    let gap = audio::longest_gap_ms(&expected, &got, d.ms);
     assert!(gap <= 60.0, "{gap} ms gap inside the agent's speech: {ctx}");
+    start
+}
+
+/// Nothing but silence reached the phone between two times (ms).
+pub fn assert_silent_between(out: &Outcome, from_ms: f64, to_ms: f64) {
+    let heard = out.heard_aligned().expect("decoder dump");
+    if let Some((s, _)) = sound_after(&heard, from_ms) {
+        assert!(
+            s >= to_ms,
+            "sound at {s} ms, expected silence {from_ms}-{to_ms} ms: {}",
+            out.summary()
+        );
+    }
 }
