@@ -497,18 +497,22 @@ pub struct LoopConfig {
 
 /// Hands caller audio to a streaming ASR (`avr_pipeline`).
 pub type AudioSink = Box<dyn FnMut(&[i16]) + Send>;
+/// Transcripts of a streaming ASR: `Ok(text)` per utterance, `Err` when the
+/// stream broke.
+pub type Transcripts = mpsc::UnboundedReceiver<Result<String, String>>;
+/// Opens a new streaming ASR request.
+pub type RestartAsr = Box<dyn FnMut() -> Transcripts + Send>;
 
 /// The conversation loop of one call. `transcripts` (streaming ASR) yields
 /// `Ok(text)` per utterance and `Err` when the ASR stream broke (it is
 /// `restart`ed; repeated breaks fail the agent).
-#[allow(clippy::too_many_arguments)]
 pub async fn conversation(
     mut io: Io,
     backend: Arc<dyn Backend>,
     cfg: LoopConfig,
     mut audio_sink: Option<AudioSink>,
-    mut transcripts: Option<mpsc::UnboundedReceiver<Result<String, String>>>,
-    mut restart: Option<Box<dyn FnMut() -> mpsc::UnboundedReceiver<Result<String, String>> + Send>>,
+    mut transcripts: Option<Transcripts>,
+    mut restart: Option<RestartAsr>,
 ) -> Result<(), String> {
     let rate = cfg.rate;
     let mut history: Vec<Msg> = Vec::new();
