@@ -522,7 +522,10 @@ pub async fn conversation(
     let speaking = Arc::new(Mutex::new(Speaking::default()));
     let mut evad = EnergyVad::new(500.0, 700);
     let mut route_vad = false;
-    let preroll_len = rate as usize * 400 / 1000;
+    // The route VAD reports speech 120-180 ms after its onset, and later at
+    // the start of a call (its first 200 ms never count): keep a second of
+    // audio from before, trimmed to the sound below.
+    let preroll_len = rate as usize;
     let mut preroll: VecDeque<i16> = VecDeque::with_capacity(preroll_len);
     let mut utterance: Option<Vec<i16>> = None;
     let mut speech_ended: Option<Instant> = None;
@@ -731,7 +734,7 @@ pub async fn conversation(
     }
 }
 
-/// Drops the end-of-turn silence (keeps 200 ms after the last loud frame);
+/// Drops the silence before and after the speech (keeps 200 ms either side);
 /// `None` for an utterance with less than 100 ms of sound.
 fn trim_utterance(mut u: Vec<i16>, rate: u32) -> Option<Vec<i16>> {
     let frame = (rate as usize / 50).max(1);
@@ -740,9 +743,11 @@ fn trim_utterance(mut u: Vec<i16>, rate: u32) -> Option<Vec<i16>> {
     if n_loud < 5 {
         return None;
     }
+    let first = loud.iter().position(|&l| l).unwrap_or(0);
     let last = loud.iter().rposition(|&l| l).unwrap_or(0);
     let keep = ((last + 1 + 10) * frame).min(u.len());
     u.truncate(keep);
+    u.drain(..(first.saturating_sub(10) * frame).min(u.len()));
     Some(u)
 }
 
