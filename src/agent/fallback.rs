@@ -157,6 +157,9 @@ pub struct Fallback {
     /// The caller finished a turn and no agent audio came yet.
     waiting_since: Option<Instant>,
     heard_audio: bool,
+    /// The agent answered since the caller started the current turn (a
+    /// streaming ASR can answer before our VAD's end of turn).
+    answered_turn: bool,
 }
 
 impl Fallback {
@@ -177,6 +180,7 @@ impl Fallback {
             response_timeout,
             waiting_since: None,
             heard_audio: false,
+            answered_turn: false,
         };
         let mut out = AgentOutput::default();
         if !f.advance(&mut out) {
@@ -243,6 +247,7 @@ impl Fallback {
     fn after(&mut self, out: &mut AgentOutput) {
         if !out.audio.is_empty() {
             self.waiting_since = None;
+            self.answered_turn = true;
             if !self.heard_audio {
                 self.heard_audio = true;
                 breaker_record(&self.current_key, true, Instant::now());
@@ -302,8 +307,12 @@ impl Agent for Fallback {
         self.after(out);
     }
     fn on_turn(&mut self, e: TurnEvent, out: &mut AgentOutput) {
-        if e == TurnEvent::SpeechEnded {
-            self.waiting_since = Some(Instant::now());
+        match e {
+            TurnEvent::SpeechStarted => self.answered_turn = false,
+            TurnEvent::SpeechEnded if !self.answered_turn => {
+                self.waiting_since = Some(Instant::now())
+            }
+            TurnEvent::SpeechEnded => {}
         }
         self.current.on_turn(e, out);
         self.after(out);

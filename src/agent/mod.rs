@@ -8,9 +8,12 @@
 //! ([`remote::Remote`]); the media path only ever does channel operations.
 
 pub mod audiosocket;
+pub mod avr_pipeline;
 pub mod avr_sts;
 pub mod fallback;
+pub mod openai_compat;
 pub mod openai_realtime;
+pub mod pipeline;
 pub mod remote;
 pub mod say;
 
@@ -144,12 +147,46 @@ pub fn build_for(cfg: &AgentConfig, ctx: &AgentContext) -> Result<Box<dyn Agent>
         }
         AgentConfig::AvrSts { url } => Box::new(avr_sts::spawn(url, ctx)),
         AgentConfig::Audiosocket { addr } => Box::new(audiosocket::spawn(addr, ctx)),
-        other => {
-            return Err(AgentError::Config(format!(
-                "agent kind `{}` is not available yet",
-                other.kind()
-            )))
-        }
+        AgentConfig::OpenaiCompat {
+            base_url,
+            asr_url,
+            llm_url,
+            tts_url,
+            asr_model,
+            llm_model,
+            tts_model,
+            voice,
+            api_key_env,
+            system,
+        } => Box::new(openai_compat::spawn(
+            openai_compat::Settings::from_config(
+                base_url.as_deref(),
+                asr_url.as_deref(),
+                llm_url.as_deref(),
+                tts_url.as_deref(),
+                asr_model,
+                llm_model,
+                tts_model,
+                voice.as_deref(),
+                api_key_env.as_deref(),
+                system.as_deref(),
+            )?,
+            ctx,
+        )?),
+        AgentConfig::AvrPipeline {
+            asr_url,
+            llm_url,
+            tts_url,
+            system,
+        } => Box::new(avr_pipeline::spawn(
+            avr_pipeline::Settings {
+                asr_url: asr_url.clone(),
+                llm_url: llm_url.clone(),
+                tts_url: tts_url.clone(),
+                system: system.clone(),
+            },
+            ctx,
+        )?),
     })
 }
 

@@ -1,0 +1,462 @@
+//! OpenAI-compatible local services (faster-whisper-server, speaches, vLLM,
+//! Ollama, llama.cpp, Kokoro-FastAPI, ...): each caller utterance is POSTed
+//! to `/audio/transcriptions` as a 16 kHz WAV, the transcript goes to
+//! `/chat/completions` with `"stream": true` (SSE), and each sentence of the
+//! answer to `/audio/speech` (`pcm`: s16le 24 kHz, or a WAV at any rate).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::pipeline::{self, Backend, BoxFut, LoopConfig, Msg, PcmBytes, SincResampler};
+use super::remote::Remote;
+use super::{AgentContext, AgentError};
+
+/// The agent's PCM rate (what Whisper-style ASR wants).
+pub const RATE: u32 = 16000;
+/// OpenAI's `pcm` speech format rate.
+const PCM_RATE: u32 = 24000;
+/// Longest a whole transcription request may take.
+const ASR_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+pub struct Settings {
+    pub asr_url: String,
+    pub llm_url: String,
+    pub tts_url: String,
+    pub asr_model: String,
+    pub llm_model: String,
+    pub tts_model: String,
+    pub voice: String,
+    pub api_key: Option<String>,
+    pub system: Option<String>,
+}
+
+impl Settings {
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_config(
+        base_url: Option<&str>,
+        asr_url: Option<&str>,
+        llm_url: Option<&str>,
+        tts_url: Option<&str>,
+        asr_model: &str,
+        llm_model: &str,
+        tts_model: &str,
+        voice: Option<&str>,
+        api_key_env: Option<&str>,
+        system: Option<&str>,
+    ) -> Result<Settings, AgentError> {
+        let base = base_url.map(|b| b.trim_end_matches('/').to_string());
+        let pick = |explicit: Option<&str>, path: &str, what: &str| {
+            explicit
+                .map(str::to_string)
+                .or_else(|| base.as_ref().map(|b| format!("{b}{path}")))
+                .ok_or_else(|| AgentError::Config(format!("openai_compat: no base_url or {what}")))
+        };
+        let api_key = match api_key_env {
+            Some(name) => Some(std::env::var(name).map_err(|_| {
+                AgentError::Config(format!(
+                    "openai_compat: environment variable {name} is not set"
+                ))
+            })?),
+            None => None,
+        };
+        Ok(Settings {
+            asr_url: pick(asr_url, "/audio/transcriptions", "asr_url")?,
+            llm_url: pick(llm_url, "/chat/completions", "llm_url")?,
+            tts_url: pick(tts_url, "/audio/speech", "tts_url")?,
+            asr_model: asr_model.into(),
+            llm_model: llm_model.into(),
+            tts_model: tts_model.into(),
+            voice: voice.unwrap_or("alloy").into(),
+            api_key,
+            system: system.map(str::to_string),
+        })
+    }
+}
+
+struct OpenaiCompat {
+    s: Settings,
+    http: reqwest::Client,
+}
+
+impl OpenaiCompat {
+    fn auth(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.s.api_key {
+            Some(k) => r.bearer_auth(k),
+            None => r,
+        }
+    }
+}
+
+/// A 16-bit mono WAV file.
+pub fn wav_bytes(pcm: &[i16], rate: u32) -> Vec<u8> {
+    let data = pcm.len() as u32 * 2;
+    let mut v = Vec::with_capacity(44 + data as usize);
+    v.extend_from_slice(b"RIFF");
+    v.extend_from_slice(&(36 + data).to_le_bytes());
+    v.extend_from_slice(b"WAVEfmt ");
+    v.extend_from_slice(&16u32.to_le_bytes());
+    v.extend_from_slice(&1u16.to_le_bytes());
+    v.extend_from_slice(&1u16.to_le_bytes());
+    v.extend_from_slice(&rate.to_le_bytes());
+    v.extend_from_slice(&(rate * 2).to_le_bytes());
+    v.extend_from_slice(&2u16.to_le_bytes());
+    v.extend_from_slice(&16u16.to_le_bytes());
+    v.extend_from_slice(b"data");
+    v.extend_from_slice(&data.to_le_bytes());
+    for s in pcm {
+        v.extend_from_slice(&s.to_le_bytes());
+    }
+    v
+}
+
+/// Streamed speech: raw s16le at 24 kHz, or a WAV (header parsed as it
+/// comes, sizes may be unknown), resampled to the agent rate.
+struct SpeechDecoder {
+    head: Vec<u8>,
+    decided: bool,
+    pcm: PcmBytes,
+    rs: Option<SincResampler>,
+    channels: usize,
+}
+
+impl SpeechDecoder {
+    fn new() -> Self {
+        SpeechDecoder {
+            head: Vec::new(),
+            decided: false,
+            pcm: PcmBytes::default(),
+            rs: None,
+            channels: 1,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> Result<Vec<i16>, String> {
+        let mut out = Vec::new();
+        if self.decided {
+            self.decode(bytes, &mut out);
+            return Ok(out);
+        }
+        self.head.extend_from_slice(bytes);
+        if self.head.len() < 12 {
+            return Ok(out);
+        }
+        if &self.head[0..4] != b"RIFF" {
+            self.decided = true;
+            self.rs = Some(SincResampler::new(PCM_RATE, RATE));
+            let head = std::mem::take(&mut self.head);
+            self.decode(&head, &mut out);
+            return Ok(out);
+        }
+        if &self.head[8..12] != b"WAVE" {
+            return Err("RIFF answer is not a WAVE".into());
+        }
+        // Walk the chunks up to `data`.
+        let mut pos = 12;
+        let mut fmt: Option<(u16, u16, u32, u16)> = None;
+        while pos + 8 <= self.head.len() {
+            let id = &self.head[pos..pos + 4];
+            let len = u32::from_le_bytes([
+                self.head[pos + 4],
+                self.head[pos + 5],
+                self.head[pos + 6],
+                self.head[pos + 7],
+            ]) as usize;
+            if id == b"data" {
+                let (format, channels, rate, bits) =
+                    fmt.ok_or("WAV answer has no fmt chunk before data")?;
+                if !(format == 1 || format == 0xfffe) || bits != 16 || channels == 0 || rate == 0 {
+                    return Err(format!(
+                        "WAV answer: format {format}, {bits} bits, {channels} ch"
+                    ));
+                }
+                self.channels = channels as usize;
+                self.rs = Some(SincResampler::new(rate, RATE));
+                self.decided = true;
+                let rest = self.head.split_off(pos + 8);
+                self.head.clear();
+                self.decode(&rest, &mut out);
+                return Ok(out);
+            }
+            if pos + 8 + len > self.head.len() {
+                if self.head.len() > 64 * 1024 {
+                    return Err("WAV header too long".into());
+                }
+                return Ok(out); // wait for the rest of this chunk
+            }
+            let body = &self.head[pos + 8..pos + 8 + len];
+            if id == b"fmt " && body.len() >= 16 {
+                fmt = Some((
+                    u16::from_le_bytes([body[0], body[1]]),
+                    u16::from_le_bytes([body[2], body[3]]),
+                    u32::from_le_bytes([body[4], body[5], body[6], body[7]]),
+                    u16::from_le_bytes([body[14], body[15]]),
+                ));
+            }
+            pos += 8 + len + (len & 1);
+        }
+        Ok(out)
+    }
+
+    fn decode(&mut self, bytes: &[u8], out: &mut Vec<i16>) {
+        let mut s = Vec::new();
+        self.pcm.push(bytes, &mut s);
+        if self.channels > 1 {
+            // Interleaved: keep the first channel (odd leftovers are rare
+            // enough to ignore across chunk edges).
+            s = s.into_iter().step_by(self.channels).collect();
+        }
+        if let Some(rs) = self.rs.as_mut() {
+            rs.process(&s, out);
+        }
+    }
+
+    fn finish(&mut self) -> Result<Vec<i16>, String> {
+        let mut out = Vec::new();
+        if !self.decided {
+            if self.head.is_empty() {
+                return Ok(out);
+            }
+            if self.head.starts_with(b"RIFF") {
+                return Err("WAV answer ended in its header".into());
+            }
+            let head = std::mem::take(&mut self.head);
+            self.rs = Some(SincResampler::new(PCM_RATE, RATE));
+            self.decided = true;
+            self.decode(&head, &mut out);
+        }
+        if let Some(rs) = self.rs.as_mut() {
+            rs.flush(&mut out);
+        }
+        Ok(out)
+    }
+}
+
+/// The content of one SSE `data:` payload; `None` for `[DONE]`.
+fn sse_content(data: &str) -> Result<Option<String>, String> {
+    if data == "[DONE]" {
+        return Ok(None);
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(data).map_err(|e| format!("bad SSE data: {e}"))?;
+    if let Some(err) = v.get("error") {
+        return Err(format!("stream error: {err}"));
+    }
+    Ok(Some(
+        v["choices"][0]["delta"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    ))
+}
+
+impl Backend for OpenaiCompat {
+    fn transcribe(&self, pcm: Vec<i16>) -> BoxFut<'_, Result<String, String>> {
+        Box::pin(async move {
+            let part = reqwest::multipart::Part::bytes(wav_bytes(&pcm, RATE))
+                .file_name("utterance.wav")
+                .mime_str("audio/wav")
+                .map_err(|e| e.to_string())?;
+            let form = reqwest::multipart::Form::new()
+                .part("file", part)
+                .text("model", self.s.asr_model.clone())
+                .text("response_format", "json");
+            let req = self
+                .auth(self.http.post(&self.s.asr_url))
+                .timeout(ASR_TIMEOUT)
+                .multipart(form);
+            let resp = pipeline::send(req).await?;
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| format!("answer broken: {e}"))?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| format!("answer is not JSON ({e})"))?;
+            v["text"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| "answer has no `text`".to_string())
+        })
+    }
+
+    fn llm(
+        &self,
+        messages: Vec<Msg>,
+        tx: mpsc::UnboundedSender<String>,
+    ) -> BoxFut<'_, Result<(), String>> {
+        Box::pin(async move {
+            let body = serde_json::json!({
+                "model": self.s.llm_model,
+                "stream": true,
+                "messages": messages,
+            });
+            let mut resp =
+                pipeline::send(self.auth(self.http.post(&self.s.llm_url)).json(&body)).await?;
+            let is_json = resp
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/json"));
+            let mut buf: Vec<u8> = Vec::new();
+            if is_json {
+                // A server that ignores `stream`: one chat.completion.
+                while let Some(c) = pipeline::next_chunk(&mut resp).await? {
+                    buf.extend_from_slice(&c);
+                }
+                let v: serde_json::Value = serde_json::from_slice(&buf)
+                    .map_err(|e| format!("answer is not JSON ({e})"))?;
+                let text = v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .ok_or("answer has no choices[0].message.content")?;
+                let _ = tx.send(text.to_string());
+                return Ok(());
+            }
+            let mut got_data = false;
+            loop {
+                let chunk = pipeline::next_chunk(&mut resp).await?;
+                let ended = chunk.is_none();
+                if let Some(c) = chunk {
+                    buf.extend_from_slice(&c);
+                }
+                while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=nl).collect();
+                    let line = String::from_utf8_lossy(&line);
+                    let line = line.trim();
+                    let Some(data) = line.strip_prefix("data:") else {
+                        continue; // comments, event:, id:, blank lines
+                    };
+                    got_data = true;
+                    match sse_content(data.trim())? {
+                        Some(t) => {
+                            let _ = tx.send(t);
+                        }
+                        None => {
+                            // Read the rest so the connection can be reused.
+                            while let Ok(Some(_)) = pipeline::next_chunk(&mut resp).await {}
+                            return Ok(());
+                        }
+                    }
+                }
+                if ended {
+                    return if got_data {
+                        Ok(()) // no [DONE], but the stream ended normally
+                    } else {
+                        Err("answer has no SSE data".into())
+                    };
+                }
+            }
+        })
+    }
+
+    fn tts(
+        &self,
+        text: String,
+        tx: mpsc::UnboundedSender<Vec<i16>>,
+    ) -> BoxFut<'_, Result<(), String>> {
+        Box::pin(async move {
+            let body = serde_json::json!({
+                "model": self.s.tts_model,
+                "input": text,
+                "voice": self.s.voice,
+                "response_format": "pcm",
+            });
+            let mut resp =
+                pipeline::send(self.auth(self.http.post(&self.s.tts_url)).json(&body)).await?;
+            let mut dec = SpeechDecoder::new();
+            while let Some(c) = pipeline::next_chunk(&mut resp).await? {
+                let a = dec.push(&c)?;
+                if !a.is_empty() {
+                    let _ = tx.send(a);
+                }
+            }
+            let a = dec.finish()?;
+            if !a.is_empty() {
+                let _ = tx.send(a);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Starts the agent for one call.
+pub fn spawn(s: Settings, _ctx: &AgentContext) -> Result<Remote, AgentError> {
+    let http = pipeline::http_client().map_err(AgentError::Config)?;
+    let system = s.system.clone();
+    let backend = Arc::new(OpenaiCompat { s, http });
+    Ok(Remote::spawn("openai_compat", RATE, move |io| async move {
+        // A dead endpoint fails at once (a fallback takes over).
+        for u in [&backend.s.asr_url, &backend.s.llm_url, &backend.s.tts_url] {
+            pipeline::reachable(u).await?;
+        }
+        pipeline::conversation(
+            io,
+            backend,
+            LoopConfig {
+                rate: RATE,
+                system,
+                collect_utterances: true,
+            },
+            None,
+            None,
+            None,
+        )
+        .await
+    }))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speech_decoder_reads_wav_with_unknown_sizes_in_pieces() {
+        let pcm: Vec<i16> = (0..22050).map(|i| ((i % 50) * 100) as i16).collect();
+        let mut wav = wav_bytes(&pcm, 22050);
+        wav[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        wav[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut d = SpeechDecoder::new();
+        let mut out = Vec::new();
+        for c in wav.chunks(7) {
+            out.extend(d.push(c).unwrap());
+        }
+        out.extend(d.finish().unwrap());
+        assert!((out.len() as i64 - 16000).abs() <= 2, "{}", out.len());
+    }
+
+    #[test]
+    fn speech_decoder_reads_raw_pcm_at_24k() {
+        let mut d = SpeechDecoder::new();
+        let bytes: Vec<u8> = std::iter::repeat_n([0x10u8, 0x00], 24000)
+            .flatten()
+            .collect();
+        let mut out = Vec::new();
+        for c in bytes.chunks(4801) {
+            out.extend(d.push(c).unwrap());
+        }
+        out.extend(d.finish().unwrap());
+        assert!((out.len() as i64 - 16000).abs() <= 2, "{}", out.len());
+    }
+
+    #[test]
+    fn urls_come_from_base_or_explicit() {
+        let s = Settings::from_config(
+            Some("http://h:1/v1/"),
+            None,
+            Some("http://x/chat"),
+            None,
+            "a",
+            "b",
+            "c",
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.asr_url, "http://h:1/v1/audio/transcriptions");
+        assert_eq!(s.llm_url, "http://x/chat");
+        assert_eq!(s.tts_url, "http://h:1/v1/audio/speech");
+    }
+}

@@ -1,0 +1,930 @@
+//! Turn-taking shared by the pipeline agents (`openai_compat`,
+//! `avr_pipeline`): caller utterances end a turn, the LLM's streamed text is
+//! cut into sentences (`<think>` removed), each sentence goes to TTS as soon
+//! as it is complete and its audio is handed to the call as it arrives.
+//! Caller speech while the agent talks cancels the turn (barge-in).
+//!
+//! Latency per turn ([`TurnLatency`]): `total_ms` from the caller's end of
+//! speech to the first agent audio handed to the call; `asr_ms` from the end
+//! of speech to the transcript; `llm_first_token_ms` from the LLM request to
+//! its first text; `tts_first_byte_ms` from the first TTS request to its
+//! first audio byte.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::remote::{Input, Io, Output};
+use super::{AgentEvent, TurnLatency};
+use crate::media::dsp::TurnEvent;
+
+/// Consecutive failed turns after which the provider is given up (failover).
+pub const MAX_TURN_FAILURES: u32 = 2;
+/// Connect timeout for every provider request.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait for response headers or for the next body chunk.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Msg {
+    pub role: String,
+    pub content: String,
+}
+
+impl Msg {
+    pub fn new(role: &str, content: &str) -> Msg {
+        Msg {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a pipeline provider does; `openai_compat` and `avr_pipeline`
+/// implement it.
+pub trait Backend: Send + Sync + 'static {
+    /// Transcribes one utterance (agent rate); `None` when transcripts come
+    /// from elsewhere (a streaming ASR).
+    fn transcribe(&self, _pcm: Vec<i16>) -> BoxFut<'_, Result<String, String>> {
+        Box::pin(async { Err("this provider has no utterance transcription".to_string()) })
+    }
+    /// Streams the answer to `messages` (the last one is the caller's) as
+    /// text pieces into `tx`.
+    fn llm(
+        &self,
+        messages: Vec<Msg>,
+        tx: mpsc::UnboundedSender<String>,
+    ) -> BoxFut<'_, Result<(), String>>;
+    /// Streams `text` as audio at the agent rate into `tx`.
+    fn tts(
+        &self,
+        text: String,
+        tx: mpsc::UnboundedSender<Vec<i16>>,
+    ) -> BoxFut<'_, Result<(), String>>;
+}
+
+/// Cuts streamed LLM text into sentences and drops `<think>...</think>`,
+/// also when tags or sentences are split across pieces.
+#[derive(Debug, Default)]
+pub struct SentenceSplitter {
+    raw: String,
+    in_think: bool,
+    text: String,
+}
+
+const THINK_OPEN: &str = "<think>";
+const THINK_CLOSE: &str = "</think>";
+
+/// How much of the end of `s` could be the start of `tag`.
+fn partial_tag_len(s: &str, tag: &str) -> usize {
+    (1..tag.len())
+        .rev()
+        .find(|&n| {
+            s.len() >= n && s.is_char_boundary(s.len() - n) && tag.starts_with(&s[s.len() - n..])
+        })
+        .unwrap_or(0)
+}
+
+impl SentenceSplitter {
+    /// Adds a piece; returns the sentences it completed.
+    pub fn push(&mut self, piece: &str) -> Vec<String> {
+        self.raw.push_str(piece);
+        loop {
+            if self.in_think {
+                match self.raw.find(THINK_CLOSE) {
+                    Some(i) => {
+                        self.raw.drain(..i + THINK_CLOSE.len());
+                        self.in_think = false;
+                    }
+                    None => {
+                        // Keep only what may be the start of the closing tag.
+                        let keep = partial_tag_len(&self.raw, THINK_CLOSE);
+                        let cut = self.raw.len() - keep;
+                        self.raw.drain(..cut);
+                        break;
+                    }
+                }
+            } else {
+                match self.raw.find(THINK_OPEN) {
+                    Some(i) => {
+                        self.text.push_str(&self.raw[..i]);
+                        self.raw.drain(..i + THINK_OPEN.len());
+                        self.in_think = true;
+                    }
+                    None => {
+                        let keep = partial_tag_len(&self.raw, THINK_OPEN);
+                        let cut = self.raw.len() - keep;
+                        self.text.push_str(&self.raw[..cut]);
+                        self.raw.drain(..cut);
+                        break;
+                    }
+                }
+            }
+        }
+        self.take_sentences(false)
+    }
+
+    /// The rest of the text once the stream ended.
+    pub fn finish(&mut self) -> Vec<String> {
+        if !self.in_think {
+            let rest = std::mem::take(&mut self.raw);
+            self.text.push_str(&rest);
+        }
+        self.raw.clear();
+        self.take_sentences(true)
+    }
+
+    fn take_sentences(&mut self, all: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let b = self.text.as_bytes();
+            // A sentence ends at a newline, or at . ! ? followed by white
+            // space (so "3.5" and "e.g." inside words do not cut).
+            let mut end = None;
+            for (i, &c) in b.iter().enumerate() {
+                if c == b'\n' {
+                    end = Some(i + 1);
+                    break;
+                }
+                if matches!(c, b'.' | b'!' | b'?') {
+                    match b.get(i + 1) {
+                        Some(n) if n.is_ascii_whitespace() => {
+                            end = Some(i + 1);
+                            break;
+                        }
+                        Some(_) => {}
+                        None if all => {}
+                        None => break, // wait: "3." may continue as "3.5"
+                    }
+                }
+            }
+            let Some(end) = end else { break };
+            let s: String = self.text.drain(..end).collect();
+            let s = s.trim();
+            if !s.is_empty() {
+                out.push(s.to_string());
+            }
+        }
+        if all {
+            let s = std::mem::take(&mut self.text);
+            let s = s.trim();
+            if !s.is_empty() {
+                out.push(s.to_string());
+            }
+        }
+        out
+    }
+}
+
+/// Streaming windowed-sinc resampler for any pair of rates (22050 Hz
+/// Piper voices, 24 kHz OpenAI pcm) into the agent rate.
+pub struct SincResampler {
+    from: u32,
+    to: u32,
+    buf: Vec<f32>,
+    pos: f64,
+}
+
+const SINC_HALF: usize = 16;
+
+impl SincResampler {
+    pub fn new(from: u32, to: u32) -> SincResampler {
+        SincResampler {
+            from: from.max(1),
+            to: to.max(1),
+            buf: vec![0.0; SINC_HALF],
+            pos: SINC_HALF as f64,
+        }
+    }
+
+    pub fn process(&mut self, input: &[i16], out: &mut Vec<i16>) {
+        if self.from == self.to {
+            out.extend_from_slice(input);
+            return;
+        }
+        self.buf.extend(input.iter().map(|&s| s as f32));
+        let step = self.from as f64 / self.to as f64;
+        // Low-pass below the lower Nyquist (relative to the input rate).
+        let cutoff = (self.to as f64 / self.from as f64).min(1.0) * 0.92;
+        let half = SINC_HALF as f64;
+        while (self.pos.floor() as usize) + SINC_HALF < self.buf.len() {
+            let i0 = self.pos.floor() as i64;
+            let mut acc = 0.0f64;
+            for k in (i0 - SINC_HALF as i64 + 1)..=(i0 + SINC_HALF as i64) {
+                if k < 0 {
+                    continue;
+                }
+                let x = self.pos - k as f64;
+                let t = std::f64::consts::PI * cutoff * x;
+                let sinc = if t.abs() < 1e-9 { 1.0 } else { t.sin() / t };
+                let w = 0.5 + 0.5 * (std::f64::consts::PI * x / half).cos();
+                acc += self.buf[k as usize] as f64 * sinc * cutoff * w;
+            }
+            out.push(acc.round().clamp(-32768.0, 32767.0) as i16);
+            self.pos += step;
+        }
+        let drop = (self.pos.floor() as usize).saturating_sub(SINC_HALF);
+        if drop > 0 {
+            self.buf.drain(..drop.min(self.buf.len()));
+            self.pos -= drop as f64;
+        }
+    }
+
+    /// The last samples held back for the filter.
+    pub fn flush(&mut self, out: &mut Vec<i16>) {
+        if self.from != self.to {
+            self.process(&[0; SINC_HALF], out);
+        }
+    }
+}
+
+/// s16le bytes to samples, carrying an odd byte to the next chunk.
+#[derive(Default)]
+pub struct PcmBytes {
+    carry: Option<u8>,
+}
+
+impl PcmBytes {
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<i16>) {
+        let mut it = bytes.iter().copied();
+        if let Some(lo) = self.carry.take() {
+            match it.next() {
+                Some(hi) => out.push(i16::from_le_bytes([lo, hi])),
+                None => {
+                    self.carry = Some(lo);
+                    return;
+                }
+            }
+        }
+        let rest: Vec<u8> = it.collect();
+        let mut chunks = rest.chunks_exact(2);
+        for c in &mut chunks {
+            out.push(i16::from_le_bytes([c[0], c[1]]));
+        }
+        self.carry = chunks.remainder().first().copied();
+    }
+}
+
+pub fn rms(pcm: &[i16]) -> f64 {
+    if pcm.is_empty() {
+        return 0.0;
+    }
+    (pcm.iter().map(|&s| (s as f64) * (s as f64)).sum::<f64>() / pcm.len() as f64).sqrt()
+}
+
+/// Simple energy VAD for when the route's VAD is off: 3 loud frames start
+/// speech, `end_ms` of quiet ends it.
+pub struct EnergyVad {
+    threshold: f64,
+    end_ms: u32,
+    loud_run: u32,
+    quiet_ms: u32,
+    speaking: bool,
+}
+
+impl EnergyVad {
+    pub fn new(threshold: f64, end_ms: u32) -> EnergyVad {
+        EnergyVad {
+            threshold,
+            end_ms,
+            loud_run: 0,
+            quiet_ms: 0,
+            speaking: false,
+        }
+    }
+
+    pub fn feed(&mut self, frame: &[i16], rate: u32) -> Option<TurnEvent> {
+        let ms = (frame.len() as u64 * 1000 / rate.max(1) as u64) as u32;
+        if rms(frame) >= self.threshold {
+            self.loud_run += 1;
+            self.quiet_ms = 0;
+            if !self.speaking && self.loud_run >= 3 {
+                self.speaking = true;
+                return Some(TurnEvent::SpeechStarted);
+            }
+        } else {
+            self.loud_run = 0;
+            if self.speaking {
+                self.quiet_ms += ms;
+                if self.quiet_ms >= self.end_ms {
+                    self.speaking = false;
+                    return Some(TurnEvent::SpeechEnded);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Call-wide view of what the agent said and when it will have been heard.
+#[derive(Default)]
+struct Speaking {
+    /// When the audio handed out so far ends playing (estimate).
+    play_until: Option<Instant>,
+    /// The current turn's caller text and the agent text sent to TTS.
+    user_text: Option<String>,
+    agent_text: String,
+    first_audio: bool,
+}
+
+fn lock(s: &Mutex<Speaking>) -> std::sync::MutexGuard<'_, Speaking> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What starts a turn.
+pub enum TurnInput {
+    /// An utterance to transcribe (agent rate).
+    Audio(Vec<i16>),
+    /// A transcript from a streaming ASR, `asr_ms` after the end of speech.
+    Text(String, Option<u64>),
+}
+
+struct Turn {
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+/// One turn: transcript (if needed), LLM streamed into sentences, each to
+/// TTS, audio to the call.
+async fn run_turn(
+    backend: Arc<dyn Backend>,
+    mut history: Vec<Msg>,
+    input: TurnInput,
+    t0: Instant,
+    rate: u32,
+    out: mpsc::UnboundedSender<Output>,
+    speaking: Arc<Mutex<Speaking>>,
+) -> Result<(), String> {
+    let (text, asr_ms) = match input {
+        TurnInput::Text(t, ms) => (t, ms),
+        TurnInput::Audio(pcm) => {
+            let t = backend
+                .transcribe(pcm)
+                .await
+                .map_err(|e| format!("ASR: {e}"))?;
+            (t, Some(t0.elapsed().as_millis() as u64))
+        }
+    };
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Ok(());
+    }
+    let _ = out.send(Output::Event(AgentEvent::Transcript {
+        role: "user".into(),
+        text: text.clone(),
+    }));
+    lock(&speaking).user_text = Some(text.clone());
+    history.push(Msg::new("user", &text));
+
+    let (piece_tx, mut piece_rx) = mpsc::unbounded_channel::<String>();
+    let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<String>();
+    let llm_started = Instant::now();
+    let llm_first = Arc::new(Mutex::new(None::<u64>));
+    let llm = {
+        let backend = backend.clone();
+        async move {
+            backend
+                .llm(history, piece_tx)
+                .await
+                .map_err(|e| format!("LLM: {e}"))
+        }
+    };
+    let split = {
+        let llm_first = llm_first.clone();
+        async move {
+            let mut sp = SentenceSplitter::default();
+            while let Some(p) = piece_rx.recv().await {
+                if !p.is_empty() {
+                    let mut f = llm_first.lock().unwrap_or_else(|p| p.into_inner());
+                    f.get_or_insert(llm_started.elapsed().as_millis() as u64);
+                }
+                for s in sp.push(&p) {
+                    let _ = sent_tx.send(s);
+                }
+            }
+            for s in sp.finish() {
+                let _ = sent_tx.send(s);
+            }
+            Ok::<(), String>(())
+        }
+    };
+    let speak = {
+        let backend = backend.clone();
+        let out = out.clone();
+        let speaking = speaking.clone();
+        async move {
+            let mut tts_first: Option<u64> = None;
+            let mut said = String::new();
+            while let Some(sentence) = sent_rx.recv().await {
+                {
+                    let mut s = lock(&speaking);
+                    if !s.agent_text.is_empty() {
+                        s.agent_text.push(' ');
+                    }
+                    s.agent_text.push_str(&sentence);
+                }
+                let (atx, mut arx) = mpsc::unbounded_channel::<Vec<i16>>();
+                let tts_started = Instant::now();
+                let req = backend.tts(sentence.clone(), atx);
+                let forward = async {
+                    while let Some(a) = arx.recv().await {
+                        if a.is_empty() {
+                            continue;
+                        }
+                        let now = Instant::now();
+                        let first = {
+                            let mut s = lock(&speaking);
+                            let start = s.play_until.filter(|&u| u > now).unwrap_or(now);
+                            s.play_until = Some(
+                                start
+                                    + Duration::from_micros(
+                                        a.len() as u64 * 1_000_000 / rate as u64,
+                                    ),
+                            );
+                            !std::mem::replace(&mut s.first_audio, true)
+                        };
+                        if tts_first.is_none() {
+                            tts_first = Some(tts_started.elapsed().as_millis() as u64);
+                        }
+                        let _ = out.send(Output::Audio(a));
+                        if first {
+                            let l = TurnLatency {
+                                total_ms: t0.elapsed().as_millis() as u64,
+                                asr_ms,
+                                llm_first_token_ms: *llm_first
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner()),
+                                tts_first_byte_ms: tts_first,
+                            };
+                            let _ = out.send(Output::Event(AgentEvent::Latency(l)));
+                        }
+                    }
+                };
+                let (r, ()) = tokio::join!(req, forward);
+                r.map_err(|e| format!("TTS: {e}"))?;
+                if !said.is_empty() {
+                    said.push(' ');
+                }
+                said.push_str(&sentence);
+            }
+            if !said.is_empty() {
+                let _ = out.send(Output::Event(AgentEvent::Transcript {
+                    role: "agent".into(),
+                    text: said,
+                }));
+            }
+            Ok::<(), String>(())
+        }
+    };
+    tokio::try_join!(llm, split, speak)?;
+    Ok(())
+}
+
+/// How the agent hears the caller.
+pub struct LoopConfig {
+    pub rate: u32,
+    pub system: Option<String>,
+    /// Collect utterances and transcribe them (`openai_compat`); otherwise
+    /// transcripts come from `transcripts`.
+    pub collect_utterances: bool,
+}
+
+/// Hands caller audio to a streaming ASR (`avr_pipeline`).
+pub type AudioSink = Box<dyn FnMut(&[i16]) + Send>;
+/// Transcripts of a streaming ASR: `Ok(text)` per utterance, `Err` when the
+/// stream broke.
+pub type Transcripts = mpsc::UnboundedReceiver<Result<String, String>>;
+/// Opens a new streaming ASR request.
+pub type RestartAsr = Box<dyn FnMut() -> Transcripts + Send>;
+
+/// The conversation loop of one call. `transcripts` (streaming ASR) yields
+/// `Ok(text)` per utterance and `Err` when the ASR stream broke (it is
+/// `restart`ed; repeated breaks fail the agent).
+pub async fn conversation(
+    mut io: Io,
+    backend: Arc<dyn Backend>,
+    cfg: LoopConfig,
+    mut audio_sink: Option<AudioSink>,
+    mut transcripts: Option<Transcripts>,
+    mut restart: Option<RestartAsr>,
+) -> Result<(), String> {
+    let rate = cfg.rate;
+    let mut history: Vec<Msg> = Vec::new();
+    if let Some(s) = cfg.system.as_deref().filter(|s| !s.trim().is_empty()) {
+        history.push(Msg::new("system", s));
+    }
+    let speaking = Arc::new(Mutex::new(Speaking::default()));
+    let mut evad = EnergyVad::new(500.0, 700);
+    let mut route_vad = false;
+    // The route VAD reports speech 120-180 ms after its onset, and later at
+    // the start of a call (its first 200 ms never count): keep a second of
+    // audio from before, trimmed to the sound below.
+    let preroll_len = rate as usize;
+    let mut preroll: VecDeque<i16> = VecDeque::with_capacity(preroll_len);
+    let mut utterance: Option<Vec<i16>> = None;
+    let mut speech_ended: Option<Instant> = None;
+    // The last caller frame with sound: the end of speech when a streaming
+    // ASR answers before our VAD's end of turn.
+    let mut last_loud: Option<Instant> = None;
+    let mut turn: Option<Turn> = None;
+    let mut failures = 0u32;
+    let mut asr_failures = 0u32;
+
+    loop {
+        enum Ev {
+            In(Option<Input>),
+            Transcript(Option<Result<String, String>>),
+            TurnDone(Result<(), String>),
+        }
+        let ev = {
+            let turn_fut = async {
+                match turn.as_mut() {
+                    Some(t) => match (&mut t.task).await {
+                        Ok(r) => r,
+                        Err(e) => Err(format!("turn task: {e}")),
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            let tr_fut = async {
+                match transcripts.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                i = io.inputs.recv() => Ev::In(i),
+                t = tr_fut => Ev::Transcript(t),
+                r = turn_fut => Ev::TurnDone(r),
+            }
+        };
+        let mut turn_event: Option<TurnEvent> = None;
+        let mut start: Option<TurnInput> = None;
+        match ev {
+            Ev::In(None) => {
+                if let Some(t) = turn.take() {
+                    t.task.abort();
+                }
+                return Ok(());
+            }
+            Ev::In(Some(Input::Audio(frame))) => {
+                if let Some(sink) = audio_sink.as_mut() {
+                    sink(&frame);
+                }
+                if cfg.collect_utterances {
+                    match utterance.as_mut() {
+                        Some(u) => u.extend_from_slice(&frame),
+                        None => {
+                            preroll.extend(frame.iter().copied());
+                            while preroll.len() > preroll_len {
+                                preroll.pop_front();
+                            }
+                        }
+                    }
+                }
+                if rms(&frame) >= 500.0 {
+                    last_loud = Some(Instant::now());
+                }
+                let e = evad.feed(&frame, rate);
+                if !route_vad {
+                    turn_event = e;
+                }
+            }
+            Ev::In(Some(Input::Turn(e))) => {
+                route_vad = true;
+                turn_event = Some(e);
+            }
+            Ev::In(Some(Input::Cleared { dropped_ms })) => {
+                tracing::debug!(dropped_ms, "call dropped queued agent audio");
+                lock(&speaking).play_until = None;
+            }
+            Ev::In(Some(_)) => {}
+            Ev::Transcript(None) => {
+                asr_failures += 1;
+                let _ = io.send(Output::Event(AgentEvent::Error {
+                    message: "ASR stream ended".into(),
+                }));
+                if asr_failures >= MAX_TURN_FAILURES {
+                    return Err("ASR stream keeps failing".into());
+                }
+                transcripts = restart.as_mut().map(|r| r());
+            }
+            Ev::Transcript(Some(Err(e))) => {
+                asr_failures += 1;
+                let _ = io.send(Output::Event(AgentEvent::Error {
+                    message: format!("ASR: {e}"),
+                }));
+                if asr_failures >= MAX_TURN_FAILURES {
+                    return Err(format!("ASR keeps failing: {e}"));
+                }
+                transcripts = restart.as_mut().map(|r| r());
+            }
+            Ev::Transcript(Some(Ok(text))) => {
+                asr_failures = 0;
+                let now = Instant::now();
+                let recent = |t: &Instant| now.duration_since(*t) < Duration::from_secs(3);
+                let ended = speech_ended
+                    .filter(recent)
+                    .or(last_loud.filter(recent))
+                    .unwrap_or(now);
+                let asr_ms = now.duration_since(ended).as_millis() as u64;
+                speech_ended = Some(ended);
+                if !text.trim().is_empty() {
+                    start = Some(TurnInput::Text(text, Some(asr_ms)));
+                }
+            }
+            Ev::TurnDone(r) => {
+                turn = None;
+                let (user, agent) = {
+                    let mut s = lock(&speaking);
+                    (s.user_text.take(), std::mem::take(&mut s.agent_text))
+                };
+                if let Some(u) = user {
+                    history.push(Msg::new("user", &u));
+                    if !agent.is_empty() {
+                        history.push(Msg::new("assistant", &agent));
+                    }
+                }
+                match r {
+                    Ok(()) => failures = 0,
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(error = %e, failures, "pipeline turn failed");
+                        let _ = io.send(Output::Event(AgentEvent::Error { message: e.clone() }));
+                        if failures >= MAX_TURN_FAILURES {
+                            return Err(format!("{failures} turns failed in a row, last: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+
+        match turn_event {
+            Some(TurnEvent::SpeechStarted) => {
+                let now = Instant::now();
+                let playing = lock(&speaking).play_until.is_some_and(|u| u > now);
+                if turn.is_some() || playing {
+                    // Barge-in: stop the turn (its requests are dropped)
+                    // and the audio the call still holds.
+                    if let Some(t) = turn.take() {
+                        t.task.abort();
+                        let (user, agent) = {
+                            let mut s = lock(&speaking);
+                            (s.user_text.take(), std::mem::take(&mut s.agent_text))
+                        };
+                        if let Some(u) = user {
+                            history.push(Msg::new("user", &u));
+                            if !agent.is_empty() {
+                                history.push(Msg::new("assistant", &agent));
+                            }
+                        }
+                    }
+                    lock(&speaking).play_until = None;
+                    io.send(Output::Clear);
+                }
+                if cfg.collect_utterances {
+                    utterance = Some(preroll.drain(..).collect());
+                }
+            }
+            Some(TurnEvent::SpeechEnded) => {
+                speech_ended = Some(Instant::now());
+                if cfg.collect_utterances {
+                    if let Some(u) = utterance.take() {
+                        if let Some(u) = trim_utterance(u, rate) {
+                            start = Some(TurnInput::Audio(u));
+                        }
+                    }
+                }
+            }
+            None => {}
+        }
+
+        if let Some(input) = start {
+            if let Some(t) = turn.take() {
+                t.task.abort();
+                io.send(Output::Clear);
+            }
+            {
+                let mut s = lock(&speaking);
+                s.first_audio = false;
+                s.user_text = None;
+                s.agent_text.clear();
+            }
+            let t0 = match &input {
+                TurnInput::Audio(_) => speech_ended.unwrap_or_else(Instant::now),
+                TurnInput::Text(..) => speech_ended.unwrap_or_else(Instant::now),
+            };
+            let task = tokio::spawn(run_turn(
+                backend.clone(),
+                history.clone(),
+                input,
+                t0,
+                rate,
+                io.outputs.clone(),
+                speaking.clone(),
+            ));
+            turn = Some(Turn { task });
+        }
+    }
+}
+
+/// Drops the silence before and after the speech (keeps 200 ms either side);
+/// `None` for an utterance with less than 100 ms of sound.
+fn trim_utterance(mut u: Vec<i16>, rate: u32) -> Option<Vec<i16>> {
+    let frame = (rate as usize / 50).max(1);
+    let loud: Vec<bool> = u.chunks(frame).map(|f| rms(f) >= 300.0).collect();
+    let n_loud = loud.iter().filter(|&&l| l).count();
+    if n_loud < 5 {
+        return None;
+    }
+    let first = loud.iter().position(|&l| l).unwrap_or(0);
+    let last = loud.iter().rposition(|&l| l).unwrap_or(0);
+    let keep = ((last + 1 + 10) * frame).min(u.len());
+    u.truncate(keep);
+    u.drain(..(first.saturating_sub(10) * frame).min(u.len()));
+    Some(u)
+}
+
+/// A reqwest client with the provider timeouts.
+pub fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Sends a request, waiting at most [`IDLE_TIMEOUT`] for the headers;
+/// non-2xx answers are errors with the start of their body.
+pub async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
+    let resp = tokio::time::timeout(IDLE_TIMEOUT, req.send())
+        .await
+        .map_err(|_| "no answer in time".to_string())?
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = tokio::time::timeout(Duration::from_secs(2), resp.text())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        let body: String = body.chars().take(200).collect();
+        return Err(format!("HTTP {status}: {body}"));
+    }
+    Ok(resp)
+}
+
+/// The next body chunk, waiting at most [`IDLE_TIMEOUT`].
+pub async fn next_chunk(resp: &mut reqwest::Response) -> Result<Option<bytes::Bytes>, String> {
+    tokio::time::timeout(IDLE_TIMEOUT, resp.chunk())
+        .await
+        .map_err(|_| "response stalled".to_string())?
+        .map_err(|e| format!("response broken: {e}"))
+}
+
+/// Whether something listens at `url`'s host and port (a dead endpoint
+/// fails the agent at once, so a fallback takes over).
+pub async fn reachable(url: &str) -> Result<(), String> {
+    let u = reqwest::Url::parse(url).map_err(|e| format!("bad URL {url}: {e}"))?;
+    let host = u
+        .host_str()
+        .ok_or_else(|| format!("no host in {url}"))?
+        .to_string();
+    let port = u
+        .port_or_known_default()
+        .ok_or_else(|| format!("no port in {url}"))?;
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("{url}: {e}")),
+        Err(_) => Err(format!("{url}: connect timed out")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn split_all(pieces: &[&str]) -> Vec<String> {
+        let mut s = SentenceSplitter::default();
+        let mut out = Vec::new();
+        for p in pieces {
+            out.extend(s.push(p));
+        }
+        out.extend(s.finish());
+        out
+    }
+
+    #[test]
+    fn sentences_come_out_as_soon_as_complete() {
+        let mut s = SentenceSplitter::default();
+        assert!(s.push("Hello cal").is_empty());
+        assert!(
+            s.push("ler.").is_empty(),
+            "waits for what follows the period"
+        );
+        assert_eq!(s.push(" How can"), vec!["Hello caller."]);
+        assert_eq!(s.push(" I help?\nBye"), vec!["How can I help?"]);
+        assert_eq!(s.finish(), vec!["Bye"]);
+        assert_eq!(
+            split_all(&["It costs 3.5 euros. Ok!"]),
+            vec!["It costs 3.5 euros.", "Ok!"]
+        );
+    }
+
+    #[test]
+    fn think_is_stripped_even_when_split() {
+        assert_eq!(
+            split_all(&[
+                "<thi",
+                "nk>secret. stuff</th",
+                "ink>Hello caller. How can I help?"
+            ]),
+            vec!["Hello caller.", "How can I help?"]
+        );
+        assert_eq!(split_all(&["A. <think>x</think>B."]), vec!["A.", "B."]);
+        assert_eq!(
+            split_all(&["<think>never closed. no"]),
+            Vec::<String>::new()
+        );
+        assert_eq!(split_all(&["a < b."]), vec!["a < b."]);
+    }
+
+    #[test]
+    fn resampler_keeps_length_and_tone() {
+        for (from, to) in [(24000, 16000), (22050, 16000), (22050, 8000), (8000, 16000)] {
+            let n = from as usize; // 1 s
+            let tone: Vec<i16> = (0..n)
+                .map(|i| {
+                    (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * i as f64 / from as f64).sin())
+                        as i16
+                })
+                .collect();
+            let mut r = SincResampler::new(from, to);
+            let mut out = Vec::new();
+            for c in tone.chunks(777) {
+                r.process(c, &mut out);
+            }
+            r.flush(&mut out);
+            assert!(
+                (out.len() as i64 - to as i64).abs() <= 2,
+                "{from}->{to}: {}",
+                out.len()
+            );
+            let mid = &out[to as usize / 4..to as usize * 3 / 4];
+            let level = rms(mid);
+            assert!(
+                (level - 8000.0 / 2f64.sqrt()).abs() < 300.0,
+                "{from}->{to}: rms {level}"
+            );
+            // Correlates with the ideal tone at the new rate.
+            let ideal: Vec<f64> = (to as usize / 4..to as usize * 3 / 4)
+                .map(|i| (2.0 * std::f64::consts::PI * 440.0 * i as f64 / to as f64).sin())
+                .collect();
+            let dot: f64 = mid.iter().zip(&ideal).map(|(&a, b)| a as f64 * b).sum();
+            let na: f64 = mid.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
+            let nb: f64 = ideal.iter().map(|b| b * b).sum::<f64>().sqrt();
+            assert!(
+                dot / (na * nb) > 0.99,
+                "{from}->{to}: corr {}",
+                dot / (na * nb)
+            );
+        }
+    }
+
+    #[test]
+    fn pcm_bytes_carry_odd_bytes() {
+        let mut p = PcmBytes::default();
+        let mut out = Vec::new();
+        p.push(&[1, 0, 2], &mut out);
+        p.push(&[0], &mut out);
+        p.push(&[], &mut out);
+        p.push(&[3, 0], &mut out);
+        assert_eq!(out, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn energy_vad_segments_a_burst() {
+        let mut v = EnergyVad::new(500.0, 700);
+        let loud = vec![3000i16; 320];
+        let quiet = vec![0i16; 320];
+        let mut evs = Vec::new();
+        for _ in 0..10 {
+            evs.extend(v.feed(&loud, 16000));
+        }
+        for _ in 0..40 {
+            evs.extend(v.feed(&quiet, 16000));
+        }
+        assert_eq!(evs, vec![TurnEvent::SpeechStarted, TurnEvent::SpeechEnded]);
+    }
+}
