@@ -117,6 +117,9 @@ pub fn wav_bytes(pcm: &[i16], rate: u32) -> Vec<u8> {
 struct SpeechDecoder {
     head: Vec<u8>,
     decided: bool,
+    /// The rate of raw `pcm` answers: OpenAI's 24 kHz unless the server
+    /// says otherwise (`X-Sample-Rate`, e.g. Piper voices at 22050 Hz).
+    pcm_rate: u32,
     pcm: PcmBytes,
     rs: Option<SincResampler>,
     channels: usize,
@@ -124,7 +127,12 @@ struct SpeechDecoder {
 
 impl SpeechDecoder {
     fn new() -> Self {
+        Self::with_pcm_rate(PCM_RATE)
+    }
+
+    fn with_pcm_rate(pcm_rate: u32) -> Self {
         SpeechDecoder {
+            pcm_rate,
             head: Vec::new(),
             decided: false,
             pcm: PcmBytes::default(),
@@ -145,7 +153,7 @@ impl SpeechDecoder {
         }
         if &self.head[0..4] != b"RIFF" {
             self.decided = true;
-            self.rs = Some(SincResampler::new(PCM_RATE, RATE));
+            self.rs = Some(SincResampler::new(self.pcm_rate, RATE));
             let head = std::mem::take(&mut self.head);
             self.decode(&head, &mut out);
             return Ok(out);
@@ -223,7 +231,7 @@ impl SpeechDecoder {
                 return Err("WAV answer ended in its header".into());
             }
             let head = std::mem::take(&mut self.head);
-            self.rs = Some(SincResampler::new(PCM_RATE, RATE));
+            self.rs = Some(SincResampler::new(self.pcm_rate, RATE));
             self.decided = true;
             self.decode(&head, &mut out);
         }
@@ -364,7 +372,14 @@ impl Backend for OpenaiCompat {
             });
             let mut resp =
                 pipeline::send(self.auth(self.http.post(&self.s.tts_url)).json(&body)).await?;
-            let mut dec = SpeechDecoder::new();
+            let pcm_rate = resp
+                .headers()
+                .get("x-sample-rate")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .filter(|r| (4000..=192_000).contains(r))
+                .unwrap_or(PCM_RATE);
+            let mut dec = SpeechDecoder::with_pcm_rate(pcm_rate);
             while let Some(c) = pipeline::next_chunk(&mut resp).await? {
                 let a = dec.push(&c)?;
                 if !a.is_empty() {
@@ -424,6 +439,17 @@ mod tests {
         }
         out.extend(d.finish().unwrap());
         assert!((out.len() as i64 - 16000).abs() <= 2, "{}", out.len());
+    }
+
+    #[test]
+    fn speech_decoder_takes_the_servers_pcm_rate() {
+        // 0.5 s at 22050 Hz (Piper behind local-tts-studio) is 0.5 s at 16 kHz.
+        let pcm: Vec<i16> = (0..11025).map(|i| ((i % 40) * 200) as i16).collect();
+        let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let mut d = SpeechDecoder::with_pcm_rate(22050);
+        let mut out = d.push(&bytes).unwrap();
+        out.extend(d.finish().unwrap());
+        assert!((out.len() as i64 - 8000).abs() <= 40, "{}", out.len());
     }
 
     #[test]

@@ -874,6 +874,10 @@ impl CallTask {
                                     t.state = "succeeded".into();
                                     t.detail = Some(format!("NOTIFY {code}"));
                                 });
+                                // Our 200 to the NOTIFY goes out through its
+                                // transaction; let it leave before the BYE so
+                                // the transferee sees them in order.
+                                tokio::time::sleep(Duration::from_millis(100)).await;
                                 self.dialog.bye().await.ok();
                                 let target = transfer.as_ref().map(|t| t.refer_to.clone()).unwrap_or_default();
                                 break format!("transferred to {target}");
