@@ -126,10 +126,6 @@ struct SpeechDecoder {
 }
 
 impl SpeechDecoder {
-    fn new() -> Self {
-        Self::with_pcm_rate(PCM_RATE)
-    }
-
     fn with_pcm_rate(pcm_rate: u32) -> Self {
         SpeechDecoder {
             pcm_rate,
@@ -432,7 +428,7 @@ mod tests {
         let mut wav = wav_bytes(&pcm, 22050);
         wav[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         wav[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
-        let mut d = SpeechDecoder::new();
+        let mut d = SpeechDecoder::with_pcm_rate(PCM_RATE);
         let mut out = Vec::new();
         for c in wav.chunks(7) {
             out.extend(d.push(c).unwrap());
@@ -454,7 +450,7 @@ mod tests {
 
     #[test]
     fn speech_decoder_reads_raw_pcm_at_24k() {
-        let mut d = SpeechDecoder::new();
+        let mut d = SpeechDecoder::with_pcm_rate(PCM_RATE);
         let bytes: Vec<u8> = std::iter::repeat_n([0x10u8, 0x00], 24000)
             .flatten()
             .collect();
