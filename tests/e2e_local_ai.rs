@@ -33,5 +33,8 @@ fn caller_question_is_answered_by_real_local_engines() {
         .env("AGENTLINE_BIN", env!("CARGO_BIN_EXE_agentline"))
         .status()
         .unwrap();
-    assert!(run.success(), "tests/e2e/run.sh failed (its log above says which check)");
+    assert!(
+        run.success(),
+        "tests/e2e/run.sh failed (its log above says which check)"
+    );
 }

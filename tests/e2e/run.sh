@@ -22,6 +22,7 @@
 #   E2E_DIR         where setup.sh installed the engines (default /var/tmp/agentline-e2e)
 #   E2E_CALL_SECS   length of the call = the caller's in.wav (default 20)
 #   E2E_QUESTION    what the caller says (default "What is the capital of France?")
+#   E2E_LEAD_SECS   silence before the question (default 0.5)
 #   E2E_KEEP=1      keep the work folder (logs, WAVs, profile) even on success
 #   E2E_SPEED_TOLERANCE  playback-speed (pitch ratio) tolerance (default 0.04)
 #   E2E_PORT_ASR / E2E_PORT_LLM / E2E_PORT_TTS / E2E_PORT_SIP / E2E_PORT_API
@@ -34,6 +35,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 
 AGENTLINE_BIN=${AGENTLINE_BIN:-$REPO/target/release/agentline}
 CALL_SECS=${E2E_CALL_SECS:-20}
+LEAD=${E2E_LEAD_SECS:-0.5}
 QUESTION=${E2E_QUESTION:-What is the capital of France?}
 SYSTEM="You are a helpful phone assistant. Answer in one short sentence."
 T_RUN=$(now)
@@ -119,14 +121,14 @@ PID_ASR=$(start_engine asr "$W" "$P_ASR")
 PID_LLM=$(start_engine llm "$W" "$P_LLM")
 PID_TTS=$(start_engine tts "$W" "$P_TTS")
 
-# The caller: 0.5 s silence, the question, silence up to CALL_SECS (8 kHz mono s16;
+# The caller: LEAD s silence, the question, silence up to CALL_SECS (8 kHz mono s16;
 # baresip's aufile source hangs up when the file ends).
 espeak-ng -v en-us -s 150 -w "$W/question22k.wav" "$QUESTION"
 sox -q "$W/question22k.wav" -r 8000 -c 1 -b 16 "$W/question.wav"
 Q_SECS=$(soxi -D "$W/question.wav")
-TAIL=$(awk -v c="$CALL_SECS" -v q="$Q_SECS" 'BEGIN { t = c - 0.5 - q; if (t < 5) t = 5; printf "%.3f", t }')
-sox -q "$W/question.wav" "$W/phone/in.wav" pad 0.5 "$TAIL"
-SPEECH_END=$(awk -v q="$Q_SECS" 'BEGIN { printf "%.3f", 0.5 + q }')   # seconds on in.wav's clock
+TAIL=$(awk -v c="$CALL_SECS" -v q="$Q_SECS" -v l="$LEAD" 'BEGIN { t = c - l - q; if (t < 5) t = 5; printf "%.3f", t }')
+sox -q "$W/question.wav" "$W/phone/in.wav" pad "$LEAD" "$TAIL"
+SPEECH_END=$(awk -v q="$Q_SECS" -v l="$LEAD" 'BEGIN { printf "%.3f", l + q }')   # seconds on in.wav's clock
 
 wait_http asr "$PID_ASR" "$P_ASR" 120 "$W/asr.log"
 wait_http llm "$PID_LLM" "$P_LLM" 120 "$W/llm.log"
