@@ -126,3 +126,62 @@ fn ambient_sound_plays_under_the_agent_for_the_whole_call() {
     let voiced = frames.iter().filter(|&&t| !t).count();
     assert!(voiced > 10, "speech over the hum: {voiced} frames\n{ctx}");
 }
+
+/// Barge-in from our own VAD (what pipeline agents rely on): the caller
+/// starts talking while a long `say` plays, and the rest of it is dropped
+/// at once; a route with `barge_in = false` plays it to the end.
+#[test]
+fn caller_speech_cuts_the_agent_short_when_barge_in_is_on() {
+    if require_peer("baresip").is_none() || require_peer("espeak-ng").is_none() {
+        return;
+    }
+    let text = "This is a long announcement that keeps going on and on, \
+                so that the caller has plenty of time to interrupt it before it ends.";
+    let heard_ms = |barge_in: bool| {
+        let server = Server::start(&format!(
+            "[sip]\ntrusted = [\"127.0.0.1/32\"]\n[[routes]]\ndial = \"long\"\n\
+             agent = {{ kind = \"say\", text = \"{text}\", then = \"listen\" }}\n\
+             dsp = {{ vad = true }}\nbarge_in = {barge_in}\n"
+        ));
+        let account = Account::new("1000", None, server.sip_port).regint(0);
+        // 2 s of silence, then the caller talks over the announcement.
+        let mut opts = Options::new(account)
+            .dial("long")
+            .play(&common::data_path("speech_8k.wav"));
+        opts.lead_silence_ms = 2000;
+        opts.tail_silence_ms = 4000;
+        opts.max_secs = 20;
+        let mut phone = Baresip::start(opts);
+        assert!(phone.wait_call_established(std::time::Duration::from_secs(10)));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let id = loop {
+            if let Some(id) = server.calls()[0]["id"].as_str() {
+                break id.to_string();
+            }
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        phone.wait_call_closed(std::time::Duration::from_secs(20));
+        let out = phone.stop();
+        server.wait_idle(std::time::Duration::from_secs(10));
+        let (_, body) = common::http_get(server.api_port, &format!("/calls/{id}")).unwrap();
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+        // What the phone heard minus what it said: the announcement.
+        let heard = out.heard().unwrap().to_8k();
+        let speech = audio::frame_levels(&heard.samples);
+        let loud = speech.iter().filter(|&&l| l > -45.0).count() as f64 * 20.0;
+        (loud, view["interruptions"].as_u64().unwrap_or(0))
+    };
+    let (cut, n_cut) = heard_ms(true);
+    let (full, n_full) = heard_ms(false);
+    assert_eq!(
+        (n_cut, n_full),
+        (1, 0),
+        "one barge-in, only with barge_in on"
+    );
+    assert!(
+        full > 5000.0 && cut < full - 2000.0,
+        "announcement heard {cut:.0} ms with barge-in, {full:.0} ms without"
+    );
+    eprintln!("barge-in: announcement heard {cut:.0} ms (cut) vs {full:.0} ms (whole)");
+}
