@@ -464,3 +464,37 @@ fn transfer_call_tool_sends_a_refer_to_the_caller() {
     );
     assert!(server.log_text().contains("transfer requested"), "{ctx}");
 }
+
+/// DTMF from the caller (RFC 4733, sipp) reaches the model as a user item.
+#[test]
+fn dtmf_reaches_the_model() {
+    if require_peer("sipp").is_none() {
+        return;
+    }
+    let Some(fake) = Fake::start("fake_openai_realtime.py", &["--api-key", "sk-test"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "sk-test").unwrap();
+    let server = Server::start(&profile(fake.port, &key, ""));
+    let out = common::sipp::run_scenario("dtmf.xml", server.sip_port, "ai", &[]);
+    assert!(out.success, "{}", out.report());
+    server.wait_idle(Duration::from_secs(10));
+    let texts: Vec<String> = fake
+        .events()
+        .iter()
+        .filter(|e| e["dir"] == "in" && e["type"] == "conversation.item.create")
+        .filter_map(|e| e["item"]["content"][0]["text"].as_str().map(str::to_string))
+        .collect();
+    let keys: String = texts
+        .iter()
+        .filter_map(|t| t.strip_prefix("(The caller pressed the key "))
+        .filter_map(|t| t.chars().next())
+        .collect();
+    assert!(
+        keys.starts_with("123"),
+        "digits the model was told: {keys:?}\n{}",
+        fake.events_text()
+    );
+}
