@@ -88,3 +88,42 @@ fn call_events_reach_the_webhook_with_the_secret_and_retries() {
         .collect();
     assert!(!digits.is_empty(), "{ctx}");
 }
+
+/// The backend's answer to `call_initiated` can point this call at another
+/// STS provider (`{"sts_url": ...}`), as with AVR.
+#[test]
+fn call_initiated_answer_overrides_the_sts_url() {
+    if require_peer("sipp").is_none() {
+        return;
+    }
+    let Some(sts) = Fake::start("fake_avr_sts.py", &[]) else {
+        return;
+    };
+    let answer = format!(r#"{{"sts_url": "ws://127.0.0.1:{}"}}"#, sts.port);
+    let Some(hook) = Fake::start("fake_webhook.py", &["--call-initiated-response", &answer]) else {
+        return;
+    };
+    let server = Server::start(&format!(
+        "[sip]\ntrusted = [\"127.0.0.1/32\"]\n[webhooks]\nurl = \"http://127.0.0.1:{}/hook\"\n\
+         [[routes]]\ndial = \"bot\"\nagent = {{ kind = \"avr_sts\", url = \"ws://127.0.0.1:9\" }}\n",
+        hook.port
+    ));
+    let out = run_scenario("invite_bye.xml", server.sip_port, "bot", &[]);
+    assert!(out.success, "{}", out.report());
+    let init = sts
+        .wait_marker("init", Duration::from_secs(5))
+        .unwrap_or_else(|| {
+            panic!(
+                "the overriding STS got no init\n{}\n{}",
+                hook.events_text(),
+                server.log_text()
+            )
+        });
+    let uuid = hook
+        .events()
+        .iter()
+        .find(|e| e["dir"] == "in" && e["body"]["type"] == "call_initiated")
+        .and_then(|e| e["body"]["uuid"].as_str().map(str::to_string))
+        .unwrap();
+    assert_eq!(init["uuid"].as_str(), Some(uuid.as_str()), "{init}");
+}
