@@ -170,7 +170,8 @@ async fn transfer(
     Path(id): Path<String>,
     body: Result<Json<TransferBody>, axum::extract::rejection::JsonRejection>,
 ) -> impl IntoResponse {
-    use crate::calls::{CallCommand, TransferMode, TransferRequest};
+    use crate::calls::{CallCommand, TransferMode};
+    use crate::sip::call::TransferTargetError;
     let req = match body {
         Ok(Json(r)) => r,
         Err(e) => {
@@ -194,10 +195,10 @@ async fn transfer(
         );
     };
     let trunk = req.trunk.clone().or(call.trunk.clone());
-    let target = match crate::sip::call::transfer_target(shared, trunk.as_deref(), &req.to) {
+    let mut target = match crate::sip::call::transfer_target(shared, trunk.as_deref(), &req.to) {
         Ok(t) => t,
-        Err(e) if e.starts_with("no trunk") => {
-            return (StatusCode::NOT_FOUND, Json(json!({"error": e})))
+        Err(e @ TransferTargetError::UnknownTrunk(_)) => {
+            return (StatusCode::NOT_FOUND, Json(json!({"error": e.to_string()})))
         }
         Err(e) => {
             return (
@@ -206,8 +207,7 @@ async fn transfer(
             )
         }
     };
-    let (refer_to, bridge) = (target.refer_to, target.bridge);
-    if req.mode == TransferMode::Bridge && bridge.is_none() {
+    if req.mode == TransferMode::Bridge && target.bridge.is_none() {
         return (
             StatusCode::BAD_REQUEST,
             Json(
@@ -215,11 +215,9 @@ async fn transfer(
             ),
         );
     }
-    let cmd = CallCommand::Transfer(TransferRequest {
-        refer_to: refer_to.clone(),
-        bridge,
-        mode: req.mode,
-    });
+    target.mode = req.mode;
+    let refer_to = target.refer_to.clone();
+    let cmd = CallCommand::Transfer(target);
     if shared.calls.command(&id, cmd) {
         (
             StatusCode::ACCEPTED,

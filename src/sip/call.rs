@@ -447,7 +447,10 @@ impl CallTask {
     }
 
     /// A transfer the agent asked for (see [`transfer_target`]).
-    fn transfer_request(&self, to: &str) -> Result<crate::calls::TransferRequest, String> {
+    fn transfer_request(
+        &self,
+        to: &str,
+    ) -> Result<crate::calls::TransferRequest, TransferTargetError> {
         transfer_target(&self.shared, self.setup.trunk.as_deref(), to)
     }
 
@@ -1214,19 +1217,28 @@ fn reason(why: &TerminatedReason) -> String {
 /// Where a transfer goes: a `sip:` URI (REFER only), or a number or user
 /// through `trunk` (REFER to it at the trunk's host, bridged through the
 /// trunk if REFER is refused), or at our domain without a trunk.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferTargetError {
+    #[error("no trunk named `{0}`")]
+    UnknownTrunk(String),
+    #[error("{0}")]
+    BadTarget(String),
+}
+
 pub fn transfer_target(
     shared: &Shared,
     trunk: Option<&str>,
     to: &str,
-) -> Result<crate::calls::TransferRequest, String> {
+) -> Result<crate::calls::TransferRequest, TransferTargetError> {
     use crate::calls::{TransferMode, TransferRequest};
+    use TransferTargetError::{BadTarget, UnknownTrunk};
     let trunk = match trunk {
         Some(n) => Some(
             shared
                 .trunks
                 .account(n)
                 .map(|(t, _)| t.clone())
-                .ok_or_else(|| format!("no trunk named `{n}`"))?,
+                .ok_or_else(|| UnknownTrunk(n.to_string()))?,
         ),
         None => None,
     };
@@ -1237,9 +1249,9 @@ pub fn transfer_target(
     };
     if to.starts_with("sip:") || to.starts_with("sips:") {
         if to.contains(['<', '>', ' ', '"']) {
-            return Err(format!("not a plain SIP URI: `{to}`"));
+            return Err(BadTarget(format!("not a plain SIP URI: `{to}`")));
         }
-        rsipstack::sip::Uri::try_from(to).map_err(|e| format!("not a SIP URI: {e}"))?;
+        rsipstack::sip::Uri::try_from(to).map_err(|e| BadTarget(format!("not a SIP URI: {e}")))?;
         let user = to
             .split_once(':')
             .and_then(|(_, r)| r.split_once('@'))
@@ -1264,7 +1276,9 @@ pub fn transfer_target(
             mode: TransferMode::Auto,
         })
     } else {
-        Err(format!("expected a sip: URI or a number, got `{to}`"))
+        Err(BadTarget(format!(
+            "expected a sip: URI or a number, got `{to}`"
+        )))
     }
 }
 
