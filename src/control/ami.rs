@@ -59,85 +59,73 @@ fn call_id(s: &ApiState, v: &Value) -> Result<String, Reply> {
 async fn transfer(
     State(s): State<ApiState>,
     b: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Reply {
-    let run = || -> Result<Reply, Reply> {
-        let v = body(b)?;
-        let id = call_id(&s, &v)?;
-        let exten = str_field(&v, "exten")?;
-        let trunk = s.sip.shared.calls.get(&id).and_then(|c| c.trunk);
-        let req = crate::sip::call::transfer_target(&s.sip.shared, trunk.as_deref(), exten)
-            .map_err(|e| msg(StatusCode::BAD_REQUEST, e))?;
-        if s.sip.shared.calls.command(&id, CallCommand::Transfer(req)) {
-            Ok(msg(StatusCode::OK, "Transfer initiated"))
-        } else {
-            Err(msg(StatusCode::NOT_FOUND, "call ended"))
-        }
-    };
-    run().unwrap_or_else(|e| e)
+) -> Result<Reply, Reply> {
+    let v = body(b)?;
+    let id = call_id(&s, &v)?;
+    let exten = str_field(&v, "exten")?;
+    let trunk = s.sip.shared.calls.get(&id).and_then(|c| c.trunk);
+    let req = crate::sip::call::transfer_target(&s.sip.shared, trunk.as_deref(), exten)
+        .map_err(|e| msg(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if s.sip.shared.calls.command(&id, CallCommand::Transfer(req)) {
+        Ok(msg(StatusCode::OK, "Transfer initiated"))
+    } else {
+        Err(msg(StatusCode::NOT_FOUND, "call ended"))
+    }
 }
 
 /// `{"uuid"}`: hang the call up.
 async fn hangup(
     State(s): State<ApiState>,
     b: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Reply {
-    let run = || -> Result<Reply, Reply> {
-        let v = body(b)?;
-        let id = call_id(&s, &v)?;
-        s.sip.shared.calls.hangup(&id);
-        Ok(msg(StatusCode::OK, "Call hung up"))
-    };
-    run().unwrap_or_else(|e| e)
+) -> Result<Reply, Reply> {
+    let v = body(b)?;
+    let id = call_id(&s, &v)?;
+    s.sip.shared.calls.hangup(&id);
+    Ok(msg(StatusCode::OK, "Call hung up"))
 }
 
 /// `{"uuid"}`: the call's variables (ours plus those set with /setvar).
 async fn variables(
     State(s): State<ApiState>,
     b: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Reply {
-    let run = || -> Result<Reply, Reply> {
-        let v = body(b)?;
-        let id = call_id(&s, &v)?;
-        let c = s
-            .sip
-            .shared
-            .calls
-            .get(&id)
-            .ok_or_else(|| msg(StatusCode::NOT_FOUND, "call ended"))?;
-        let mut vars = serde_json::Map::new();
-        vars.insert("uuid".into(), json!(c.uuid));
-        vars.insert("from".into(), json!(c.from));
-        vars.insert("to".into(), json!(c.to));
-        vars.insert("call_id".into(), json!(c.call_id));
-        vars.insert("route".into(), json!(c.route));
-        for (k, val) in &c.variables {
-            vars.insert(k.clone(), json!(val));
-        }
-        Ok(msg(StatusCode::OK, Value::Object(vars)))
-    };
-    run().unwrap_or_else(|e| e)
+) -> Result<Reply, Reply> {
+    let v = body(b)?;
+    let id = call_id(&s, &v)?;
+    let c = s
+        .sip
+        .shared
+        .calls
+        .get(&id)
+        .ok_or_else(|| msg(StatusCode::NOT_FOUND, "call ended"))?;
+    let mut vars = serde_json::Map::new();
+    vars.insert("uuid".into(), json!(c.uuid));
+    vars.insert("from".into(), json!(c.from));
+    vars.insert("to".into(), json!(c.to));
+    vars.insert("call_id".into(), json!(c.call_id));
+    vars.insert("route".into(), json!(c.route));
+    for (k, val) in &c.variables {
+        vars.insert(k.clone(), json!(val));
+    }
+    Ok(msg(StatusCode::OK, Value::Object(vars)))
 }
 
 /// `{"uuid","name","value"}`: set a call variable.
 async fn setvar(
     State(s): State<ApiState>,
     b: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Reply {
-    let run = || -> Result<Reply, Reply> {
-        let v = body(b)?;
-        let id = call_id(&s, &v)?;
-        let name = str_field(&v, "name")?.to_string();
-        let value = match &v["value"] {
-            Value::String(x) => x.clone(),
-            Value::Null => return Err(msg(StatusCode::BAD_REQUEST, "missing `value`")),
-            other => other.to_string(),
-        };
-        s.sip.shared.calls.update(&id, |c| {
-            c.variables.insert(name, value);
-        });
-        Ok(msg(StatusCode::OK, "Variable set"))
+) -> Result<Reply, Reply> {
+    let v = body(b)?;
+    let id = call_id(&s, &v)?;
+    let name = str_field(&v, "name")?.to_string();
+    let value = match &v["value"] {
+        Value::String(x) => x.clone(),
+        Value::Null => return Err(msg(StatusCode::BAD_REQUEST, "missing `value`")),
+        other => other.to_string(),
     };
-    run().unwrap_or_else(|e| e)
+    s.sip.shared.calls.update(&id, |c| {
+        c.variables.insert(name, value);
+    });
+    Ok(msg(StatusCode::OK, "Variable set"))
 }
 
 /// `{"channel","exten","context","priority","callerid"}`: an outbound call.
@@ -147,45 +135,42 @@ async fn setvar(
 async fn originate(
     State(s): State<ApiState>,
     b: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Reply {
-    let run = || -> Result<Reply, Reply> {
-        let v = body(b)?;
-        let channel = str_field(&v, "channel")?;
-        let exten = str_field(&v, "exten")?;
-        let (trunk, number) = parse_channel(channel).ok_or_else(|| {
-            msg(
-                StatusCode::BAD_REQUEST,
-                "channel: expected PJSIP/<number>@<trunk>, SIP/<trunk>/<number> or <trunk>/<number>",
-            )
-        })?;
-        let route = s
-            .sip
-            .shared
-            .cfg
-            .route(exten)
-            .ok_or_else(|| msg(StatusCode::NOT_FOUND, format!("no route `{exten}`")))?;
-        let caller = v["callerid"].as_str().map(|c| {
-            // `"Name" <1234>` or `1234`: keep the number.
-            c.rsplit_once('<')
-                .map(|(_, r)| r.trim_end_matches('>').to_string())
-                .unwrap_or_else(|| c.to_string())
-        });
-        let req = crate::sip::call::Originate {
-            trunk,
-            to: number,
-            from: caller,
-            agent: route.agent.clone(),
-            ring_timeout_s: None,
-        };
-        match crate::sip::call::originate(s.sip.shared.clone(), req) {
-            Ok(id) => Ok((
-                StatusCode::OK,
-                Json(json!({"message": "Originate successful", "id": id})),
-            )),
-            Err(e) => Err(msg(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-        }
+) -> Result<Reply, Reply> {
+    let v = body(b)?;
+    let channel = str_field(&v, "channel")?;
+    let exten = str_field(&v, "exten")?;
+    let (trunk, number) = parse_channel(channel).ok_or_else(|| {
+        msg(
+            StatusCode::BAD_REQUEST,
+            "channel: expected PJSIP/<number>@<trunk>, SIP/<trunk>/<number> or <trunk>/<number>",
+        )
+    })?;
+    let route = s
+        .sip
+        .shared
+        .cfg
+        .route(exten)
+        .ok_or_else(|| msg(StatusCode::NOT_FOUND, format!("no route `{exten}`")))?;
+    let caller = v["callerid"].as_str().map(|c| {
+        // `"Name" <1234>` or `1234`: keep the number.
+        c.rsplit_once('<')
+            .map(|(_, r)| r.trim_end_matches('>').to_string())
+            .unwrap_or_else(|| c.to_string())
+    });
+    let req = crate::sip::call::Originate {
+        trunk,
+        to: number,
+        from: caller,
+        agent: route.agent.clone(),
+        ring_timeout_s: None,
     };
-    run().unwrap_or_else(|e| e)
+    match crate::sip::call::originate(s.sip.shared.clone(), req) {
+        Ok(id) => Ok((
+            StatusCode::OK,
+            Json(json!({"message": "Originate successful", "id": id})),
+        )),
+        Err(e) => Err(msg(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
 }
 
 fn parse_channel(c: &str) -> Option<(String, String)> {
