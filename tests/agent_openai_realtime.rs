@@ -31,7 +31,10 @@ fn silence(ms: u32) -> Vec<f32> {
     vec![0.0; (8 * ms) as usize]
 }
 
-fn profile(port: u16, key_file: &Path, extra: &str) -> String {
+/// The route `ai` to the fake at `port`, with the API key in a file in `dir`.
+fn profile(port: u16, dir: &Path, extra: &str) -> String {
+    let key_file = dir.join("key");
+    std::fs::write(&key_file, "sk-test\n").unwrap();
     format!(
         "[sip]\ntrusted = [\"127.0.0.1/32\"]\n[[routes]]\ndial = \"ai\"\n\
          agent = {{ kind = \"openai_realtime\", base_url = \"ws://127.0.0.1:{port}/v1/realtime\", \
@@ -125,9 +128,7 @@ fn a_turn_goes_through_in_g711_and_barge_in_truncates_what_was_heard() {
     ) else {
         return;
     };
-    let key = dir.path().join("key");
-    std::fs::write(&key, "sk-test\n").unwrap();
-    let server = Server::start(&profile(fake.port, &key, ""));
+    let server = Server::start(&profile(fake.port, dir.path(), ""));
     // Speech, a pause (the provider answers with a 4 s tone), then the
     // caller talks over the answer 1 s into it.
     let speech = audio::read_wav(&data_path("speech_8k.wav"))
@@ -224,11 +225,9 @@ fn provider_dying_mid_call_hands_over_to_the_fallback_within_a_second() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("key");
-    std::fs::write(&key, "sk-test").unwrap();
     let server = Server::start(&profile(
         fake.port,
-        &key,
+        dir.path(),
         "fallback = [ { kind = \"say\", text = \"Sorry, please call again later.\" } ]\n",
     ));
     let c = call(&server, &Audio::new(8000, silence(6000)), dir.path(), 20);
@@ -283,10 +282,8 @@ fn http_tool_call_round_trips_through_the_profile_tool() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("key");
-    std::fs::write(&key, "sk-test").unwrap();
     let server = Server::start(
-        &profile(fake.port, &key, "").replace(
+        &profile(fake.port, dir.path(), "").replace(
             "voice = \"alloy\" }",
             &format!(
                 "voice = \"alloy\", tools = [ {{ name = \"lookup_order\", description = \"Order status\", \
@@ -347,10 +344,8 @@ fn wideband_call_uses_pcm16_24k_over_the_beta_protocol() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("key");
-    std::fs::write(&key, "sk-test").unwrap();
     let server = Server::start(
-        &profile(fake.port, &key, "")
+        &profile(fake.port, dir.path(), "")
             .replace("voice = \"alloy\" }", "voice = \"alloy\", beta = true }"),
     );
     let speech = audio::read_wav(&data_path("speech_8k.wav")).unwrap();
@@ -420,9 +415,7 @@ fn transfer_call_tool_sends_a_refer_to_the_caller() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("key");
-    std::fs::write(&key, "sk-test").unwrap();
-    let server = Server::start(&profile(fake.port, &key, ""));
+    let server = Server::start(&profile(fake.port, dir.path(), ""));
     let speech = audio::read_wav(&data_path("speech_8k.wav"))
         .unwrap()
         .to_8k();
@@ -475,9 +468,7 @@ fn dtmf_reaches_the_model() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("key");
-    std::fs::write(&key, "sk-test").unwrap();
-    let server = Server::start(&profile(fake.port, &key, ""));
+    let server = Server::start(&profile(fake.port, dir.path(), ""));
     let out = common::sipp::run_scenario("dtmf.xml", server.sip_port, "ai", &[]);
     assert!(out.success, "{}", out.report());
     server.wait_idle(Duration::from_secs(10));
