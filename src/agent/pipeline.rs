@@ -245,6 +245,20 @@ impl SincResampler {
     }
 }
 
+/// Resamples a whole clip (prompts, ambient sound) with [`SincResampler`],
+/// to exactly its duration at the new rate.
+pub fn resample_once(input: &[i16], from: u32, to: u32) -> Vec<i16> {
+    if from == to || input.is_empty() {
+        return input.to_vec();
+    }
+    let mut r = SincResampler::new(from, to);
+    let mut out = Vec::with_capacity(input.len() * to as usize / from.max(1) as usize + 32);
+    r.process(input, &mut out);
+    r.flush(&mut out);
+    out.resize((input.len() as u64 * to as u64 / from as u64) as usize, 0);
+    out
+}
+
 /// s16le bytes to samples, carrying an odd byte to the next chunk.
 #[derive(Default)]
 pub struct PcmBytes {

@@ -5,45 +5,12 @@
 
 use std::path::PathBuf;
 
+use super::pipeline::resample_once;
 use super::remote::{Io, Output, Remote};
 use super::AgentError;
 
 /// The rate `say` speaks at.
 pub const RATE: u32 = 16000;
-
-/// Linear resampling with a moving-average pre-filter when going down:
-/// good enough for prompts, and works for any pair of rates (22050 Hz).
-pub fn resample_linear(input: &[i16], from: u32, to: u32) -> Vec<i16> {
-    if from == to || input.is_empty() {
-        return input.to_vec();
-    }
-    let filtered: Vec<i16> = if to < from {
-        let w = (from as usize).div_ceil(to as usize).max(1);
-        input
-            .iter()
-            .enumerate()
-            .map(|(i, _)| {
-                let lo = i.saturating_sub(w / 2);
-                let hi = (i + w.div_ceil(2)).min(input.len());
-                let sum: i32 = input[lo..hi].iter().map(|&s| s as i32).sum();
-                (sum / (hi - lo) as i32) as i16
-            })
-            .collect()
-    } else {
-        input.to_vec()
-    };
-    let out_len = (input.len() as u64 * to as u64 / from as u64) as usize;
-    (0..out_len)
-        .map(|i| {
-            let pos = i as f64 * from as f64 / to as f64;
-            let j = pos as usize;
-            let frac = pos - j as f64;
-            let a = filtered[j.min(filtered.len() - 1)] as f64;
-            let b = filtered[(j + 1).min(filtered.len() - 1)] as f64;
-            (a + (b - a) * frac).round() as i16
-        })
-        .collect()
-}
 
 /// Synthesises `text` with espeak-ng (blocking; call off the media path).
 pub fn espeak(text: &str) -> Result<Vec<i16>, String> {
@@ -67,14 +34,14 @@ pub fn espeak(text: &str) -> Result<Vec<i16>, String> {
         wav[40..44].copy_from_slice(&data_len.to_le_bytes());
     }
     let w = crate::media::wav::Wav::parse(&wav).map_err(|e| e.to_string())?;
-    Ok(resample_linear(&w.mono(), w.sample_rate, RATE))
+    Ok(resample_once(&w.mono(), w.sample_rate, RATE))
 }
 
 fn load_wav(path: &PathBuf) -> Result<Vec<i16>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let w =
         crate::media::wav::Wav::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(resample_linear(&w.mono(), w.sample_rate, RATE))
+    Ok(resample_once(&w.mono(), w.sample_rate, RATE))
 }
 
 pub fn spawn(
@@ -106,11 +73,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn linear_resampling_keeps_length_and_level() {
+    fn prompts_are_resampled_to_their_length_and_level() {
         let tone: Vec<i16> = (0..22050)
             .map(|i| ((i as f64 * 440.0 * std::f64::consts::TAU / 22050.0).sin() * 8000.0) as i16)
             .collect();
-        let out = resample_linear(&tone, 22050, 16000);
+        let out = resample_once(&tone, 22050, 16000);
         assert_eq!(out.len(), 16000);
         let rms = |v: &[i16]| {
             (v.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt()

@@ -669,7 +669,7 @@ impl CallTask {
             {
                 Ok(w) => {
                     let rate = session.params().agent_rate;
-                    let pcm = agent::say::resample_linear(&w.mono(), w.sample_rate, rate);
+                    let pcm = agent::pipeline::resample_once(&w.mono(), w.sample_rate, rate);
                     session.set_ambient(pcm, level);
                 }
                 Err(e) => warn!(file = %file.display(), error = %e, "ambient sound not loaded"),
