@@ -343,14 +343,21 @@ impl CallTask {
         if let Err(e) = self.dialog.accept(headers, Some(body.into_bytes())) {
             return format!("cannot send 200: {e}");
         }
-        // Wait for the ACK.
+        // Wait for the ACK. A hangup now is carried out once the ACK comes
+        // (a 200 cannot be taken back); the branch is disabled once seen, or
+        // the always-ready `cancelled()` would spin this task.
+        let mut bye_on_ack = false;
         loop {
             tokio::select! {
-                _ = self.hangup.cancelled() => {
-                    // Answered but not yet confirmed: BYE once the ACK comes.
+                _ = self.hangup.cancelled(), if !bye_on_ack => {
+                    bye_on_ack = true;
                 }
                 st = self.state_rx.recv() => match st {
                     None => return "dialog gone".into(),
+                    Some(DialogState::Confirmed(..)) if bye_on_ack => {
+                        self.dialog.bye().await.ok();
+                        return "hangup by server".into();
+                    }
                     Some(DialogState::Confirmed(..)) => break,
                     Some(DialogState::Terminated(_, why)) => return reason(&why),
                     Some(other) => answer_other(other).await,
