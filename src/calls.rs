@@ -170,14 +170,35 @@ pub struct TransferRequest {
 #[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
 pub struct TransferInfo {
     pub target: String,
-    /// `refer` or `bridge`.
-    pub method: String,
-    /// `requested`, `accepted` (REFER 202), `trying` (NOTIFY 1xx),
-    /// `succeeded` (NOTIFY 2xx / bridge answered), `failed`.
-    pub state: String,
+    pub method: TransferMethod,
+    pub state: TransferState,
     pub detail: Option<String>,
     /// The bridged leg's call id.
     pub bridged_call: Option<String>,
+}
+
+/// How a transfer is carried out.
+#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferMethod {
+    /// REFER (RFC 3515): the caller's side calls the target.
+    Refer,
+    /// We call the target and bridge the audio (B2BUA).
+    Bridge,
+}
+
+/// Where a transfer stands.
+#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferState {
+    Requested,
+    /// REFER answered 202.
+    Accepted,
+    /// NOTIFY 1xx, or the bridge leg is ringing.
+    Trying,
+    /// NOTIFY 2xx, or the bridge leg answered.
+    Succeeded,
+    Failed,
 }
 
 struct Entry {

@@ -1,0 +1,1967 @@
+//! The per-call decisions, sans-IO: ringing, answering, waiting for the
+//! ACK, re-INVITE/UPDATE answers, hold, RFC 4028 session-timer refresh and
+//! expiry, DTMF, REFER/NOTIFY progress, the switch to a bridged leg, the
+//! agent's requests, the RTP timeout, and why the call ended.
+//!
+//! Shaped like str0m's `Rtc` and quinn-proto's `Connection`: inputs come in
+//! through `handle_*(now, ..)`, outputs are drained with [`CallCore::poll_action`]
+//! and [`CallCore::poll_transmit`], and [`CallCore::poll_timeout`] says when
+//! to call [`CallCore::handle_timeout`]. It never reads a clock, touches a
+//! socket or awaits; the driver in [`super::call`] moves bytes and timers
+//! between rsipstack, the RTP sockets and this core. Tests drive it in
+//! virtual time.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{debug, info, warn};
+
+use super::timer::SessionTimer;
+use crate::agent::{self, Agent, AgentEvent, AgentOutput};
+use crate::calls::{
+    CallCommand, TransferInfo, TransferMethod, TransferMode, TransferRequest, TransferState,
+};
+use crate::config::SipTransport;
+use crate::media::dsp::{DspConfig, TurnEvent};
+use crate::media::session::{natural_rate, MediaEvent, MediaParams, Session, Transmit};
+use crate::media::srtp::{SrtpSession, MASTER_KEY_LEN};
+use crate::sdp::{self, Codec, LocalCaps, LocalMedia, Negotiated};
+
+/// How long the driver waits for rsipstack's `Calling` state (its 100
+/// Trying goes out only then) before our 180 moves the dialog on.
+const TRYING_WAIT: Duration = Duration::from_millis(500);
+/// Call statistics are refreshed (and the RTP timeout checked) this often.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+/// After the NOTIFY that completes a transfer, our 200 to it leaves through
+/// its own transaction; the BYE waits this long so the transferee sees them
+/// in order.
+const BYE_AFTER_NOTIFY: Duration = Duration::from_millis(100);
+
+/// What we take and offer on a call signalled over `transport`: SRTP (SDES)
+/// only where the keys are protected by TLS.
+pub fn local_caps(transport: SipTransport) -> LocalCaps {
+    LocalCaps {
+        // G.711 first in our own offers: every phone takes it. Answers
+        // follow the caller's order, so a phone preferring Opus gets Opus.
+        codecs: vec![Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::Opus],
+        telephone_event: true,
+        ptime_ms: 20,
+        srtp: if transport == SipTransport::Tls {
+            sdp::SrtpPolicy::Allow
+        } else {
+            sdp::SrtpPolicy::Off
+        },
+    }
+}
+
+/// Why a call ended. Its text (Display) is what the API and logs show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    CallerHungUp,
+    CallerCancelled,
+    /// Our BYE as the dialog layer reports it.
+    WeHungUp,
+    /// The caller never ACKed our 200.
+    NoAck,
+    /// The dialog's event channel closed under us.
+    DialogGone,
+    /// Another dialog termination (rsipstack's own words).
+    Dialog(String),
+    /// Hung up (API, shutdown) while ringing: rejected with 503.
+    HangupBeforeAnswer,
+    /// Hung up by the API or the shutdown drain once answered.
+    HangupByServer,
+    AgentHungUp,
+    /// The agent ended the call after its last words were played.
+    AgentFinished,
+    Transferred {
+        target: String,
+    },
+    SessionTimerExpired,
+    SessionRefreshFailed,
+    RtpTimeout,
+    /// A SIP message we had to send could not be sent.
+    CannotSend {
+        what: &'static str,
+        detail: String,
+    },
+    /// The ACK to our offerless 200 carried no usable answer.
+    BadAckAnswer(String),
+    /// An outbound call's 200 carried no usable answer.
+    BadSdpAnswer(String),
+    AgentError(String),
+    CodecError(String),
+    /// An outbound call that was not answered: its final status.
+    CallFailed {
+        code: u16,
+        reason: String,
+    },
+    NoFinalResponse,
+    /// An outbound call that failed before any final response.
+    InviteFailed(String),
+    TaskFailed(String),
+}
+
+/// Who ended a call, for records and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HungUpBy {
+    Caller,
+    Agent,
+    Api,
+    Timeout,
+    Error,
+    Callee,
+}
+
+impl EndReason {
+    pub fn hung_up_by(&self) -> HungUpBy {
+        use EndReason as E;
+        match self {
+            E::CallerHungUp | E::CallerCancelled => HungUpBy::Caller,
+            E::AgentHungUp | E::AgentFinished | E::Transferred { .. } => HungUpBy::Agent,
+            E::HangupBeforeAnswer | E::HangupByServer | E::WeHungUp => HungUpBy::Api,
+            E::NoAck | E::SessionTimerExpired | E::RtpTimeout => HungUpBy::Timeout,
+            E::CallFailed { .. } | E::NoFinalResponse => HungUpBy::Callee,
+            _ => HungUpBy::Error,
+        }
+    }
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use EndReason as E;
+        match self {
+            E::CallerHungUp => f.write_str("caller hung up"),
+            E::CallerCancelled => f.write_str("caller cancelled"),
+            E::WeHungUp => f.write_str("we hung up"),
+            E::NoAck => f.write_str("no ACK (timeout)"),
+            E::DialogGone => f.write_str("dialog gone"),
+            E::Dialog(s) => f.write_str(s),
+            E::HangupBeforeAnswer => f.write_str("hangup before answer"),
+            E::HangupByServer => f.write_str("hangup by server"),
+            E::AgentHungUp => f.write_str("agent hung up"),
+            E::AgentFinished => f.write_str("agent finished"),
+            E::Transferred { target } => write!(f, "transferred to {target}"),
+            E::SessionTimerExpired => f.write_str("session timer expired"),
+            E::SessionRefreshFailed => f.write_str("session refresh failed"),
+            E::RtpTimeout => f.write_str("RTP timeout"),
+            E::CannotSend { what, detail } => write!(f, "cannot send {what}: {detail}"),
+            E::BadAckAnswer(e) => write!(f, "bad answer in ACK: {e}"),
+            E::BadSdpAnswer(e) => write!(f, "bad SDP answer: {e}"),
+            E::AgentError(e) => write!(f, "agent error: {e}"),
+            E::CodecError(e) => write!(f, "codec error: {e}"),
+            E::CallFailed { code, reason } => write!(f, "call failed: {code} {reason}"),
+            E::NoFinalResponse => f.write_str("call failed: no final response"),
+            E::InviteFailed(e) => write!(f, "call failed: {e}"),
+            E::TaskFailed(e) => write!(f, "call task failed: {e}"),
+        }
+    }
+}
+
+/// A handle the driver keeps for an in-dialog request it must answer.
+pub type TxId = u64;
+
+/// What the dialog layer reports, as the core needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialogInput {
+    /// The new dialog is `Calling` (the stack has sent 100 Trying).
+    Calling,
+    /// The ACK for our 200 arrived, with its body (an answer, if our 200
+    /// carried the offer).
+    Confirmed {
+        ack_body: Vec<u8>,
+    },
+    Terminated(EndReason),
+    /// re-INVITE or UPDATE with its body (empty: no offer).
+    Offer {
+        tx: TxId,
+        body: Vec<u8>,
+    },
+    /// INFO, with the DTMF digit it carries if any.
+    Info {
+        tx: TxId,
+        dtmf: Option<char>,
+    },
+    /// NOTIFY, with the sipfrag status if it reports a REFER.
+    Notify {
+        tx: TxId,
+        refer_status: Option<u16>,
+    },
+    /// OPTIONS or MESSAGE (answered 200).
+    Ping {
+        tx: TxId,
+    },
+    /// A request we do not take in a dialog (REFER from the peer, PUBLISH).
+    Unsupported {
+        tx: TxId,
+    },
+}
+
+/// A SIP message for the driver to send on this call's dialog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SipAction {
+    /// 180 Ringing.
+    Ringing,
+    /// 200 OK to the INVITE with this SDP (and the session-timer headers).
+    Accept {
+        sdp: String,
+    },
+    /// A final error response to the INVITE.
+    Reject {
+        code: u16,
+    },
+    /// Answer an in-dialog request; `sdp` goes with a 200 to an offer.
+    Respond {
+        tx: TxId,
+        code: u16,
+        sdp: Option<String>,
+    },
+    Bye,
+    /// RFC 4028 refresh: a re-INVITE with our SDP; the outcome comes back
+    /// through [`CallCore::handle_refresh_result`].
+    Refresh {
+        sdp: String,
+    },
+    /// REFER to `target`; the outcome comes back through
+    /// [`CallCore::handle_refer_result`].
+    Refer {
+        target: String,
+    },
+}
+
+/// What a call reports as it goes (the registry, webhooks, records).
+#[derive(Debug, Clone)]
+pub enum CallEvent {
+    /// The 200 OK is on its way.
+    Answering,
+    /// Media is up with this codec and agent.
+    Answered {
+        codec: &'static str,
+        remote_rtp: Option<SocketAddr>,
+        agent: &'static str,
+    },
+    /// SRTP suite in use, or `None` for plain RTP.
+    Srtp(Option<&'static str>),
+    Agent(AgentEvent),
+    /// The agent serving the call changed kind (a bridged leg took over).
+    AgentKind(&'static str),
+    Dtmf(char),
+    CallerTurn(TurnEvent),
+    Latched(SocketAddr),
+    /// A re-INVITE/UPDATE changed the media.
+    MediaUpdated {
+        codec: &'static str,
+        held: bool,
+    },
+    Transfer(TransferInfo),
+    Stats(Box<StatsSnapshot>),
+}
+
+/// Media counters and quality, as of the last stats tick.
+#[derive(Debug, Clone)]
+pub struct StatsSnapshot {
+    pub media: crate::media::session::MediaStats,
+    pub quality: crate::media::rtcp::CallQuality,
+    pub jitter: crate::media::jitter::JitterStats,
+    pub srtp_rejected: u64,
+}
+
+/// The driver's work list.
+pub enum Action {
+    Sip(SipAction),
+    /// Build the agent for this media (async: webhooks, providers), then
+    /// hand it to [`CallCore::start_media`] (or report
+    /// [`CallCore::agent_failed`]).
+    StartAgent(Box<Negotiated>),
+    /// Turn an agent's transfer request into a [`TransferRequest`] (needs
+    /// the trunk table) and hand it back as [`CallCommand::Transfer`].
+    ResolveTransfer {
+        to: String,
+    },
+    /// Place the transfer's bridge leg through `trunk` with `agent` as its
+    /// media end; report with [`CallCore::handle_bridge_leg`].
+    PlaceBridgeLeg {
+        trunk: String,
+        to: String,
+        agent: agent::Bridge,
+    },
+    /// Hang up another call (the bridged leg of this one).
+    HangupLeg(String),
+    Event(CallEvent),
+    /// The call is over; nothing follows.
+    End(EndReason),
+}
+
+impl std::fmt::Debug for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Sip(s) => write!(f, "Sip({s:?})"),
+            Action::StartAgent(n) => write!(f, "StartAgent({})", n.codec.encoding_name()),
+            Action::ResolveTransfer { to } => write!(f, "ResolveTransfer({to})"),
+            Action::PlaceBridgeLeg { trunk, to, .. } => write!(f, "PlaceBridgeLeg({trunk}, {to})"),
+            Action::HangupLeg(id) => write!(f, "HangupLeg({id})"),
+            Action::Event(e) => write!(f, "Event({e:?})"),
+            Action::End(r) => write!(f, "End({r})"),
+        }
+    }
+}
+
+/// A SIP request we sent that failed (its error text from the stack).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("dialog not confirmed")]
+    NotConfirmed,
+    #[error("{0}")]
+    Stack(String),
+    #[error("bad target: {0}")]
+    BadTarget(String),
+}
+
+/// What the core needs from the profile and the route.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub transport: SipTransport,
+    pub advertised_ip: IpAddr,
+    pub rtp_port: u16,
+    pub timer: Option<SessionTimer>,
+    pub answer_delay: Duration,
+    pub barge_in: bool,
+    pub interrupt_listening: bool,
+    pub dsp: DspConfig,
+    /// Hang up after this long without RTP (zero: never).
+    pub rtp_timeout: Duration,
+    pub send_silence: bool,
+    pub jitter_min_ms: u32,
+    pub jitter_max_ms: u32,
+    /// Our SRTP master key (used when the SDP agrees on SRTP).
+    pub srtp_key: [u8; MASTER_KEY_LEN],
+    /// SDP `o=` session id.
+    pub sdp_session_id: u64,
+}
+
+/// Random starting points of the RTP stream and the wall clock for RTCP.
+#[derive(Debug, Clone, Copy)]
+pub struct MediaStart {
+    pub wall: SystemTime,
+    pub ssrc: u32,
+    pub seq: u16,
+    pub ts: u32,
+}
+
+/// Ambient sound to loop under the agent.
+#[derive(Debug, Clone)]
+pub struct Ambient {
+    pub pcm: Vec<i16>,
+    pub rate: u32,
+    pub level: f32,
+}
+
+enum Phase {
+    /// Waiting (briefly) for the stack's `Calling` before ringing.
+    Trying {
+        until: Instant,
+    },
+    Ringing {
+        answer_at: Instant,
+    },
+    /// Our 200 is out; a hangup now waits for the ACK to send its BYE.
+    AwaitingAck {
+        bye_on_ack: bool,
+    },
+    /// The driver is building the agent.
+    StartingAgent {
+        neg: Box<Negotiated>,
+        hangup: bool,
+    },
+    Active(Box<Active>),
+    Ended,
+}
+
+/// A transfer in progress.
+struct Transfer {
+    req: TransferRequest,
+    info: TransferInfo,
+    /// Our end of the bridge, while its leg is being placed / rings.
+    bridge_placing: Option<agent::Bridge>,
+    bridge_ringing: Option<agent::Bridge>,
+}
+
+struct Active {
+    session: Session,
+    srtp: Option<SrtpSession>,
+    agent: Box<dyn Agent>,
+    out: AgentOutput,
+    last_refresh: Instant,
+    refresh_in_flight: bool,
+    next_stats: Instant,
+    /// When RTP was last seen arriving (and the count then).
+    last_rx: (Instant, u64),
+    transfer: Option<Transfer>,
+    /// The bridge leg placed for a transfer (hung up with this call).
+    bridged_leg: Option<String>,
+    /// BYE at this time, ending for this reason (after a transfer's NOTIFY).
+    bye_at: Option<(Instant, EndReason)>,
+}
+
+/// One call's signalling and media decisions.
+pub struct CallCore {
+    cfg: CoreConfig,
+    phase: Phase,
+    /// The caller's offer (inbound), or `None` when our 200 offers.
+    offer: Option<Negotiated>,
+    /// The SDP we last sent, re-sent in session refreshes.
+    last_sdp: String,
+    sdp_version: u64,
+    actions: std::collections::VecDeque<Action>,
+    /// The RTCP BYE of a call that just ended, still to be sent.
+    last_transmit: Option<Transmit>,
+    final_stats: Option<StatsSnapshot>,
+}
+
+impl CallCore {
+    /// An INVITE we will answer (after `answer_delay`).
+    pub fn inbound(now: Instant, cfg: CoreConfig, offer: Option<Negotiated>) -> CallCore {
+        CallCore {
+            cfg,
+            phase: Phase::Trying {
+                until: now + TRYING_WAIT,
+            },
+            offer,
+            last_sdp: String::new(),
+            sdp_version: 0,
+            actions: Default::default(),
+            last_transmit: None,
+            final_stats: None,
+        }
+    }
+
+    /// A call we placed that was answered with `answer` (to our `offer_sdp`).
+    pub fn outbound(cfg: CoreConfig, offer_sdp: String, answer: Negotiated) -> CallCore {
+        let mut core = CallCore {
+            cfg,
+            phase: Phase::Ended,
+            offer: None,
+            last_sdp: offer_sdp,
+            sdp_version: 1,
+            actions: Default::default(),
+            last_transmit: None,
+            final_stats: None,
+        };
+        core.start_agent(answer);
+        core
+    }
+
+    pub fn is_ended(&self) -> bool {
+        matches!(self.phase, Phase::Ended)
+    }
+
+    /// The next thing for the driver to do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next RTP/RTCP datagram to send (SRTP applied).
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let Phase::Active(a) = &mut self.phase else {
+            return self.last_transmit.take();
+        };
+        loop {
+            let mut t = a.session.poll_transmit()?;
+            match &mut a.srtp {
+                None => return Some(t),
+                Some(s) => {
+                    if let Some(p) = s.protect(&t.bytes) {
+                        t.bytes = p;
+                        return Some(t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// When [`CallCore::handle_timeout`] is due next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Trying { until } => Some(*until),
+            Phase::Ringing { answer_at } => Some(*answer_at),
+            Phase::AwaitingAck { .. } | Phase::StartingAgent { .. } | Phase::Ended => None,
+            Phase::Active(a) => {
+                let mut wake = a.session.next_timeout().min(a.next_stats);
+                if let Some(t) = self.cfg.timer {
+                    if !a.refresh_in_flight {
+                        if let Some(due) = t.refresh_due(a.last_refresh) {
+                            wake = wake.min(due);
+                        }
+                    }
+                    if let Some(exp) = t.expiry(a.last_refresh) {
+                        wake = wake.min(exp);
+                    }
+                }
+                if let Some((at, _)) = &a.bye_at {
+                    wake = wake.min(*at);
+                }
+                Some(wake)
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &mut self.phase {
+            Phase::Trying { until } if now >= *until => {
+                debug!("no Calling state within 500 ms");
+                self.ring(now);
+            }
+            Phase::Ringing { answer_at } if now >= *answer_at => self.answer(),
+            Phase::Active(a) => {
+                if let Some((at, _)) = &a.bye_at {
+                    if now >= *at {
+                        let reason = a.bye_at.take().map(|(_, r)| r);
+                        if let Some(r) = reason {
+                            self.end_with_bye(r);
+                        }
+                        return;
+                    }
+                }
+                a.session.handle_timeout(now);
+                a.agent.poll(&mut a.out);
+                Self::apply_output(a);
+                if let Some(t) = self.cfg.timer {
+                    if t.expiry(a.last_refresh).is_some_and(|e| now >= e) {
+                        warn!(
+                            interval_s = t.interval_s,
+                            "session not refreshed: hanging up"
+                        );
+                        self.end_with_bye(EndReason::SessionTimerExpired);
+                        return;
+                    }
+                    if !a.refresh_in_flight
+                        && t.refresh_due(a.last_refresh).is_some_and(|d| now >= d)
+                    {
+                        a.refresh_in_flight = true;
+                        self.actions.push_back(Action::Sip(SipAction::Refresh {
+                            sdp: self.last_sdp.clone(),
+                        }));
+                    }
+                }
+                self.after_input(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// A hangup asked for by the API or the shutdown drain.
+    pub fn handle_hangup(&mut self, _now: Instant) {
+        match &mut self.phase {
+            Phase::Trying { .. } | Phase::Ringing { .. } => {
+                self.actions
+                    .push_back(Action::Sip(SipAction::Reject { code: 503 }));
+                self.end(EndReason::HangupBeforeAnswer);
+            }
+            // A 200 cannot be taken back: BYE once the ACK comes.
+            Phase::AwaitingAck { bye_on_ack } => *bye_on_ack = true,
+            Phase::StartingAgent { hangup, .. } => *hangup = true,
+            Phase::Active(_) => self.end_with_bye(EndReason::HangupByServer),
+            Phase::Ended => {}
+        }
+    }
+
+    pub fn handle_dialog(&mut self, now: Instant, input: DialogInput) {
+        if let DialogInput::Terminated(r) = input {
+            if !self.is_ended() {
+                self.end(r);
+            }
+            return;
+        }
+        // Requests that need the same answer in every phase.
+        match &input {
+            DialogInput::Ping { tx } => return self.respond(*tx, 200, None),
+            DialogInput::Unsupported { tx } => return self.respond(*tx, 501, None),
+            _ => {}
+        }
+        match &mut self.phase {
+            Phase::Trying { .. } => {
+                self.not_active(input);
+                self.ring(now);
+            }
+            Phase::AwaitingAck { bye_on_ack } => match input {
+                DialogInput::Confirmed { ack_body } => {
+                    if *bye_on_ack {
+                        self.end_with_bye(EndReason::HangupByServer);
+                        return;
+                    }
+                    self.confirmed(&ack_body);
+                }
+                other => self.not_active(other),
+            },
+            Phase::Active(_) => self.active_dialog(now, input),
+            _ => self.not_active(input),
+        }
+    }
+
+    /// In-dialog requests before the call is up: answered, not acted on.
+    fn not_active(&mut self, input: DialogInput) {
+        match input {
+            DialogInput::Offer { tx, .. } => self.respond(tx, 501, None),
+            DialogInput::Info { tx, .. }
+            | DialogInput::Notify { tx, .. }
+            | DialogInput::Ping { tx } => self.respond(tx, 200, None),
+            DialogInput::Unsupported { tx } => self.respond(tx, 501, None),
+            DialogInput::Calling | DialogInput::Confirmed { .. } | DialogInput::Terminated(_) => {}
+        }
+    }
+
+    fn respond(&mut self, tx: TxId, code: u16, sdp: Option<String>) {
+        self.actions
+            .push_back(Action::Sip(SipAction::Respond { tx, code, sdp }));
+    }
+
+    fn ring(&mut self, now: Instant) {
+        self.actions.push_back(Action::Sip(SipAction::Ringing));
+        self.phase = Phase::Ringing {
+            answer_at: now + self.cfg.answer_delay,
+        };
+    }
+
+    /// Our media description for the next SDP we send.
+    fn local_media(&mut self) -> LocalMedia {
+        self.sdp_version += 1;
+        LocalMedia {
+            ip: self.cfg.advertised_ip,
+            rtp_port: self.cfg.rtp_port,
+            session_id: self.cfg.sdp_session_id,
+            session_version: self.sdp_version,
+            srtp_key: (self.cfg.transport == SipTransport::Tls).then_some(self.cfg.srtp_key),
+        }
+    }
+
+    fn answer(&mut self) {
+        let local = self.local_media();
+        let body = match &self.offer {
+            Some(neg) => sdp::build_answer(neg, &local),
+            None => sdp::build_offer(&local_caps(self.cfg.transport), &local),
+        };
+        self.last_sdp = body.clone();
+        self.actions.push_back(Action::Event(CallEvent::Answering));
+        self.actions
+            .push_back(Action::Sip(SipAction::Accept { sdp: body }));
+        self.phase = Phase::AwaitingAck { bye_on_ack: false };
+    }
+
+    fn confirmed(&mut self, ack_body: &[u8]) {
+        let neg = match self.offer.take() {
+            Some(n) => n,
+            None => {
+                let text = String::from_utf8_lossy(ack_body);
+                let answer = sdp::SessionDescription::parse(&text)
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| {
+                        sdp::accept_answer(&s, &local_caps(self.cfg.transport))
+                            .map_err(|e| e.to_string())
+                    });
+                match answer {
+                    Ok(n) => n,
+                    Err(e) => {
+                        warn!(error = %e, "no usable SDP answer in the ACK");
+                        self.end_with_bye(EndReason::BadAckAnswer(e));
+                        return;
+                    }
+                }
+            }
+        };
+        self.start_agent(neg);
+    }
+
+    fn start_agent(&mut self, neg: Negotiated) {
+        self.actions
+            .push_back(Action::StartAgent(Box::new(neg.clone())));
+        self.phase = Phase::StartingAgent {
+            neg: Box::new(neg),
+            hangup: false,
+        };
+    }
+
+    /// The agent could not be built: the call ends.
+    pub fn agent_failed(&mut self, error: &agent::AgentError) {
+        warn!(%error, "agent failed to start");
+        self.end_with_bye(EndReason::AgentError(error.to_string()));
+    }
+
+    /// Media params for `neg` with an agent at `agent_rate` (`None`: the
+    /// codec's own rate).
+    fn media_params(&self, neg: &Negotiated, agent_rate: Option<u32>) -> MediaParams {
+        MediaParams {
+            send_silence: self.cfg.send_silence,
+            codec: neg.codec,
+            pt: neg.pt,
+            te_pt: neg.telephone_event_pt,
+            ptime_ms: neg.ptime_ms,
+            remote: neg.remote_rtp,
+            remote_rtcp: neg.remote_rtcp,
+            rtcp_mux: neg.rtcp_mux,
+            direction: neg.direction,
+            jitter_min_ms: self.cfg.jitter_min_ms,
+            jitter_max_ms: self.cfg.jitter_max_ms,
+            agent_rate: agent_rate.unwrap_or_else(|| natural_rate(neg.codec)),
+            codec_fmtp: neg.codec_fmtp.clone(),
+        }
+    }
+
+    /// The agent is ready: media starts.
+    pub fn start_media(
+        &mut self,
+        now: Instant,
+        mut agent: Box<dyn Agent>,
+        start: MediaStart,
+        ambient: Option<Ambient>,
+    ) {
+        let Phase::StartingAgent { neg, hangup } = std::mem::replace(&mut self.phase, Phase::Ended)
+        else {
+            return;
+        };
+        if hangup {
+            self.end_with_bye(EndReason::HangupByServer);
+            return;
+        }
+        let params = self.media_params(&neg, agent.sample_rate());
+        let mut session =
+            match Session::new(now, start.wall, params, start.ssrc, start.seq, start.ts) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "codec setup failed");
+                    self.end_with_bye(EndReason::CodecError(e.to_string()));
+                    return;
+                }
+            };
+        if let Some(a) = ambient {
+            let rate = session.params().agent_rate;
+            let pcm = agent::pipeline::resample_once(&a.pcm, a.rate, rate);
+            session.set_ambient(pcm, a.level);
+        }
+        if let Err(e) = session.set_dsp(self.cfg.dsp.clone()) {
+            warn!(error = %e, "caller DSP unavailable for this call");
+        }
+        let mut srtp = None;
+        self.apply_srtp(&mut srtp, &neg);
+        info!(codec = neg.codec.encoding_name(), pt = neg.pt, remote = ?neg.remote_rtp,
+              agent = agent.kind(), "call answered");
+        self.actions.push_back(Action::Event(CallEvent::Answered {
+            codec: neg.codec.encoding_name(),
+            remote_rtp: neg.remote_rtp,
+            agent: agent.kind(),
+        }));
+        let mut out = AgentOutput::default();
+        agent.start(&mut out);
+        let mut a = Box::new(Active {
+            session,
+            srtp,
+            agent,
+            out,
+            last_refresh: now,
+            refresh_in_flight: false,
+            next_stats: now + STATS_EVERY,
+            last_rx: (now, 0),
+            transfer: None,
+            bridged_leg: None,
+            bye_at: None,
+        });
+        Self::apply_output(&mut a);
+        self.phase = Phase::Active(a);
+        self.after_input(now);
+    }
+
+    /// Applies the SRTP outcome of an offer/answer: keys kept, changed,
+    /// started or stopped.
+    fn apply_srtp(&mut self, srtp: &mut Option<SrtpSession>, neg: &Negotiated) {
+        match &neg.srtp {
+            None => {
+                if srtp.take().is_some() {
+                    info!("SRTP off");
+                }
+            }
+            Some(c) => {
+                if srtp.as_ref().is_some_and(|s| s.same_keys(c.suite, &c.key)) {
+                    return;
+                }
+                match SrtpSession::new(c.suite, &self.cfg.srtp_key, &c.key) {
+                    Ok(s) => {
+                        info!(suite = c.suite.name(), "SRTP on");
+                        *srtp = Some(s);
+                    }
+                    Err(e) => warn!(error = %e, "SRTP setup failed"),
+                }
+            }
+        }
+        let suite = srtp.as_ref().map(|s| s.suite().name());
+        self.actions
+            .push_back(Action::Event(CallEvent::Srtp(suite)));
+    }
+
+    pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let Phase::Active(a) = &mut self.phase else {
+            return;
+        };
+        match &mut a.srtp {
+            None => a.session.handle_rtp(now, from, bytes),
+            Some(s) => {
+                if let Some(p) = s.unprotect(bytes) {
+                    a.session.handle_rtp(now, from, &p);
+                }
+            }
+        }
+        self.after_input(now);
+    }
+
+    pub fn handle_rtcp(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let Phase::Active(a) = &mut self.phase else {
+            return;
+        };
+        match &mut a.srtp {
+            None => a.session.handle_rtcp(now, from, bytes),
+            Some(s) => {
+                if let Some(p) = s.unprotect(bytes) {
+                    a.session.handle_rtcp(now, from, &p);
+                }
+            }
+        }
+        self.after_input(now);
+    }
+
+    /// A request from the API or another call.
+    pub fn handle_command(&mut self, now: Instant, cmd: CallCommand) {
+        let Phase::Active(a) = &mut self.phase else {
+            return;
+        };
+        match cmd {
+            CallCommand::SendDtmf(digits) => {
+                if a.session.send_dtmf(&digits) {
+                    info!(%digits, "sending DTMF");
+                } else {
+                    warn!(%digits, "cannot send DTMF: no telephone-event negotiated");
+                }
+            }
+            CallCommand::Transfer(req) => self.begin_transfer(req),
+            CallCommand::BridgeAnswered(leg) => {
+                let end = a.transfer.as_mut().and_then(|t| t.bridge_ringing.take());
+                if let Some(end) = end {
+                    info!(%leg, "transfer: bridged");
+                    a.session.clear_playout();
+                    a.agent = Box::new(end);
+                    self.actions
+                        .push_back(Action::Event(CallEvent::AgentKind("bridge")));
+                    self.set_transfer(|t| {
+                        t.state = TransferState::Succeeded;
+                        t.detail = Some("bridged".into());
+                    });
+                }
+            }
+            CallCommand::BridgeFailed(why) => {
+                let ringing = a.transfer.as_mut().and_then(|t| t.bridge_ringing.take());
+                if ringing.is_some() {
+                    info!(%why, "transfer: bridge leg failed; the agent stays");
+                    self.set_transfer(|t| {
+                        t.state = TransferState::Failed;
+                        t.detail = Some(why);
+                    });
+                }
+            }
+        }
+        self.after_input(now);
+    }
+
+    fn active(&mut self) -> Option<&mut Active> {
+        match &mut self.phase {
+            Phase::Active(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    fn set_transfer(&mut self, f: impl FnOnce(&mut TransferInfo)) {
+        let Some(t) = self.active().and_then(|a| a.transfer.as_mut()) else {
+            return;
+        };
+        f(&mut t.info);
+        let info = t.info.clone();
+        self.actions
+            .push_back(Action::Event(CallEvent::Transfer(info)));
+    }
+
+    /// Starts a transfer: REFER, or for `bridge` a second leg through the trunk.
+    fn begin_transfer(&mut self, req: TransferRequest) {
+        info!(target = %req.refer_to, mode = ?req.mode, "transfer requested");
+        let method = if req.mode == TransferMode::Bridge {
+            TransferMethod::Bridge
+        } else {
+            TransferMethod::Refer
+        };
+        let Some(a) = self.active() else { return };
+        a.transfer = Some(Transfer {
+            info: TransferInfo {
+                target: req.refer_to.clone(),
+                method,
+                state: TransferState::Requested,
+                detail: None,
+                bridged_call: None,
+            },
+            req: req.clone(),
+            bridge_placing: None,
+            bridge_ringing: None,
+        });
+        self.set_transfer(|_| {});
+        if req.mode == TransferMode::Bridge {
+            self.start_bridge();
+        } else {
+            self.actions.push_back(Action::Sip(SipAction::Refer {
+                target: req.refer_to,
+            }));
+        }
+    }
+
+    /// B2BUA transfer: the target is called through the trunk with one end
+    /// of a bridge; this call switches to the other end once it answers.
+    fn start_bridge(&mut self) {
+        let Some(a) = self.active() else { return };
+        let rate = a.session.params().agent_rate;
+        let Some(t) = a.transfer.as_mut() else { return };
+        let Some((trunk, to)) = t.req.bridge.clone() else {
+            self.set_transfer(|t| {
+                t.method = TransferMethod::Bridge;
+                t.state = TransferState::Failed;
+                t.detail = Some("no trunk to bridge through".into());
+            });
+            return;
+        };
+        let (here, there) = agent::bridge_pair(rate);
+        t.bridge_placing = Some(here);
+        self.actions.push_back(Action::PlaceBridgeLeg {
+            trunk,
+            to,
+            agent: there,
+        });
+    }
+
+    /// The bridge leg was placed (its call id) or could not be.
+    pub fn handle_bridge_leg(&mut self, now: Instant, leg: Result<String, String>) {
+        let Some(a) = self.active() else { return };
+        let Some(t) = a.transfer.as_mut() else { return };
+        let here = t.bridge_placing.take();
+        match leg {
+            Ok(id) => {
+                info!(leg = %id, "transfer: bridging through the trunk");
+                t.bridge_ringing = here;
+                a.bridged_leg = Some(id.clone());
+                self.set_transfer(|t| {
+                    t.method = TransferMethod::Bridge;
+                    t.state = TransferState::Trying;
+                    t.bridged_call = Some(id);
+                });
+            }
+            Err(e) => self.set_transfer(|t| {
+                t.method = TransferMethod::Bridge;
+                t.state = TransferState::Failed;
+                t.detail = Some(e);
+            }),
+        }
+        self.after_input(now);
+    }
+
+    /// The final answer to our REFER (its status code).
+    pub fn handle_refer_result(&mut self, now: Instant, r: Result<u16, RequestError>) {
+        if self.active().is_none() {
+            return;
+        }
+        match r {
+            Ok(code) if (200..300).contains(&code) => {
+                info!(code, "REFER accepted");
+                self.set_transfer(|t| t.state = TransferState::Accepted);
+            }
+            other => {
+                let why = match &other {
+                    Ok(code) => format!("REFER refused: {code}"),
+                    Err(RequestError::BadTarget(e)) => format!("bad target: {e}"),
+                    Err(e) => format!("REFER failed: {e}"),
+                };
+                info!(%why, "transfer");
+                let fallback = self
+                    .active()
+                    .and_then(|a| a.transfer.as_ref())
+                    .is_some_and(|t| t.req.mode == TransferMode::Auto && t.req.bridge.is_some());
+                if fallback && !matches!(other, Err(RequestError::BadTarget(_))) {
+                    self.set_transfer(|t| t.detail = Some(why));
+                    self.start_bridge();
+                } else {
+                    self.set_transfer(|t| {
+                        t.state = TransferState::Failed;
+                        t.detail = Some(why);
+                    });
+                }
+            }
+        }
+        self.after_input(now);
+    }
+
+    /// The answer to our session refresh (its status code).
+    pub fn handle_refresh_result(&mut self, now: Instant, r: Result<u16, RequestError>) {
+        let Some(a) = self.active() else { return };
+        a.refresh_in_flight = false;
+        match r {
+            Ok(code) if (200..300).contains(&code) => {
+                debug!(code, "session refreshed");
+                a.last_refresh = now;
+            }
+            other => {
+                warn!(outcome = ?other, "session refresh failed: hanging up");
+                self.end_with_bye(EndReason::SessionRefreshFailed);
+            }
+        }
+    }
+
+    fn active_dialog(&mut self, now: Instant, input: DialogInput) {
+        match input {
+            DialogInput::Offer { tx, body } => {
+                // Any re-INVITE/UPDATE from the caller refreshes the session.
+                if let Some(a) = self.active() {
+                    a.last_refresh = now;
+                }
+                self.on_offer(tx, &body);
+            }
+            DialogInput::Info { tx, dtmf } => {
+                if let Some(d) = dtmf {
+                    self.on_dtmf(d);
+                }
+                self.respond(tx, 200, None);
+            }
+            DialogInput::Notify { tx, refer_status } => {
+                self.respond(tx, 200, None);
+                self.on_refer_notify(now, refer_status);
+            }
+            other => self.not_active(other),
+        }
+        self.after_input(now);
+    }
+
+    fn on_refer_notify(&mut self, now: Instant, status: Option<u16>) {
+        let Some(a) = self.active() else { return };
+        let Some(t) = a.transfer.as_ref() else { return };
+        let refer_pending = t.req.mode != TransferMode::Bridge
+            && t.info.state != TransferState::Failed
+            && t.bridge_ringing.is_none()
+            && t.bridge_placing.is_none();
+        let (true, Some(code)) = (refer_pending, status) else {
+            return;
+        };
+        info!(code, "transfer progress (NOTIFY sipfrag)");
+        if (200..300).contains(&code) {
+            let target = t.req.refer_to.clone();
+            self.set_transfer(|t| {
+                t.state = TransferState::Succeeded;
+                t.detail = Some(format!("NOTIFY {code}"));
+            });
+            if let Some(a) = self.active() {
+                a.bye_at = Some((now + BYE_AFTER_NOTIFY, EndReason::Transferred { target }));
+            }
+        } else if code >= 300 {
+            // Failed: later NOTIFYs are not acted on.
+            self.set_transfer(|t| {
+                t.state = TransferState::Failed;
+                t.detail = Some(format!("NOTIFY {code}"));
+            });
+        } else {
+            self.set_transfer(|t| t.state = TransferState::Trying);
+        }
+    }
+
+    fn on_dtmf(&mut self, digit: char) {
+        info!(%digit, "DTMF");
+        self.actions
+            .push_back(Action::Event(CallEvent::Dtmf(digit)));
+        let Some(a) = self.active() else { return };
+        a.agent.on_dtmf(digit, &mut a.out);
+        Self::apply_output(a);
+    }
+
+    /// re-INVITE/UPDATE: answer the new offer and apply it (hold with
+    /// sendonly/inactive or c=0.0.0.0, resume, new address, codec change);
+    /// the call goes on. An offer we cannot take gets 488 and the call keeps
+    /// its old media (RFC 3261 section 14.2).
+    fn on_offer(&mut self, tx: TxId, body: &[u8]) {
+        let local = self.local_media();
+        let caps = local_caps(self.cfg.transport);
+        if body.is_empty() {
+            // No offer (e.g. a session refresh): we offer, the answer comes in the ACK.
+            let offer = sdp::build_offer(&caps, &local);
+            self.last_sdp = offer.clone();
+            return self.respond(tx, 200, Some(offer));
+        }
+        let text = String::from_utf8_lossy(body);
+        let neg = sdp::SessionDescription::parse(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|s| sdp::negotiate_offer(&s, &caps).map_err(|e| e.to_string()));
+        let n = match neg {
+            Ok(n) => n,
+            Err(e) => {
+                info!(error = %e, "re-INVITE offer refused: 488");
+                return self.respond(tx, 488, None);
+            }
+        };
+        let answer = sdp::build_answer(&n, &local);
+        let Phase::Active(a) = &mut self.phase else {
+            return;
+        };
+        let rate = a.agent.sample_rate();
+        let was_held = !a.session.params().direction.sends();
+        let held = !n.direction.sends();
+        info!(direction = %n.direction, codec = n.codec.encoding_name(),
+              remote = ?n.remote_rtp, "re-INVITE answered");
+        let params = self.media_params(&n, rate);
+        let Phase::Active(a) = &mut self.phase else {
+            return;
+        };
+        if let Err(e) = a.session.update(params) {
+            info!(error = %e, "re-INVITE codec unusable: 488");
+            return self.respond(tx, 488, None);
+        }
+        let mut srtp = a.srtp.take();
+        self.apply_srtp(&mut srtp, &n);
+        let Phase::Active(a) = &mut self.phase else {
+            return;
+        };
+        a.srtp = srtp;
+        if was_held != held {
+            a.agent.on_hold(held, &mut a.out);
+            Self::apply_output(a);
+        }
+        self.actions
+            .push_back(Action::Event(CallEvent::MediaUpdated {
+                codec: n.codec.encoding_name(),
+                held,
+            }));
+        self.last_sdp = answer.clone();
+        self.respond(tx, 200, Some(answer));
+    }
+
+    /// Hands the agent's output to the media session.
+    fn apply_output(a: &mut Active) {
+        let out = &mut a.out;
+        if out.clear {
+            let dropped = a.session.queued_ms();
+            a.session.clear_playout();
+            a.agent.on_cleared(dropped);
+        }
+        if !out.audio.is_empty() {
+            a.session.handle_agent_audio(&out.audio);
+            out.audio.clear();
+        }
+        out.clear = false;
+        if let Some(max) = a.agent.max_queue_ms() {
+            a.session.trim_playout(max);
+        }
+    }
+
+    /// After every input while the call is up: media events to the agent,
+    /// the agent's requests, statistics and the RTP timeout.
+    fn after_input(&mut self, now: Instant) {
+        let barge_in = self.cfg.barge_in;
+        let interrupt_listening = self.cfg.interrupt_listening;
+        let Phase::Active(a) = &mut self.phase else {
+            return;
+        };
+        let mut events = Vec::new();
+        while let Some(ev) = a.session.poll_event() {
+            match ev {
+                MediaEvent::Audio(pcm) => {
+                    // INTERRUPT_LISTENING: the agent does not hear the
+                    // caller while it talks (the stream keeps its pace).
+                    if interrupt_listening && a.session.queued_ms() > 0 {
+                        a.agent.on_audio(&vec![0; pcm.len()], &mut a.out);
+                    } else {
+                        a.agent.on_audio(&pcm, &mut a.out);
+                    }
+                    Self::apply_output(a);
+                }
+                MediaEvent::Dtmf(d) => {
+                    info!(digit = %d, "DTMF");
+                    events.push(CallEvent::Dtmf(d));
+                    a.agent.on_dtmf(d, &mut a.out);
+                    Self::apply_output(a);
+                }
+                MediaEvent::Turn(ev) => {
+                    let speaking = matches!(ev, TurnEvent::SpeechStarted);
+                    info!(event = ?ev, "caller turn");
+                    events.push(CallEvent::CallerTurn(ev));
+                    // Barge-in from our VAD: drop what the agent queued.
+                    if speaking && barge_in && !interrupt_listening && a.session.queued_ms() > 0 {
+                        a.out.clear = true;
+                        a.out.events.push(AgentEvent::Interruption);
+                    }
+                    a.agent.on_turn(ev, &mut a.out);
+                    Self::apply_output(a);
+                }
+                MediaEvent::Latched(addr) => {
+                    info!(%addr, "RTP latched");
+                    events.push(CallEvent::Latched(addr));
+                }
+            }
+        }
+        for ev in std::mem::take(&mut a.out.events) {
+            if let AgentEvent::Transfer { to } = &ev {
+                info!(%to, "agent asked for a transfer");
+                self.actions
+                    .push_back(Action::ResolveTransfer { to: to.clone() });
+            }
+            events.push(CallEvent::Agent(ev));
+        }
+        self.actions.extend(events.into_iter().map(Action::Event));
+        let Phase::Active(a) = &mut self.phase else {
+            return;
+        };
+        if a.out.hangup {
+            return self.end_with_bye(EndReason::AgentHungUp);
+        }
+        if a.out.hangup_after_playout && a.session.queued_ms() == 0 {
+            return self.end_with_bye(EndReason::AgentFinished);
+        }
+        if now >= a.next_stats {
+            a.next_stats = now + STATS_EVERY;
+            // A caller that vanished without BYE (network gone, phone
+            // crashed) must not hold a call slot and ports forever.
+            let rx = a.session.stats().rx_packets;
+            if rx != a.last_rx.1 {
+                a.last_rx = (now, rx);
+            } else if !self.cfg.rtp_timeout.is_zero()
+                && a.session.params().direction.receives()
+                && now.duration_since(a.last_rx.0) >= self.cfg.rtp_timeout
+            {
+                warn!(secs = self.cfg.rtp_timeout.as_secs(), "no RTP: hanging up");
+                return self.end_with_bye(EndReason::RtpTimeout);
+            }
+            let snap = Self::snapshot(a);
+            self.actions
+                .push_back(Action::Event(CallEvent::Stats(Box::new(snap))));
+        }
+    }
+
+    fn snapshot(a: &Active) -> StatsSnapshot {
+        StatsSnapshot {
+            media: a.session.stats().clone(),
+            quality: a.session.quality(),
+            jitter: a.session.jitter_stats(),
+            srtp_rejected: a.srtp.as_ref().map_or(0, |s| s.rejected),
+        }
+    }
+
+    /// The media figures now, or as the call ended (for its summary).
+    pub fn stats(&self) -> Option<StatsSnapshot> {
+        match &self.phase {
+            Phase::Active(a) => Some(Self::snapshot(a)),
+            _ => self.final_stats.clone(),
+        }
+    }
+
+    /// Sends a BYE and ends the call.
+    fn end_with_bye(&mut self, reason: EndReason) {
+        self.actions.push_back(Action::Sip(SipAction::Bye));
+        self.end(reason);
+    }
+
+    /// Ends the call: a last RTCP BYE and statistics, the bridged leg hung
+    /// up, then [`Action::End`]. The agent and media session go here.
+    fn end(&mut self, reason: EndReason) {
+        if let Phase::Active(a) = &mut self.phase {
+            if let Some(mut t) = a.session.rtcp_bye() {
+                let protected = match &mut a.srtp {
+                    None => Some(t.bytes),
+                    Some(s) => s.protect(&t.bytes),
+                };
+                if let Some(p) = protected {
+                    t.bytes = p;
+                    self.last_transmit = Some(t);
+                }
+            }
+            self.final_stats = Some(Self::snapshot(a));
+            if let Some(leg) = a.bridged_leg.take() {
+                self.actions.push_back(Action::HangupLeg(leg));
+            }
+        }
+        self.phase = Phase::Ended;
+        self.actions.push_back(Action::End(reason));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    //! The call's decisions in virtual time: no sockets, no runtime.
+
+    use super::*;
+    use crate::sip::timer::Refresher;
+    use std::sync::{Arc, Mutex};
+
+    const T0_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+        m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+        a=sendrecv\r\n";
+
+    fn offer(direction: &str) -> Vec<u8> {
+        T0_OFFER.replace("a=sendrecv", direction).into_bytes()
+    }
+
+    fn negotiated(body: &[u8]) -> Negotiated {
+        let s = sdp::SessionDescription::parse(std::str::from_utf8(body).unwrap()).unwrap();
+        sdp::negotiate_offer(&s, &local_caps(SipTransport::Udp)).unwrap()
+    }
+
+    fn config(timer: Option<SessionTimer>) -> CoreConfig {
+        CoreConfig {
+            transport: SipTransport::Udp,
+            advertised_ip: "127.0.0.1".parse().unwrap(),
+            rtp_port: 30000,
+            timer,
+            answer_delay: Duration::from_millis(1000),
+            barge_in: true,
+            interrupt_listening: false,
+            dsp: DspConfig::off(),
+            rtp_timeout: Duration::from_secs(30),
+            send_silence: false,
+            jitter_min_ms: 20,
+            jitter_max_ms: 200,
+            srtp_key: [7; MASTER_KEY_LEN],
+            sdp_session_id: 42,
+        }
+    }
+
+    /// What a scripted agent saw, shared with the test.
+    #[derive(Default)]
+    struct Seen {
+        holds: Vec<bool>,
+        audio_frames: usize,
+        dtmf: Vec<char>,
+    }
+
+    /// An agent the test scripts: it records its inputs and hands out
+    /// whatever the test queued for its next poll.
+    struct Probe {
+        seen: Arc<Mutex<Seen>>,
+        next: Arc<Mutex<AgentOutput>>,
+    }
+
+    impl Agent for Probe {
+        fn kind(&self) -> &'static str {
+            "probe"
+        }
+        fn on_audio(&mut self, _pcm: &[i16], _out: &mut AgentOutput) {
+            self.seen.lock().unwrap().audio_frames += 1;
+        }
+        fn poll(&mut self, out: &mut AgentOutput) {
+            let next = std::mem::take(&mut *self.next.lock().unwrap());
+            out.audio.extend(next.audio);
+            out.events.extend(next.events);
+            out.hangup |= next.hangup;
+            out.hangup_after_playout |= next.hangup_after_playout;
+        }
+        fn on_dtmf(&mut self, digit: char, _out: &mut AgentOutput) {
+            self.seen.lock().unwrap().dtmf.push(digit);
+        }
+        fn on_hold(&mut self, held: bool, _out: &mut AgentOutput) {
+            self.seen.lock().unwrap().holds.push(held);
+        }
+    }
+
+    struct Call {
+        core: CallCore,
+        now: Instant,
+        seen: Arc<Mutex<Seen>>,
+        next: Arc<Mutex<AgentOutput>>,
+    }
+
+    fn drain(core: &mut CallCore) -> Vec<Action> {
+        while core.poll_transmit().is_some() {}
+        std::iter::from_fn(|| core.poll_action()).collect()
+    }
+
+    fn sip(actions: &[Action]) -> Vec<SipAction> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Sip(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn end(actions: &[Action]) -> Option<EndReason> {
+        actions.iter().find_map(|a| match a {
+            Action::End(r) => Some(r.clone()),
+            _ => None,
+        })
+    }
+
+    fn transfers(actions: &[Action]) -> Vec<TransferInfo> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event(CallEvent::Transfer(t)) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    impl Call {
+        /// Runs timeouts up to `until` (every media tick on the way);
+        /// returns every action taken.
+        fn run_until(&mut self, until: Instant) -> Vec<Action> {
+            let mut all = drain(&mut self.core);
+            while let Some(t) = self.core.poll_timeout() {
+                if t > until || self.core.is_ended() {
+                    break;
+                }
+                self.now = self.now.max(t);
+                self.core.handle_timeout(self.now);
+                all.extend(drain(&mut self.core));
+            }
+            self.now = self.now.max(until);
+            all
+        }
+
+        fn advance(&mut self, by: Duration) -> Vec<Action> {
+            let until = self.now + by;
+            self.run_until(until)
+        }
+
+        fn dialog(&mut self, input: DialogInput) -> Vec<Action> {
+            self.core.handle_dialog(self.now, input);
+            drain(&mut self.core)
+        }
+
+        /// Caller RTP: one PCMU packet.
+        fn rtp(&mut self, seq: u16) {
+            let mut p = vec![0x80, 0, (seq >> 8) as u8, seq as u8];
+            p.extend_from_slice(&(seq as u32 * 160).to_be_bytes());
+            p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+            p.extend(std::iter::repeat_n(0xffu8, 160));
+            self.core
+                .handle_rtp(self.now, "127.0.0.1:40000".parse().unwrap(), &p);
+        }
+    }
+
+    /// An inbound call taken to the point where media runs.
+    fn answered(timer: Option<SessionTimer>) -> Call {
+        let mut cfg = config(timer);
+        if timer.is_some() {
+            // Only the session timer may end these calls.
+            cfg.rtp_timeout = Duration::ZERO;
+        }
+        let t0 = Instant::now();
+        let mut core = CallCore::inbound(t0, cfg, Some(negotiated(&offer("a=sendrecv"))));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let next = Arc::new(Mutex::new(AgentOutput::default()));
+        core.handle_dialog(t0, DialogInput::Calling);
+        let mut call = Call {
+            core,
+            now: t0,
+            seen: seen.clone(),
+            next: next.clone(),
+        };
+        let a = call.advance(Duration::from_millis(1000));
+        let sent = sip(&a);
+        assert_eq!(sent[0], SipAction::Ringing);
+        assert!(
+            matches!(&sent[1], SipAction::Accept { sdp } if sdp.contains("m=audio 30000 RTP/AVP 0")),
+            "{sent:?}"
+        );
+        let a = call.dialog(DialogInput::Confirmed { ack_body: vec![] });
+        assert!(matches!(a[0], Action::StartAgent(_)), "{a:?}");
+        let agent = Box::new(Probe { seen, next });
+        let start = MediaStart {
+            wall: SystemTime::now(),
+            ssrc: 1,
+            seq: 1,
+            ts: 1,
+        };
+        call.core.start_media(call.now, agent, start, None);
+        let a = drain(&mut call.core);
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::Event(CallEvent::Answered { agent: "probe", .. }))),
+            "{a:?}"
+        );
+        call
+    }
+
+    #[test]
+    fn rings_then_answers_after_the_routes_delay() {
+        let t0 = Instant::now();
+        let mut core = CallCore::inbound(t0, config(None), Some(negotiated(&offer("a=sendrecv"))));
+        // No `Calling` from the stack: 180 after 500 ms anyway.
+        assert_eq!(core.poll_timeout(), Some(t0 + TRYING_WAIT));
+        core.handle_timeout(t0 + TRYING_WAIT);
+        assert_eq!(sip(&drain(&mut core)), vec![SipAction::Ringing]);
+        let answer_at = t0 + TRYING_WAIT + Duration::from_millis(1000);
+        assert_eq!(core.poll_timeout(), Some(answer_at));
+        core.handle_timeout(answer_at - Duration::from_millis(1));
+        assert!(drain(&mut core).is_empty());
+        core.handle_timeout(answer_at);
+        let a = drain(&mut core);
+        assert!(matches!(a[0], Action::Event(CallEvent::Answering)));
+        assert!(matches!(&sip(&a)[0], SipAction::Accept { .. }));
+    }
+
+    #[test]
+    fn hangup_while_ringing_rejects_with_503() {
+        let t0 = Instant::now();
+        let mut core = CallCore::inbound(t0, config(None), None);
+        core.handle_dialog(t0, DialogInput::Calling);
+        drain(&mut core);
+        core.handle_hangup(t0);
+        let a = drain(&mut core);
+        assert_eq!(sip(&a), vec![SipAction::Reject { code: 503 }]);
+        assert_eq!(end(&a), Some(EndReason::HangupBeforeAnswer));
+        assert!(core.is_ended());
+    }
+
+    #[test]
+    fn hangup_before_ack_waits_without_a_timer_then_byes_on_the_ack() {
+        let t0 = Instant::now();
+        let mut core = CallCore::inbound(t0, config(None), Some(negotiated(&offer("a=sendrecv"))));
+        core.handle_dialog(t0, DialogInput::Calling);
+        core.handle_timeout(t0 + Duration::from_secs(1));
+        assert!(matches!(
+            &sip(&drain(&mut core))[..],
+            [SipAction::Ringing, SipAction::Accept { .. }]
+        ));
+        core.handle_hangup(t0 + Duration::from_secs(2));
+        // Nothing to do and nothing to wake for until the ACK (or the
+        // dialog's own timeout) comes: no busy loop.
+        assert!(drain(&mut core).is_empty());
+        assert_eq!(core.poll_timeout(), None);
+        core.handle_dialog(
+            t0 + Duration::from_secs(3),
+            DialogInput::Confirmed { ack_body: vec![] },
+        );
+        let a = drain(&mut core);
+        assert_eq!(sip(&a), vec![SipAction::Bye]);
+        assert_eq!(end(&a), Some(EndReason::HangupByServer));
+    }
+
+    #[test]
+    fn no_ack_ends_the_call_with_the_dialogs_timeout() {
+        let t0 = Instant::now();
+        let mut core = CallCore::inbound(t0, config(None), Some(negotiated(&offer("a=sendrecv"))));
+        core.handle_timeout(t0 + Duration::from_secs(2));
+        core.handle_timeout(t0 + Duration::from_secs(2));
+        drain(&mut core);
+        core.handle_dialog(
+            t0 + Duration::from_secs(34),
+            DialogInput::Terminated(EndReason::NoAck),
+        );
+        let a = drain(&mut core);
+        assert!(sip(&a).is_empty(), "no BYE for a dialog that never started");
+        assert_eq!(end(&a), Some(EndReason::NoAck));
+    }
+
+    #[test]
+    fn offerless_invite_takes_the_answer_from_the_ack() {
+        let t0 = Instant::now();
+        let mut core = CallCore::inbound(t0, config(None), None);
+        core.handle_timeout(t0 + TRYING_WAIT);
+        core.handle_timeout(t0 + Duration::from_secs(2));
+        let a = drain(&mut core);
+        assert!(
+            matches!(&sip(&a)[1], SipAction::Accept { sdp } if sdp.contains("a=rtpmap:0 PCMU"))
+        );
+        core.handle_dialog(
+            t0 + Duration::from_secs(2),
+            DialogInput::Confirmed {
+                ack_body: b"garbage".to_vec(),
+            },
+        );
+        let a = drain(&mut core);
+        assert_eq!(sip(&a), vec![SipAction::Bye]);
+        assert!(matches!(end(&a), Some(EndReason::BadAckAnswer(_))), "{a:?}");
+    }
+
+    #[test]
+    fn reinvite_puts_the_call_on_hold_and_resumes_it() {
+        let mut call = answered(None);
+        let a = call.dialog(DialogInput::Offer {
+            tx: 1,
+            body: offer("a=sendonly"),
+        });
+        match &sip(&a)[..] {
+            [SipAction::Respond {
+                tx: 1,
+                code: 200,
+                sdp: Some(sdp),
+            }] => {
+                assert!(sdp.contains("a=recvonly"), "{sdp}");
+                assert!(sdp.contains(" 42 2 IN IP4"), "version +1: {sdp}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(a
+            .iter()
+            .any(|a| matches!(a, Action::Event(CallEvent::MediaUpdated { held: true, .. }))));
+        let a = call.dialog(DialogInput::Offer {
+            tx: 2,
+            body: offer("a=sendrecv"),
+        });
+        assert!(
+            matches!(&sip(&a)[..], [SipAction::Respond { tx: 2, code: 200, sdp: Some(s) }] if s.contains("a=sendrecv"))
+        );
+        assert_eq!(call.seen.lock().unwrap().holds, vec![true, false]);
+        assert_eq!(end(&a), None);
+    }
+
+    #[test]
+    fn unusable_reinvite_gets_488_and_the_call_keeps_its_media() {
+        let mut call = answered(None);
+        let bad = T0_OFFER
+            .replace("RTP/AVP 0 101", "RTP/AVP 98")
+            .replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:98 AMR/8000");
+        let a = call.dialog(DialogInput::Offer {
+            tx: 5,
+            body: bad.into_bytes(),
+        });
+        assert_eq!(
+            sip(&a),
+            vec![SipAction::Respond {
+                tx: 5,
+                code: 488,
+                sdp: None
+            }]
+        );
+        // Media still flows to the agent.
+        let before = call.seen.lock().unwrap().audio_frames;
+        for seq in 1..20 {
+            call.rtp(seq);
+            call.advance(Duration::from_millis(20));
+        }
+        assert!(call.seen.lock().unwrap().audio_frames > before + 10);
+        assert!(!call.core.is_ended());
+    }
+
+    #[test]
+    fn we_refresh_the_session_and_hang_up_when_a_refresh_fails() {
+        let timer = SessionTimer {
+            interval_s: 90,
+            refresher: Refresher::Uas,
+            uac_supports: true,
+        };
+        let mut call = answered(Some(timer));
+        let a = call.advance(Duration::from_millis(44_900));
+        assert!(sip(&a).is_empty(), "{:?}", sip(&a));
+        let a = call.advance(Duration::from_millis(200));
+        let refreshes: Vec<_> = sip(&a);
+        assert!(
+            matches!(&refreshes[..], [SipAction::Refresh { sdp }] if sdp.contains("m=audio 30000")),
+            "{refreshes:?}"
+        );
+        // One refresh in flight at a time.
+        assert!(sip(&call.advance(Duration::from_secs(10))).is_empty());
+        call.core.handle_refresh_result(call.now, Ok(200));
+        // The next one is due half an interval after the success.
+        assert!(sip(&call.advance(Duration::from_millis(44_900))).is_empty());
+        assert!(matches!(
+            &sip(&call.advance(Duration::from_millis(200)))[..],
+            [SipAction::Refresh { .. }]
+        ));
+        call.core.handle_refresh_result(call.now, Ok(481));
+        let a = drain(&mut call.core);
+        assert_eq!(sip(&a), vec![SipAction::Bye]);
+        assert_eq!(end(&a), Some(EndReason::SessionRefreshFailed));
+    }
+
+    #[test]
+    fn session_expires_when_the_caller_does_not_refresh() {
+        let timer = SessionTimer {
+            interval_s: 90,
+            refresher: Refresher::Uac,
+            uac_supports: true,
+        };
+        let mut call = answered(Some(timer));
+        for seq in 0..3000u16 {
+            // Keep RTP flowing so only the session timer can end the call.
+            if seq % 50 == 0 {
+                call.rtp(seq);
+            }
+            let a = call.advance(Duration::from_millis(20));
+            if call.core.is_ended() {
+                break;
+            }
+            assert!(end(&a).is_none());
+            // A re-INVITE at 50 s refreshes the session.
+            if seq == 2500 {
+                call.dialog(DialogInput::Offer {
+                    tx: 9,
+                    body: offer("a=sendrecv"),
+                });
+            }
+        }
+        // Expiry is interval - min(32, interval/3) = 60 s after the refresh at 50 s.
+        let a = call.advance(Duration::from_secs(60));
+        assert_eq!(sip(&a), vec![SipAction::Bye]);
+        assert_eq!(end(&a), Some(EndReason::SessionTimerExpired));
+    }
+
+    #[test]
+    fn rtp_timeout_hangs_up_a_silent_caller() {
+        let mut call = answered(None);
+        call.rtp(1);
+        let a = call.advance(Duration::from_secs(29));
+        assert!(end(&a).is_none());
+        let a = call.advance(Duration::from_secs(3));
+        assert_eq!(sip(&a), vec![SipAction::Bye]);
+        assert_eq!(end(&a), Some(EndReason::RtpTimeout));
+    }
+
+    fn refer_request(bridge: bool) -> TransferRequest {
+        TransferRequest {
+            refer_to: "sip:operator@pbx.example.test".into(),
+            bridge: bridge.then(|| ("carrier".to_string(), "operator".to_string())),
+            mode: TransferMode::Auto,
+        }
+    }
+
+    #[test]
+    fn refer_accepted_then_notify_2xx_ends_the_call_as_transferred() {
+        let mut call = answered(None);
+        call.core
+            .handle_command(call.now, CallCommand::Transfer(refer_request(false)));
+        let a = drain(&mut call.core);
+        assert_eq!(
+            sip(&a),
+            vec![SipAction::Refer {
+                target: "sip:operator@pbx.example.test".into()
+            }]
+        );
+        assert_eq!(transfers(&a)[0].state, TransferState::Requested);
+        call.core.handle_refer_result(call.now, Ok(202));
+        assert_eq!(
+            transfers(&drain(&mut call.core))[0].state,
+            TransferState::Accepted
+        );
+        let a = call.dialog(DialogInput::Notify {
+            tx: 3,
+            refer_status: Some(100),
+        });
+        assert_eq!(
+            sip(&a),
+            vec![SipAction::Respond {
+                tx: 3,
+                code: 200,
+                sdp: None
+            }]
+        );
+        assert_eq!(transfers(&a)[0].state, TransferState::Trying);
+        let a = call.dialog(DialogInput::Notify {
+            tx: 4,
+            refer_status: Some(200),
+        });
+        assert_eq!(transfers(&a)[0].state, TransferState::Succeeded);
+        assert!(end(&a).is_none(), "the 200 to the NOTIFY leaves first");
+        let a = call.advance(Duration::from_millis(100));
+        assert_eq!(sip(&a), vec![SipAction::Bye]);
+        assert_eq!(
+            end(&a),
+            Some(EndReason::Transferred {
+                target: "sip:operator@pbx.example.test".into()
+            })
+        );
+        assert_eq!(
+            end(&a).unwrap().to_string(),
+            "transferred to sip:operator@pbx.example.test"
+        );
+    }
+
+    #[test]
+    fn refused_refer_without_a_trunk_fails_and_the_call_goes_on() {
+        let mut call = answered(None);
+        call.core
+            .handle_command(call.now, CallCommand::Transfer(refer_request(false)));
+        drain(&mut call.core);
+        call.core.handle_refer_result(call.now, Ok(501));
+        let a = drain(&mut call.core);
+        let t = transfers(&a);
+        assert_eq!(t[0].state, TransferState::Failed);
+        assert_eq!(t[0].detail.as_deref(), Some("REFER refused: 501"));
+        assert!(end(&a).is_none());
+        // A NOTIFY after a failed transfer does not end the call.
+        let a = call.dialog(DialogInput::Notify {
+            tx: 8,
+            refer_status: Some(200),
+        });
+        assert!(end(&call.advance(Duration::from_millis(200))).is_none());
+        assert!(transfers(&a).is_empty());
+    }
+
+    #[test]
+    fn refused_refer_falls_back_to_a_bridge_through_the_trunk() {
+        let mut call = answered(None);
+        call.core
+            .handle_command(call.now, CallCommand::Transfer(refer_request(true)));
+        drain(&mut call.core);
+        call.core
+            .handle_refer_result(call.now, Err(RequestError::Stack("timeout".into())));
+        let a = drain(&mut call.core);
+        assert!(
+            a.iter().any(|a| matches!(a, Action::PlaceBridgeLeg { trunk, to, .. } if trunk == "carrier" && to == "operator")),
+            "{a:?}"
+        );
+        call.core.handle_bridge_leg(call.now, Ok("leg-1".into()));
+        let t = transfers(&drain(&mut call.core));
+        assert_eq!(
+            (t[0].method, t[0].state),
+            (TransferMethod::Bridge, TransferState::Trying)
+        );
+        assert_eq!(t[0].bridged_call.as_deref(), Some("leg-1"));
+        call.core
+            .handle_command(call.now, CallCommand::BridgeAnswered("leg-1".into()));
+        let a = drain(&mut call.core);
+        assert!(a
+            .iter()
+            .any(|a| matches!(a, Action::Event(CallEvent::AgentKind("bridge")))));
+        assert_eq!(transfers(&a)[0].state, TransferState::Succeeded);
+        // The caller hangs up: the bridged leg goes with it.
+        let a = call.dialog(DialogInput::Terminated(EndReason::CallerHungUp));
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::HangupLeg(l) if l == "leg-1")),
+            "{a:?}"
+        );
+        assert_eq!(end(&a), Some(EndReason::CallerHungUp));
+    }
+
+    #[test]
+    fn bridge_leg_that_fails_leaves_the_agent_in_place() {
+        let mut call = answered(None);
+        let mut req = refer_request(true);
+        req.mode = TransferMode::Bridge;
+        call.core
+            .handle_command(call.now, CallCommand::Transfer(req));
+        let a = drain(&mut call.core);
+        assert!(sip(&a).is_empty(), "no REFER in bridge mode");
+        call.core.handle_bridge_leg(call.now, Ok("leg-2".into()));
+        drain(&mut call.core);
+        call.core.handle_command(
+            call.now,
+            CallCommand::BridgeFailed("call failed: 486 Busy Here".into()),
+        );
+        let a = drain(&mut call.core);
+        let t = transfers(&a);
+        assert_eq!(t[0].state, TransferState::Failed);
+        assert_eq!(t[0].detail.as_deref(), Some("call failed: 486 Busy Here"));
+        assert!(!a
+            .iter()
+            .any(|a| matches!(a, Action::Event(CallEvent::AgentKind(_)))));
+    }
+
+    #[test]
+    fn bye_crossing_a_reinvite_ends_without_our_bye() {
+        let mut call = answered(None);
+        // The caller's re-INVITE and BYE cross: the re-INVITE is answered,
+        // the BYE ends the call, and we send no BYE of our own.
+        call.core.handle_dialog(
+            call.now,
+            DialogInput::Offer {
+                tx: 1,
+                body: offer("a=sendonly"),
+            },
+        );
+        call.core
+            .handle_dialog(call.now, DialogInput::Terminated(EndReason::CallerHungUp));
+        let a = drain(&mut call.core);
+        assert!(
+            matches!(
+                &sip(&a)[..],
+                [SipAction::Respond {
+                    tx: 1,
+                    code: 200,
+                    ..
+                }]
+            ),
+            "{a:?}"
+        );
+        assert_eq!(end(&a), Some(EndReason::CallerHungUp));
+        // Our own refresh re-INVITE failing after the end changes nothing.
+        call.core
+            .handle_refresh_result(call.now, Err(RequestError::Stack("481".into())));
+        call.core.handle_hangup(call.now);
+        assert!(drain(&mut call.core).is_empty());
+        assert!(call.core.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn provider_failover_is_reported_and_the_call_goes_on() {
+        let mut call = answered(None);
+        call.next.lock().unwrap().events = vec![
+            AgentEvent::Failed {
+                reason: "provider closed the socket".into(),
+            },
+            AgentEvent::Provider { kind: "say".into() },
+        ];
+        call.next.lock().unwrap().audio = vec![100; 800];
+        let a = call.advance(Duration::from_millis(40));
+        let agent_events: Vec<_> = a
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event(CallEvent::Agent(e)) => Some(e.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(agent_events.len(), 2, "{agent_events:?}");
+        assert!(matches!(&agent_events[1], AgentEvent::Provider { kind } if kind == "say"));
+        assert!(end(&a).is_none());
+    }
+
+    #[test]
+    fn agent_ends_the_call_after_its_last_words_are_played() {
+        let mut call = answered(None);
+        {
+            let mut n = call.next.lock().unwrap();
+            n.audio = vec![100; 1600]; // 200 ms at 8 kHz
+            n.hangup_after_playout = true;
+        }
+        let a = call.advance(Duration::from_millis(100));
+        assert!(end(&a).is_none(), "still playing");
+        let a = call.advance(Duration::from_millis(200));
+        assert_eq!(sip(&a), vec![SipAction::Bye]);
+        assert_eq!(end(&a), Some(EndReason::AgentFinished));
+    }
+
+    #[test]
+    fn dtmf_by_info_reaches_the_agent_and_the_record() {
+        let mut call = answered(None);
+        let a = call.dialog(DialogInput::Info {
+            tx: 7,
+            dtmf: Some('5'),
+        });
+        assert_eq!(
+            sip(&a),
+            vec![SipAction::Respond {
+                tx: 7,
+                code: 200,
+                sdp: None
+            }]
+        );
+        assert!(a
+            .iter()
+            .any(|a| matches!(a, Action::Event(CallEvent::Dtmf('5')))));
+        assert_eq!(call.seen.lock().unwrap().dtmf, vec!['5']);
+    }
+
+    #[test]
+    fn end_reasons_read_as_before_and_say_who_hung_up() {
+        assert_eq!(EndReason::CallerHungUp.to_string(), "caller hung up");
+        assert_eq!(EndReason::AgentFinished.to_string(), "agent finished");
+        assert_eq!(
+            EndReason::CallFailed {
+                code: 486,
+                reason: "Busy Here".into()
+            }
+            .to_string(),
+            "call failed: 486 Busy Here"
+        );
+        assert_eq!(EndReason::HangupByServer.hung_up_by(), HungUpBy::Api);
+        assert_eq!(EndReason::RtpTimeout.hung_up_by(), HungUpBy::Timeout);
+        assert_eq!(EndReason::CallerCancelled.hung_up_by(), HungUpBy::Caller);
+    }
+}
