@@ -84,6 +84,57 @@ impl fmt::Display for SipTransport {
     }
 }
 
+/// Hash algorithm of a SIP Digest exchange (`sip.auth_algorithms`); the
+/// hashing itself is `sip::digest`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DigestAlgorithm {
+    /// RFC 2617's algorithm and the default when `algorithm=` is absent.
+    #[default]
+    Md5,
+    Sha256,
+}
+
+/// An `algorithm=` value other than MD5 or SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected algorithm MD5 or SHA-256, got `{0}`")]
+pub struct UnsupportedAlgorithm(pub String);
+
+impl DigestAlgorithm {
+    /// Parses an `algorithm=` value, case-insensitively. `SHA256` is accepted
+    /// besides the registered `SHA-256` because some SIP stacks send it.
+    pub fn parse(s: &str) -> Result<Self, UnsupportedAlgorithm> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("MD5") {
+            Ok(Self::Md5)
+        } else if s.eq_ignore_ascii_case("SHA-256") || s.eq_ignore_ascii_case("SHA256") {
+            Ok(Self::Sha256)
+        } else {
+            Err(UnsupportedAlgorithm(s.to_owned()))
+        }
+    }
+
+    /// The token as written in headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Md5 => "MD5",
+            Self::Sha256 => "SHA-256",
+        }
+    }
+}
+
+impl FromStr for DigestAlgorithm {
+    type Err = UnsupportedAlgorithm;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for DigestAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `udp:0.0.0.0:5060` - a transport and a socket address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenAddr {
@@ -622,7 +673,7 @@ pub struct Config {
     pub session_expires_s: u32,
     pub min_se_s: u32,
     /// Digest algorithms offered in challenges, in order of preference.
-    pub auth_algorithms: Vec<crate::sip::digest::Algorithm>,
+    pub auth_algorithms: Vec<DigestAlgorithm>,
     pub rtp_ports: PortRange,
     pub rtp_bind: IpAddr,
     /// Hang up a call when no RTP arrived for this long (0 = never).
@@ -783,7 +834,7 @@ impl Config {
             .iter()
             .enumerate()
         {
-            let alg = crate::sip::digest::Algorithm::parse(a).map_err(|_| {
+            let alg = DigestAlgorithm::parse(a).map_err(|_| {
                 bad(
                     &format!("sip.auth_algorithms[{i}]"),
                     format!("expected MD5 or SHA-256, got `{a}`"),
