@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -45,13 +45,14 @@ impl Kamailio {
         .replace("trunk.test:5080", &format!("trunk.test:{port}"))
         .replace("127.0.0.1:5090", &format!("127.0.0.1:{uas}"));
         if let Some((tls_port, cert, key)) = tls {
-            let modules = "/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so";
+            let modules = kamailio_modules_dir().join("tls.so");
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 assert!(
-                    Path::new(modules).exists(),
-                    "CI: kamailio-tls-modules missing"
+                    modules.exists(),
+                    "CI: kamailio-tls-modules missing ({})",
+                    modules.display()
                 );
-            } else if !Path::new(modules).exists() {
+            } else if !modules.exists() {
                 eprintln!("SKIP: kamailio-tls-modules not installed");
                 return None;
             }
@@ -145,6 +146,44 @@ agent = {{ kind = "echo" }}
     )
 }
 
+/// The folder kamailio loads its modules from: the "Default paths to
+/// modules" that `kamailio -I` prints (the packaged path differs per
+/// architecture, e.g. /usr/lib/x86_64-linux-gnu or /usr/lib/aarch64-linux-gnu),
+/// else the first `/usr/lib*/**/kamailio/modules` that exists. Panics,
+/// naming what was tried, when kamailio is installed but none is found.
+fn kamailio_modules_dir() -> PathBuf {
+    let info = Command::new("kamailio")
+        .arg("-I")
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let from_info = info
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Default paths to modules:"))
+        .flat_map(|paths| paths.split(':'))
+        .map(|p| PathBuf::from(p.trim()));
+    let mut candidates: Vec<PathBuf> = from_info.collect();
+    for lib in ["/usr/lib", "/usr/lib64", "/usr/local/lib"] {
+        candidates.push(Path::new(lib).join("kamailio/modules"));
+        if let Ok(entries) = std::fs::read_dir(lib) {
+            for e in entries.flatten() {
+                candidates.push(e.path().join("kamailio/modules"));
+            }
+        }
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_dir())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "kamailio is installed but its modules folder was not found; `kamailio -I` \
+                 printed no existing \"Default paths to modules\", tried {candidates:?}"
+            )
+        })
+}
+
 /// sipp's UAS behind the provider's echo@ (one call, echoing RTP), in the
 /// background; its messages go to `log`.
 fn start_echo_uas(sipp: &std::path::Path, port: u16, log: &std::path::Path) {
@@ -164,6 +203,8 @@ fn start_echo_uas(sipp: &std::path::Path, port: u16, log: &std::path::Path) {
         ])
         .args(["-trace_msg", "-message_file"])
         .arg(log)
+        // sipp drops default-named logs in its working directory.
+        .current_dir(log.parent().unwrap_or(Path::new(".")))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -604,6 +645,7 @@ fn outbound_call_follows_a_302_redirect() {
         ])
         .args(["-trace_msg", "-message_file"])
         .arg(dir.path().join("redirect.log"))
+        .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

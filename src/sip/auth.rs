@@ -142,9 +142,36 @@ mod tests {
         )
     }
 
+    /// What a phone sends back for the `alg_idx`-th challenge `a` issues
+    /// at `now` (the nonce is deterministic for a key and a second).
     fn answer(a: &Authenticator, now: u64, user: &str, pw: &str, alg_idx: usize) -> String {
-        let ch = Challenge::parse(&a.challenges(now, false)[alg_idx]).unwrap();
-        digest::answer_challenge(&ch, user, pw, "REGISTER", "sip:agentline.test", "abc", 1)
+        let nonce = a.nonces.issue(now, &a.realm);
+        let alg = a.algorithms[alg_idx];
+        let challenge = &a.challenges(now, false)[alg_idx];
+        assert!(
+            challenge.contains(&format!("nonce=\"{nonce}\"")) && challenge.contains(alg.as_str()),
+            "{challenge}"
+        );
+        authorization(alg, &a.realm, &nonce, user, pw)
+    }
+
+    /// An `Authorization` value with `qop=auth`, as a client computes it.
+    fn authorization(alg: Algorithm, realm: &str, nonce: &str, user: &str, pw: &str) -> String {
+        let (uri, nc, cnonce) = ("sip:agentline.test", "00000001", "abc");
+        let response = digest::compute_response(
+            alg,
+            user,
+            realm,
+            pw,
+            "REGISTER",
+            uri,
+            nonce,
+            Some((nc, cnonce, "auth")),
+        );
+        format!(
+            "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+             response=\"{response}\", algorithm={alg}, qop=auth, nc={nc}, cnonce=\"{cnonce}\""
+        )
     }
 
     #[test]
@@ -172,15 +199,13 @@ mod tests {
             a.check(Some(&h), "REGISTER", 1001),
             AuthOutcome::Challenge { stale: false, .. }
         ));
-        let forged = Challenge {
-            realm: "agentline.test".into(),
-            nonce: "0123456789abcdef".into(),
-            opaque: None,
-            algorithm: Algorithm::Md5,
-            qop_auth: true,
-            stale: false,
-        };
-        let h = digest::answer_challenge(&forged, "1000", "pw", "REGISTER", "sip:x", "c", 1);
+        let h = authorization(
+            Algorithm::Md5,
+            "agentline.test",
+            "0123456789abcdef",
+            "1000",
+            "pw",
+        );
         assert_eq!(
             a.check(Some(&h), "REGISTER", 1001),
             AuthOutcome::Challenge {

@@ -1,11 +1,13 @@
 //! HTTP/SIP Digest authentication (RFC 2617, RFC 7616, RFC 3261 §22).
 //!
-//! This module owns the Digest scheme end to end, for both roles:
-//! - server (registrar, call authentication): rendering `WWW-Authenticate` /
-//!   `Proxy-Authenticate` challenges, parsing `Authorization` /
-//!   `Proxy-Authorization` values, verifying responses, and issuing and
-//!   checking stateless nonces;
-//! - client (trunk registration): parsing a challenge and answering it.
+//! This module owns the server side of the Digest scheme (registrar, call
+//! authentication): rendering `WWW-Authenticate` / `Proxy-Authenticate`
+//! challenges, parsing `Authorization` / `Proxy-Authorization` values,
+//! verifying responses, and issuing and checking stateless nonces. The client
+//! side (answering a trunk's challenge) is rsipstack's.
+//!
+//! The algorithm names are the profile's (`sip.auth_algorithms`), so the
+//! enum lives in `config` and is re-exported here as [`Algorithm`].
 //!
 //! It is sans-IO: no sockets and no clock reads. Callers pass the current
 //! Unix time in, which keeps nonce expiry testable.
@@ -14,7 +16,6 @@
 //! need the message body hash and no SIP peer we care about requires it.
 
 use std::fmt;
-use std::str::FromStr;
 
 use hmac::digest::{Key, KeyInit};
 use hmac::{Hmac, Mac};
@@ -56,57 +57,20 @@ pub enum DigestError {
     BadNonceCount(String),
 }
 
-/// Hash algorithm of a Digest exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Algorithm {
-    /// RFC 2617's algorithm and the default when `algorithm=` is absent.
-    #[default]
-    Md5,
-    Sha256,
-}
+pub use crate::config::DigestAlgorithm as Algorithm;
 
-impl Algorithm {
-    /// Parses an `algorithm=` value, case-insensitively. `SHA256` is accepted
-    /// besides the registered `SHA-256` because some SIP stacks send it.
-    pub fn parse(s: &str) -> Result<Self, DigestError> {
-        let s = s.trim();
-        if s.eq_ignore_ascii_case("MD5") {
-            Ok(Self::Md5)
-        } else if s.eq_ignore_ascii_case("SHA-256") || s.eq_ignore_ascii_case("SHA256") {
-            Ok(Self::Sha256)
-        } else {
-            Err(DigestError::UnsupportedAlgorithm(s.to_owned()))
-        }
-    }
-
-    /// The token as written in headers.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Md5 => "MD5",
-            Self::Sha256 => "SHA-256",
-        }
-    }
-
-    /// Lowercase hex of the hash of `parts` joined with `:`, the shape of
-    /// every hash in RFC 2617 §3.2.2.
-    fn hash_joined(self, parts: &[&str]) -> String {
-        match self {
-            Self::Md5 => hash_joined::<Md5>(parts),
-            Self::Sha256 => hash_joined::<Sha256>(parts),
-        }
+impl From<crate::config::UnsupportedAlgorithm> for DigestError {
+    fn from(e: crate::config::UnsupportedAlgorithm) -> Self {
+        DigestError::UnsupportedAlgorithm(e.0)
     }
 }
 
-impl FromStr for Algorithm {
-    type Err = DigestError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// Lowercase hex of the `alg` hash of `parts` joined with `:`, the shape of
+/// every hash in RFC 2617 §3.2.2.
+fn hash(alg: Algorithm, parts: &[&str]) -> String {
+    match alg {
+        Algorithm::Md5 => hash_joined::<Md5>(parts),
+        Algorithm::Sha256 => hash_joined::<Sha256>(parts),
     }
 }
 
@@ -159,48 +123,6 @@ impl Challenge {
             out.push_str(", stale=true");
         }
         out
-    }
-
-    /// Parses a `WWW-Authenticate` / `Proxy-Authenticate` value.
-    ///
-    /// A qop list is accepted if it contains `auth` (`qop="auth,auth-int"`
-    /// picks `auth`); a list without `auth` is an error because we could not
-    /// answer it. A missing `algorithm` means MD5 (RFC 2617 §3.2.1).
-    pub fn parse(www_authenticate_value: &str) -> Result<Self, DigestError> {
-        let mut params = Params::parse(www_authenticate_value)?;
-        let realm = params.take_required("realm")?;
-        let nonce = params.take_required("nonce")?;
-        let opaque = params.take("opaque");
-        let algorithm = match params.take("algorithm") {
-            Some(alg) => Algorithm::parse(&alg)?,
-            None => Algorithm::Md5,
-        };
-        let qop_auth = match params.take("qop") {
-            None => false,
-            Some(list) => {
-                if list
-                    .split(',')
-                    .any(|q| q.trim().eq_ignore_ascii_case("auth"))
-                {
-                    true
-                } else {
-                    return Err(DigestError::UnsupportedQop(list));
-                }
-            }
-        };
-        // RFC 2617 compares stale case-insensitively; anything but "true"
-        // (including garbage) is treated as false, its documented default.
-        let stale = params
-            .take("stale")
-            .is_some_and(|s| s.trim().eq_ignore_ascii_case("true"));
-        Ok(Self {
-            realm,
-            nonce,
-            opaque,
-            algorithm,
-            qop_auth,
-            stale,
-        })
     }
 }
 
@@ -300,11 +222,11 @@ pub fn compute_response(
     nonce: &str,
     qop: Option<(&str, &str, &str)>,
 ) -> String {
-    let ha1 = alg.hash_joined(&[username, realm, password]);
-    let ha2 = alg.hash_joined(&[method, uri]);
+    let ha1 = hash(alg, &[username, realm, password]);
+    let ha2 = hash(alg, &[method, uri]);
     match qop {
-        Some((nc, cnonce, qop)) => alg.hash_joined(&[&ha1, nonce, nc, cnonce, qop, &ha2]),
-        None => alg.hash_joined(&[&ha1, nonce, &ha2]),
+        Some((nc, cnonce, qop)) => hash(alg, &[&ha1, nonce, nc, cnonce, qop, &ha2]),
+        None => hash(alg, &[&ha1, nonce, &ha2]),
     }
 }
 
@@ -338,52 +260,6 @@ pub fn verify(resp: &DigestResponse, password: &str, method: &str) -> bool {
     // Hex case carries no meaning; a client sending uppercase is still right.
     let got = resp.response.to_ascii_lowercase();
     expected.as_bytes().ct_eq(got.as_bytes()).into()
-}
-
-/// Builds the `Authorization` / `Proxy-Authorization` value answering `ch`
-/// (client side, e.g. trunk registration). `nc` is the count of requests
-/// sent with this nonce, starting at 1; it is written as 8 hex digits.
-pub fn answer_challenge(
-    ch: &Challenge,
-    username: &str,
-    password: &str,
-    method: &str,
-    uri: &str,
-    cnonce: &str,
-    nc: u32,
-) -> String {
-    let nc_text = format!("{nc:08x}");
-    let qop = ch.qop_auth.then_some((nc_text.as_str(), cnonce, "auth"));
-    let response = compute_response(
-        ch.algorithm,
-        username,
-        &ch.realm,
-        password,
-        method,
-        uri,
-        &ch.nonce,
-        qop,
-    );
-    let mut out = format!(
-        "Digest username={}, realm={}, nonce={}, uri={}, response={}, algorithm={}",
-        quote(username),
-        quote(&ch.realm),
-        quote(&ch.nonce),
-        quote(uri),
-        quote(&response),
-        ch.algorithm
-    );
-    if ch.qop_auth {
-        out.push_str(", qop=auth, nc=");
-        out.push_str(&nc_text);
-        out.push_str(", cnonce=");
-        out.push_str(&quote(cnonce));
-    }
-    if let Some(opaque) = &ch.opaque {
-        out.push_str(", opaque=");
-        out.push_str(&quote(opaque));
-    }
-    out
 }
 
 /// Outcome of checking a nonce presented by a client.
@@ -764,13 +640,6 @@ mod tests {
        response="753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1",
        opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS""#;
 
-    const RFC7616_CHALLENGE: &str = r#"Digest
-       realm="http-auth@example.org",
-       qop="auth, auth-int",
-       algorithm=SHA-256,
-       nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v",
-       opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS""#;
-
     /// (header, password) pairs from the RFCs whose response must verify.
     const RFC_AUTHORIZATIONS: &[(&str, &str)] = &[
         (RFC2617_AUTHORIZATION, "Circle Of Life"),
@@ -892,25 +761,6 @@ mod tests {
         assert_eq!(resp.nc, Some(10));
         assert_eq!(resp.nc_raw.as_deref(), Some("0000000a"));
         assert!(verify(&resp, "secret", "REGISTER"));
-
-        let answer = answer_challenge(
-            &Challenge {
-                realm: "example.com".into(),
-                nonce: "abc".into(),
-                opaque: None,
-                algorithm: Algorithm::Md5,
-                qop_auth: true,
-                stale: false,
-            },
-            "alice",
-            "secret",
-            "REGISTER",
-            "sip:example.com",
-            "xyz",
-            10,
-        );
-        assert!(answer.contains("nc=0000000a"), "{answer}");
-        assert!(answer.contains(&hex_nc), "{answer}");
     }
 
     #[test]
@@ -997,7 +847,6 @@ mod tests {
         for header in RFC_AUTHORIZATIONS.iter().map(|(h, _)| *h) {
             for (end, _) in header.char_indices() {
                 let _ = DigestResponse::parse(&header[..end]);
-                let _ = Challenge::parse(&header[..end]);
             }
         }
         let garbage = [
@@ -1013,7 +862,6 @@ mod tests {
         ];
         for g in garbage {
             assert!(DigestResponse::parse(g).is_err(), "{g:?}");
-            assert!(Challenge::parse(g).is_err(), "{g:?}");
         }
     }
 
@@ -1057,109 +905,6 @@ mod tests {
         assert_eq!(
             plain.to_header_value(),
             r#"Digest realm="agentline", nonce="abc", algorithm=SHA-256, qop="auth""#
-        );
-    }
-
-    #[test]
-    fn challenge_round_trips_through_header_value() {
-        let cases = [
-            Challenge {
-                realm: "agentline \"main\"".into(),
-                nonce: "n\\1".into(),
-                opaque: Some("o".into()),
-                algorithm: Algorithm::Sha256,
-                qop_auth: true,
-                stale: true,
-            },
-            Challenge {
-                realm: "r".into(),
-                nonce: "n".into(),
-                opaque: None,
-                algorithm: Algorithm::Md5,
-                qop_auth: false,
-                stale: false,
-            },
-        ];
-        for ch in cases {
-            assert_eq!(Challenge::parse(&ch.to_header_value()).unwrap(), ch);
-        }
-    }
-
-    #[test]
-    fn challenge_parse_tolerates_qop_lists_and_stale_case() {
-        let ch = Challenge::parse(RFC7616_CHALLENGE).unwrap();
-        assert!(ch.qop_auth);
-        assert_eq!(ch.algorithm, Algorithm::Sha256);
-        assert_eq!(ch.realm, "http-auth@example.org");
-        assert!(!ch.stale);
-
-        let ch =
-            Challenge::parse(r#"Digest realm="r", nonce="n", qop="auth,auth-int", stale=TRUE"#)
-                .unwrap();
-        assert!(ch.qop_auth && ch.stale);
-        assert_eq!(ch.algorithm, Algorithm::Md5);
-
-        assert_eq!(
-            Challenge::parse(r#"Digest realm="r", nonce="n", qop="auth-int""#).unwrap_err(),
-            DigestError::UnsupportedQop("auth-int".into())
-        );
-        assert_eq!(
-            Challenge::parse(r#"Digest realm="r""#).unwrap_err(),
-            DigestError::MissingParam("nonce")
-        );
-    }
-
-    #[test]
-    fn answer_challenge_output_parses_back_and_verifies() {
-        let challenges = [
-            Challenge::parse(RFC7616_CHALLENGE).unwrap(),
-            Challenge {
-                realm: "sip.example.com".into(),
-                nonce: "abc".into(),
-                opaque: None,
-                algorithm: Algorithm::Md5,
-                qop_auth: false,
-                stale: false,
-            },
-        ];
-        for ch in challenges {
-            let header = answer_challenge(
-                &ch,
-                "1001",
-                "pa\"ss",
-                "REGISTER",
-                "sip:sip.example.com",
-                "c1",
-                1,
-            );
-            let resp = DigestResponse::parse(&header).unwrap();
-            assert_eq!(resp.username, "1001");
-            assert_eq!(resp.realm, ch.realm);
-            assert_eq!(resp.nonce, ch.nonce);
-            assert_eq!(resp.algorithm, ch.algorithm);
-            assert_eq!(resp.opaque, ch.opaque);
-            assert_eq!(resp.qop.is_some(), ch.qop_auth);
-            assert!(verify(&resp, "pa\"ss", "REGISTER"), "{header}");
-            assert!(!verify(&resp, "pass", "REGISTER"), "{header}");
-        }
-    }
-
-    #[test]
-    fn answer_challenge_matches_rfc7616_sha256_response() {
-        let ch = Challenge::parse(RFC7616_CHALLENGE).unwrap();
-        let header = answer_challenge(
-            &ch,
-            "Mufasa",
-            "Circle of Life",
-            "GET",
-            "/dir/index.html",
-            "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
-            1,
-        );
-        let resp = DigestResponse::parse(&header).unwrap();
-        assert_eq!(
-            resp.response,
-            "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
         );
     }
 

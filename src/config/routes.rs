@@ -1,0 +1,213 @@
+//! `[[routes]]`: which agent answers a dialled user or a trunk's DID, its
+//! fallbacks, and the per-route media options (caller DSP, ambient sound).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{AgentConfig, ConfigError, Ctx};
+use crate::media::dsp::DspConfig;
+use crate::media::wav::Wav;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    dial: Option<String>,
+    did: Option<String>,
+    agent: AgentConfig,
+    #[serde(default)]
+    fallback: Vec<AgentConfig>,
+    /// Fail over when the agent says nothing this long after the caller's turn.
+    response_timeout_ms: Option<u64>,
+    /// Caller speech (route VAD) drops the agent's queued audio.
+    barge_in: Option<bool>,
+    /// Ignore caller speech while the agent talks (AVR INTERRUPT_LISTENING).
+    #[serde(default)]
+    interrupt_listening: bool,
+    /// Background sound (WAV) mixed under the agent, AVR AMBIENT_NOISE_FILE.
+    ambient_file: Option<PathBuf>,
+    /// Its volume, 0.0-1.0 (AMBIENT_NOISE_LEVEL), default 0.1.
+    ambient_level: Option<f32>,
+    #[serde(default)]
+    answer_delay_ms: u64,
+    #[serde(default)]
+    dsp: RawDsp,
+}
+
+/// `dsp = { denoise = true, vad = true, agc = true }` on a route: caller-side
+/// processing before the agent hears the audio. All off by default.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDsp {
+    #[serde(default)]
+    denoise: bool,
+    #[serde(default)]
+    vad: bool,
+    #[serde(default)]
+    agc: bool,
+    vad_threshold: Option<f32>,
+    end_of_turn_ms: Option<u32>,
+    speech_start_ms: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// The dialled request-URI user part this route answers (for a `did`
+    /// route: the number; it also matches the To user, where trunks put it).
+    pub dial: String,
+    /// Routed by DID from a trunk.
+    pub is_did: bool,
+    pub agent: AgentConfig,
+    /// Tried in order when the agent fails within a call.
+    pub fallback: Vec<AgentConfig>,
+    pub response_timeout_ms: u64,
+    pub barge_in: bool,
+    pub interrupt_listening: bool,
+    /// Background sound mixed under the agent and its volume.
+    pub ambient: Option<(PathBuf, f32)>,
+    pub answer_delay_ms: u64,
+    /// Caller-side denoise / VAD / gain.
+    pub dsp: DspConfig,
+}
+
+impl RouteConfig {
+    /// A route that answers with `agent` and nothing else.
+    pub fn simple(dial: String, agent: AgentConfig) -> RouteConfig {
+        RouteConfig {
+            dial,
+            is_did: false,
+            agent,
+            fallback: Vec::new(),
+            response_timeout_ms: 8000,
+            barge_in: true,
+            interrupt_listening: false,
+            ambient: None,
+            answer_delay_ms: 0,
+            dsp: DspConfig::off(),
+        }
+    }
+}
+
+/// `[[routes]]`, validated: each dial or DID routed once, agents checked.
+pub(super) fn validate(raw: Vec<RawRoute>, cx: &Ctx) -> Result<Vec<RouteConfig>, ConfigError> {
+    let mut routes = Vec::new();
+    let mut dials = HashSet::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        routes.push(r.validate(&format!("routes[{i}]"), &mut dials, cx)?);
+    }
+    Ok(routes)
+}
+
+impl RawRoute {
+    fn validate(
+        self,
+        key: &str,
+        dials: &mut HashSet<String>,
+        cx: &Ctx,
+    ) -> Result<RouteConfig, ConfigError> {
+        let is_did = self.did.is_some();
+        let dial = match (self.dial, self.did) {
+            (Some(_), Some(_)) => {
+                return Err(cx.invalid(format!("{key}.did"), "give either dial or did, not both"))
+            }
+            (Some(d), None) | (None, Some(d)) => d,
+            (None, None) => {
+                return Err(cx.invalid(
+                    format!("{key}.dial"),
+                    "expected the dialled user (dial) or number (did)",
+                ))
+            }
+        };
+        if dial.is_empty() {
+            return Err(cx.invalid(format!("{key}.dial"), "expected a non-empty user"));
+        }
+        if !dials.insert(dial.clone()) {
+            return Err(cx.invalid(format!("{key}.dial"), format!("`{dial}` is routed twice")));
+        }
+        if self.answer_delay_ms > 120_000 {
+            return Err(cx.invalid(
+                format!("{key}.answer_delay_ms"),
+                format!("expected at most 120000, got {}", self.answer_delay_ms),
+            ));
+        }
+        let dsp = self.dsp.validate(key, cx)?;
+        for (j, a) in std::iter::once(&self.agent)
+            .chain(&self.fallback)
+            .enumerate()
+        {
+            let k = if j == 0 {
+                format!("{key}.agent")
+            } else {
+                format!("{key}.fallback[{}]", j - 1)
+            };
+            a.validate().map_err(|e| cx.invalid(k, e))?;
+        }
+        let ambient = match self.ambient_file {
+            None => None,
+            Some(f) => Some(ambient(f, self.ambient_level, key, cx)?),
+        };
+        Ok(RouteConfig {
+            dial,
+            is_did,
+            agent: self.agent,
+            fallback: self.fallback,
+            response_timeout_ms: self.response_timeout_ms.unwrap_or(8000).clamp(500, 120_000),
+            barge_in: self.barge_in.unwrap_or(true),
+            interrupt_listening: self.interrupt_listening,
+            ambient,
+            answer_delay_ms: self.answer_delay_ms,
+            dsp,
+        })
+    }
+}
+
+impl RawDsp {
+    fn validate(self, key: &str, cx: &Ctx) -> Result<DspConfig, ConfigError> {
+        let defaults = DspConfig::default();
+        let threshold = self.vad_threshold.unwrap_or(defaults.vad_threshold);
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(cx.invalid(
+                format!("{key}.dsp.vad_threshold"),
+                format!("expected a probability 0.0-1.0, got {threshold}"),
+            ));
+        }
+        Ok(DspConfig {
+            denoise: self.denoise,
+            vad: self.vad,
+            agc: self.agc,
+            vad_threshold: threshold,
+            end_of_turn_ms: self.end_of_turn_ms.unwrap_or(defaults.end_of_turn_ms),
+            speech_start_ms: self.speech_start_ms.unwrap_or(defaults.speech_start_ms),
+        })
+    }
+}
+
+/// The ambient sound file (read and parsed now, so a bad file fails the
+/// profile, not a call) and its level, 0.1 by default.
+fn ambient(
+    file: PathBuf,
+    level: Option<f32>,
+    key: &str,
+    cx: &Ctx,
+) -> Result<(PathBuf, f32), ConfigError> {
+    let level = level.unwrap_or(0.1);
+    if !(0.0..=1.0).contains(&level) {
+        return Err(cx.invalid(
+            format!("{key}.ambient_level"),
+            format!("expected 0.0-1.0, got {level}"),
+        ));
+    }
+    let file = cx.path(Some(file), "");
+    let problem = match std::fs::read(&file) {
+        Err(e) => Some(e.to_string()),
+        Ok(bytes) => Wav::parse(&bytes).err().map(|e| e.to_string()),
+    };
+    if let Some(e) = problem {
+        return Err(cx.invalid(
+            format!("{key}.ambient_file"),
+            format!("{}: {e}", file.display()),
+        ));
+    }
+    Ok((file, level))
+}
