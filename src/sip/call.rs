@@ -623,7 +623,10 @@ impl CallTask {
         }
         let timeout = Duration::from_millis(self.setup.route.response_timeout_ms);
         Ok(Box::new(agent::fallback::Fallback::new(
-            chain, ctx, timeout,
+            chain,
+            ctx,
+            timeout,
+            self.shared.breakers.clone(),
         )?))
     }
 
