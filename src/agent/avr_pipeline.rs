@@ -365,4 +365,51 @@ mod tests {
         );
         assert!(parse(&[br#"{"type":"text","#]).is_err(), "truncated");
     }
+
+    #[test]
+    fn llm_stream_objects_decode_to_their_kinds() {
+        let cases = [
+            (
+                r#"{"type": "text", "content": "Hel"}"#,
+                LlmEvent::Text {
+                    content: "Hel".into(),
+                },
+            ),
+            (
+                r#"{"type": "status", "content": "thinking"}"#,
+                LlmEvent::Other,
+            ),
+            (r#"{"type": "audio", "content": "AAAA"}"#, LlmEvent::Other),
+            (
+                r#"{"type": "error", "message": "Error communicating with OpenAI"}"#,
+                LlmEvent::Error {
+                    content: None,
+                    message: Some("Error communicating with OpenAI".into()),
+                },
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                serde_json::from_str::<LlmEvent>(text).unwrap(),
+                want,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn odd_llm_objects_are_dropped_and_counted_and_errors_say_what_came() {
+        let mut p = LlmParser::default();
+        let got = p
+            .push(br#"{"type":"text","content":5}{"no_type":1}{"type":"text","content":"ok"}"#)
+            .unwrap();
+        assert_eq!(got, vec!["ok".to_string()]);
+        assert_eq!(p.dropped, 2);
+        let e = LlmParser::default()
+            .push(br#"{"type":"error","content":"quota"}"#)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "the LLM reported an error: quota");
+        let e = LlmParser::default().push(b"{\"type\":]").unwrap_err();
+        assert!(matches!(e, ProviderError::InvalidJson { .. }), "{e}");
+    }
 }

@@ -603,4 +603,61 @@ mod tests {
         .await;
         assert!(r.unwrap_err().to_string().contains("connect"));
     }
+
+    /// What the fake STS (tests/fakes/fake_avr_sts.py) and the AVR
+    /// containers send.
+    #[test]
+    fn sts_messages_decode_to_their_kinds() {
+        let cases = [
+            (
+                r#"{"type": "audio", "audio": "AQACAA=="}"#,
+                StsEvent::Audio {
+                    audio: "AQACAA==".into(),
+                },
+            ),
+            (r#"{"type": "interruption"}"#, StsEvent::Interruption),
+            (
+                r#"{"type": "transcript", "role": "user", "text": "hello agent"}"#,
+                StsEvent::Transcript {
+                    role: Some("user".into()),
+                    text: "hello agent".into(),
+                },
+            ),
+            (
+                r#"{"type": "error", "message": "invalid JSON: Expecting value"}"#,
+                StsEvent::Error {
+                    message: Some("invalid JSON: Expecting value".into()),
+                    error: None,
+                },
+            ),
+            (
+                r#"{"type": "tool_invocation", "toolName": "transfer", "invocationId": "inv_1_1", "parameters": {"to": "100"}}"#,
+                StsEvent::ToolInvocation {
+                    tool_name: Some("transfer".into()),
+                    parameters: Some(serde_json::json!({"to": "100"})),
+                },
+            ),
+            (
+                r#"{"type": "tool_result", "name": "lookup", "output": "42"}"#,
+                StsEvent::ToolResult {
+                    tool_name: Some("lookup".into()),
+                    result: Some(serde_json::json!("42")),
+                },
+            ),
+            (r#"{"type": "listening"}"#, StsEvent::Unknown),
+        ];
+        for (text, want) in cases {
+            assert_eq!(StsEvent::decode(text).unwrap(), want, "{text}");
+        }
+        for junk in [
+            r#"{"type": "audio", "audio": "#,
+            "\u{0}\u{1}not json at all",
+            "[1,2",
+            r#"{"type": "audio"}"#,
+            r#"{"type": "audio", "audio": 5}"#,
+        ] {
+            let e = StsEvent::decode(junk).unwrap_err();
+            assert!(e.to_string().contains("expected an AVR STS message"), "{e}");
+        }
+    }
 }

@@ -590,4 +590,67 @@ mod tests {
         assert_eq!(s.llm_url, "http://x/chat");
         assert_eq!(s.tts_url, "http://h:1/v1/audio/speech");
     }
+
+    /// Chunks as tests/fakes/fake_openai_compat.py (and vLLM, Ollama) send them.
+    #[test]
+    fn chat_chunks_decode_and_errors_are_typed() {
+        let chunk = |delta: &str, finish: &str| {
+            format!(
+                r#"{{"id": "chatcmpl-fake1", "object": "chat.completion.chunk", "created": 1764763200, "model": "m", "choices": [{{"index": 0, "delta": {delta}, "finish_reason": {finish}}}]}}"#
+            )
+        };
+        assert_eq!(
+            sse_content(&chunk(r#"{"role": "assistant", "content": ""}"#, "null")).unwrap(),
+            Some(String::new())
+        );
+        assert_eq!(
+            sse_content(&chunk(r#"{"content": "Hel"}"#, "null")).unwrap(),
+            Some("Hel".into())
+        );
+        assert_eq!(
+            sse_content(&chunk(r#"{"content": null}"#, "null")).unwrap(),
+            Some(String::new())
+        );
+        assert_eq!(
+            sse_content(&chunk("{}", r#""stop""#)).unwrap(),
+            Some(String::new())
+        );
+        assert_eq!(sse_content("[DONE]").unwrap(), None);
+        let e = sse_content(r#"{"error": {"message": "The server had an error while processing your request.", "type": "server_error", "param": null, "code": null}}"#).unwrap_err();
+        assert!(matches!(e, ProviderError::Reported { .. }), "{e}");
+        assert!(e.to_string().contains("The server had an error"), "{e}");
+        for junk in ["\u{0}\u{1}garbage", r#"{"choices": "#, r#"{"choices": 5}"#] {
+            let e = sse_content(junk).unwrap_err();
+            assert!(
+                e.to_string().contains("expected a chat.completion.chunk"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn whole_completions_and_transcriptions_decode() {
+        let completion = br#"{"id": "chatcmpl-fake1", "object": "chat.completion", "created": 1, "model": "m", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello caller."}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18}}"#;
+        assert_eq!(completion_text(completion).unwrap(), "Hello caller.");
+        let e = completion_text(br#"{"choices": []}"#).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("expected choices[0].message.content"),
+            "{e}"
+        );
+        assert_eq!(
+            transcription_text(br#"{"text": "hello agent"}"#).unwrap(),
+            "hello agent"
+        );
+        let verbose = br#"{"task": "transcribe", "language": "english", "duration": 1.2, "text": "hello agent", "segments": [{"id": 0, "seek": 0, "start": 0.0, "end": 1.2, "text": "hello agent"}]}"#;
+        assert_eq!(transcription_text(verbose).unwrap(), "hello agent");
+        for junk in [
+            &b"\xff\xfe\x00garbage"[..],
+            b"{\"txt\": \"x\"}",
+            b"hello agent\n",
+        ] {
+            let e = transcription_text(junk).unwrap_err();
+            assert!(e.to_string().contains("expected a transcription"), "{e}");
+        }
+    }
 }

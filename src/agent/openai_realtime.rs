@@ -503,6 +503,7 @@ async fn call_http_tool(http: &reqwest::Client, t: &HttpTool, args: &str) -> Str
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -544,5 +545,112 @@ mod tests {
         let beta = session_update(&Settings { beta: true, ..s });
         assert_eq!(beta["session"]["input_audio_format"], "g711_ulaw");
         assert_eq!(beta["session"]["turn_detection"]["type"], "server_vad");
+    }
+
+    /// What the fake server (tests/fakes/fake_openai_realtime.py) sends,
+    /// with its event ids and extra fields.
+    #[test]
+    fn server_events_decode_with_ga_and_beta_names() {
+        let base = r#""event_id":"event_1_7","response_id":"resp_1_1","item_id":"item_1_2","output_index":0,"content_index":0"#;
+        for name in ["response.output_audio.delta", "response.audio.delta"] {
+            let t = format!(r#"{{"type":"{name}",{base},"delta":"AAAA"}}"#);
+            assert_eq!(
+                ServerEvent::decode(&t).unwrap(),
+                ServerEvent::AudioDelta {
+                    delta: "AAAA".into(),
+                    item_id: Some("item_1_2".into())
+                },
+                "{name}"
+            );
+        }
+        for name in [
+            "response.output_audio_transcript.done",
+            "response.audio_transcript.done",
+        ] {
+            let t = format!(r#"{{"type":"{name}",{base},"transcript":"hello caller"}}"#);
+            assert_eq!(
+                ServerEvent::decode(&t).unwrap(),
+                ServerEvent::OutputTranscript {
+                    transcript: "hello caller".into()
+                },
+                "{name}"
+            );
+        }
+        let cases = [
+            (
+                r#"{"type":"input_audio_buffer.speech_started","event_id":"event_1_3","audio_start_ms":1200,"item_id":"item_1_1"}"#,
+                ServerEvent::SpeechStarted,
+            ),
+            (
+                r#"{"type":"input_audio_buffer.speech_stopped","event_id":"event_1_4","audio_end_ms":2400,"item_id":"item_1_1"}"#,
+                ServerEvent::SpeechStopped,
+            ),
+            (
+                r#"{"type":"conversation.item.input_audio_transcription.completed","event_id":"event_1_6","item_id":"item_1_1","content_index":0,"transcript":"hello agent"}"#,
+                ServerEvent::InputTranscript {
+                    transcript: "hello agent".into(),
+                },
+            ),
+            (
+                r#"{"type":"response.done","event_id":"event_1_9","response":{"object":"realtime.response","id":"resp_1_1","status":"completed","output":[],"usage":{"total_tokens":10}}}"#,
+                ServerEvent::ResponseDone,
+            ),
+            (
+                r#"{"type":"response.function_call_arguments.done","event_id":"event_1_5","response_id":"resp_1_1","item_id":"item_1_2","output_index":0,"call_id":"call_1","name":"transfer_call","arguments":"{\"to\": \"sip:operator@127.0.0.1:9\"}"}"#,
+                ServerEvent::FunctionCall {
+                    name: "transfer_call".into(),
+                    call_id: "call_1".into(),
+                    arguments: r#"{"to": "sip:operator@127.0.0.1:9"}"#.into(),
+                },
+            ),
+            (
+                r#"{"type":"error","event_id":"event_1_2","error":{"type":"server_error","code":null,"message":"boom","param":null,"event_id":null}}"#,
+                ServerEvent::Error {
+                    error: ErrorDetail {
+                        message: Some("boom".into()),
+                        code: None,
+                    },
+                },
+            ),
+            (
+                r#"{"type":"session.created","event_id":"event_1_1","session":{"id":"sess_1"}}"#,
+                ServerEvent::Unknown,
+            ),
+            (
+                r#"{"type":"rate_limits.updated","event_id":"event_1_10","rate_limits":[]}"#,
+                ServerEvent::Unknown,
+            ),
+            (
+                r#"{"type":"response.output_audio_transcript.delta","delta":"hel"}"#,
+                ServerEvent::Unknown,
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(ServerEvent::decode(text).unwrap(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn garbage_server_events_are_typed_errors() {
+        for junk in [
+            r#"{"type": "session.updated", "session": {"id": "#,
+            "\u{0}\u{1}not json at all",
+            "}{",
+            "[1,2]",
+            r#"{"no_type":1}"#,
+            r#"{"type":"response.output_audio.delta","item_id":"i"}"#,
+            r#"{"type":"conversation.item.input_audio_transcription.completed","transcript":7}"#,
+        ] {
+            let e = ServerEvent::decode(junk).unwrap_err();
+            assert!(
+                matches!(e, ProviderError::InvalidJson { .. }),
+                "{junk}: {e}"
+            );
+            assert!(
+                e.to_string()
+                    .contains("expected an OpenAI Realtime server event"),
+                "{e}"
+            );
+        }
     }
 }
