@@ -386,4 +386,33 @@ mod tests {
             "another server's table is its own"
         );
     }
+
+    #[test]
+    fn a_misconfigured_agent_is_skipped_without_tripping_its_breaker() {
+        let bad = AgentConfig::OpenaiRealtime {
+            model: "m".into(),
+            api_key_env: Some("AGENTLINE_TEST_KEY_THAT_IS_NEVER_SET".into()),
+            api_key_file: None,
+            base_url: Some("ws://127.0.0.1:9/v1/realtime".into()),
+            instructions: None,
+            instructions_file: None,
+            voice: None,
+            beta: false,
+            tools: vec![],
+        };
+        let breakers = CircuitBreakers::new();
+        for _ in 0..=TRIP_AFTER {
+            let f = Fallback::new(
+                vec![bad.clone(), AgentConfig::Echo],
+                AgentContext::default(),
+                Duration::from_secs(1),
+                breakers.clone(),
+            );
+            assert_eq!(f.map(|f| f.kind()).ok(), Some("echo"), "the chain moved on");
+        }
+        assert!(
+            breakers.allows(&bad.endpoint_key(), Instant::now()),
+            "a missing API key says nothing about the provider's health"
+        );
+    }
 }
