@@ -327,9 +327,5 @@ impl CallRegistry {
     }
 }
 
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// Lives in the crate root so lower layers (webhooks) can stamp times too.
+pub use crate::unix_ms;

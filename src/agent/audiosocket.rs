@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::avr_sts::{sleep_until, LatencyClock, Prebuffer};
 use super::remote::{Input, Io, Output, Remote};
-use super::AgentContext;
+use super::{AgentContext, AgentError, ProviderError};
 use crate::media::dsp::TurnEvent;
 
 pub const RATE: u32 = 8000;
@@ -159,21 +159,37 @@ pub fn spawn(addr: &str, ctx: &AgentContext) -> Remote {
     Remote::spawn("audiosocket", RATE, move |io| run(addr, uuid, io))
 }
 
-async fn write_all(w: &mut tokio::net::tcp::OwnedWriteHalf, bytes: &[u8]) -> Result<(), String> {
+async fn write_all(
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    bytes: &[u8],
+) -> Result<(), ProviderError> {
     match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(bytes)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("send: {e}")),
-        Err(_) => Err("send: the AudioSocket server stalled".into()),
+        Ok(Err(e)) => Err(ProviderError::Send(e.to_string())),
+        Err(_) => Err(ProviderError::Timeout {
+            what: "send to the AudioSocket server",
+            timeout: WRITE_TIMEOUT,
+        }),
     }
 }
 
 /// The connection task: `Ok` when the server hung up or the call ended,
 /// `Err` (fail over) when it cannot be reached, errs or goes away.
-pub async fn run(addr: String, uuid: [u8; 16], mut io: Io) -> Result<(), String> {
+pub async fn run(addr: String, uuid: [u8; 16], io: Io) -> Result<(), AgentError> {
+    Ok(session(addr, uuid, io).await?)
+}
+
+async fn session(addr: String, uuid: [u8; 16], mut io: Io) -> Result<(), ProviderError> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr))
         .await
-        .map_err(|_| format!("connect to {addr}: no answer in {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| format!("connect to {addr}: {e}"))?;
+        .map_err(|_| ProviderError::ConnectTimeout {
+            target: addr.clone(),
+            timeout: CONNECT_TIMEOUT,
+        })?
+        .map_err(|source| ProviderError::Connect {
+            target: addr.clone(),
+            source,
+        })?;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     write_all(&mut wr, &Frame::Uuid(uuid).encode()).await?;
@@ -222,18 +238,19 @@ pub async fn run(addr: String, uuid: [u8; 16], mut io: Io) -> Result<(), String>
             }
             read = rd.read(&mut buf) => {
                 let n = match read {
-                    Ok(0) if parser.pending() > 0 => {
-                        return Err(format!(
-                            "AudioSocket server closed the connection inside a frame ({} bytes pending)",
-                            parser.pending()
-                        ));
+                    Ok(0) => {
+                        let pending = parser.pending();
+                        return Err(ProviderError::Closed {
+                            who: "AudioSocket server",
+                            detail: (pending > 0)
+                                .then(|| format!("inside a frame, {pending} bytes pending")),
+                        });
                     }
-                    Ok(0) => return Err("AudioSocket server closed the connection".into()),
                     Ok(n) => n,
-                    Err(e) => return Err(format!("connection lost: {e}")),
+                    Err(e) => return Err(ProviderError::Lost(e.to_string())),
                 };
                 parser.push(&buf[..n]);
-                while let Some(frame) = parser.next_frame().map_err(|e| e.to_string())? {
+                while let Some(frame) = parser.next_frame()? {
                     match frame {
                         Frame::Audio(bytes) => {
                             let mut rest = bytes.as_slice();
@@ -274,7 +291,13 @@ pub async fn run(addr: String, uuid: [u8; 16], mut io: Io) -> Result<(), String>
                             return Ok(());
                         }
                         Frame::Error(code) => {
-                            return Err(format!("AudioSocket server sent an error frame (code {code:?})"));
+                            return Err(ProviderError::Reported {
+                                who: "AudioSocket server",
+                                message: match code {
+                                    Some(c) => format!("error frame (code {c:#04x})"),
+                                    None => "error frame (no code)".into(),
+                                },
+                            });
                         }
                         Frame::Dtmf(_) | Frame::Uuid(_) => {}
                     }
@@ -412,7 +435,7 @@ mod tests {
         assert_eq!(rx.recv().await, Some(Output::HangupAfterPlayout));
         assert!(!task.is_finished(), "stays until the call has played out");
         drop(tx);
-        assert_eq!(task.await.unwrap(), Ok(()));
+        assert!(matches!(task.await.unwrap(), Ok(())));
     }
 
     #[tokio::test]
@@ -427,13 +450,13 @@ mod tests {
         let mut rest = Vec::new();
         s.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, vec![0, 0, 0], "hangup frame then close");
-        assert_eq!(task.await.unwrap(), Ok(()));
+        assert!(matches!(task.await.unwrap(), Ok(())));
 
         let (io, _tx, _rx) = self::io();
         let task = tokio::spawn(run(addr, [1; 16], io));
         let (mut s, _) = l.accept().await.unwrap();
         s.write_all(&[0x42, 0, 0]).await.unwrap();
-        let err = task.await.unwrap().unwrap_err();
+        let err = task.await.unwrap().unwrap_err().to_string();
         assert!(err.contains("unknown AudioSocket frame kind 0x42"), "{err}");
     }
 }

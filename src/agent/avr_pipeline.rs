@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::error::excerpt;
 use super::pipeline::{self, AudioSink, Backend, BoxFut, LoopConfig, Msg, PcmBytes};
 use super::remote::Remote;
-use super::{AgentContext, AgentError};
+use super::{AgentContext, AgentError, ProviderError};
 
 pub const RATE: u32 = 8000;
 /// Caller audio buffered towards the ASR before frames are dropped (2 s).
@@ -34,17 +35,36 @@ struct AvrPipeline {
     http: reqwest::Client,
 }
 
+/// One object of an AVR LLM's streamed answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LlmEvent {
+    /// A piece of the answer.
+    Text { content: String },
+    Error {
+        #[serde(default)]
+        content: Option<String>,
+        #[serde(default)]
+        message: Option<String>,
+    },
+    /// `status`, `audio` and anything newer: not for us.
+    #[serde(other)]
+    Other,
+}
+
 /// Reads the LLM's answer: concatenated JSON objects split at any byte,
 /// or plain UTF-8 text.
 #[derive(Default)]
 pub struct LlmParser {
     buf: Vec<u8>,
     json: Option<bool>,
+    /// JSON objects that were not an [`LlmEvent`] (dropped, logged).
+    pub dropped: u64,
 }
 
 impl LlmParser {
     /// Text pieces found so far; `Err` for an `error` object or junk.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, ProviderError> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
         if self.json.is_none() {
@@ -56,31 +76,40 @@ impl LlmParser {
         }
         if self.json == Some(true) {
             let mut consumed = 0;
+            // Framing first (objects may be split anywhere), then each
+            // object is decoded on its own so one odd object is dropped
+            // without losing the stream.
             let mut it =
                 serde_json::Deserializer::from_slice(&self.buf).into_iter::<serde_json::Value>();
             loop {
                 match it.next() {
                     Some(Ok(v)) => {
                         consumed = it.byte_offset();
-                        match v["type"].as_str() {
-                            Some("text") => {
-                                if let Some(c) = v["content"].as_str() {
-                                    out.push(c.to_string());
-                                }
+                        match serde_json::from_value::<LlmEvent>(v) {
+                            Ok(LlmEvent::Text { content }) => out.push(content),
+                            Ok(LlmEvent::Error { content, message }) => {
+                                return Err(ProviderError::Reported {
+                                    who: "the LLM",
+                                    message: content.or(message).unwrap_or_else(|| "error".into()),
+                                });
                             }
-                            Some("error") => {
-                                let m = v["content"]
-                                    .as_str()
-                                    .or(v["message"].as_str())
-                                    .unwrap_or("error")
-                                    .to_string();
-                                return Err(format!("LLM error: {m}"));
+                            Ok(LlmEvent::Other) => {}
+                            Err(e) => {
+                                self.dropped += 1;
+                                tracing::debug!(error = %e, dropped = self.dropped,
+                                    "LLM stream object dropped: expected {{\"type\":\"text\",\"content\":..}}");
                             }
-                            _ => {} // status, audio, ...
                         }
                     }
                     Some(Err(e)) if e.is_eof() => break,
-                    Some(Err(e)) => return Err(format!("bad JSON in the answer: {e}")),
+                    Some(Err(e)) => {
+                        let got = String::from_utf8_lossy(&self.buf[consumed..]);
+                        return Err(ProviderError::invalid_json(
+                            "concatenated {\"type\":..} objects",
+                            &got,
+                            &e,
+                        ));
+                    }
                     None => {
                         consumed = it.byte_offset();
                         break;
@@ -99,15 +128,23 @@ impl LlmParser {
                     out.push(String::from_utf8_lossy(&self.buf[..ok]).into_owned());
                     self.buf.drain(..ok);
                 }
-                Err(_) => return Err("answer is neither JSON objects nor text".into()),
+                Err(e) => {
+                    return Err(ProviderError::Unexpected {
+                        expected: "JSON objects or UTF-8 text",
+                        got: format!("bytes that are neither ({e})"),
+                    })
+                }
             }
         }
         Ok(out)
     }
 
-    pub fn finish(&self) -> Result<(), String> {
+    pub fn finish(&self) -> Result<(), ProviderError> {
         if self.buf.iter().any(|b| !b.is_ascii_whitespace()) {
-            return Err("answer ended in the middle of an object".into());
+            return Err(ProviderError::Unexpected {
+                expected: "the answer to end after a whole object",
+                got: excerpt(&String::from_utf8_lossy(&self.buf)),
+            });
         }
         Ok(())
     }
@@ -118,7 +155,7 @@ impl Backend for AvrPipeline {
         &self,
         messages: Vec<Msg>,
         tx: mpsc::UnboundedSender<String>,
-    ) -> BoxFut<'_, Result<(), String>> {
+    ) -> BoxFut<'_, Result<(), ProviderError>> {
         Box::pin(async move {
             let last = messages
                 .iter()
@@ -146,7 +183,7 @@ impl Backend for AvrPipeline {
         &self,
         text: String,
         tx: mpsc::UnboundedSender<Vec<i16>>,
-    ) -> BoxFut<'_, Result<(), String>> {
+    ) -> BoxFut<'_, Result<(), ProviderError>> {
         Box::pin(async move {
             let body = serde_json::json!({ "text": text });
             let mut resp = pipeline::send(self.http.post(&self.s.tts_url).json(&body)).await?;
@@ -170,7 +207,7 @@ fn start_asr(
     url: String,
     uuid: String,
     body: mpsc::Receiver<Bytes>,
-) -> mpsc::UnboundedReceiver<Result<String, String>> {
+) -> pipeline::Transcripts {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let stream = futures_util::stream::unfold(body, |mut rx| async move {
@@ -191,11 +228,14 @@ fn start_asr(
         let mut resp = match req.send().await {
             Ok(r) if r.status().is_success() => r,
             Ok(r) => {
-                let _ = tx.send(Err(format!("HTTP {}", r.status())));
+                let _ = tx.send(Err(ProviderError::Status {
+                    status: r.status(),
+                    body: String::new(),
+                }));
                 return;
             }
             Err(e) => {
-                let _ = tx.send(Err(format!("request failed: {e}")));
+                let _ = tx.send(Err(ProviderError::Request(e)));
                 return;
             }
         };
@@ -208,17 +248,23 @@ fn start_asr(
                             return;
                         }
                     }
-                    Err(_) => {
-                        let _ = tx.send(Err("ASR sent something that is not text".into()));
+                    Err(e) => {
+                        let _ = tx.send(Err(ProviderError::Unexpected {
+                            expected: "UTF-8 transcript text",
+                            got: format!("{} bytes that are not ({e})", c.len()),
+                        }));
                         return;
                     }
                 },
                 Ok(None) => {
-                    let _ = tx.send(Err("ASR stream ended".into()));
+                    let _ = tx.send(Err(ProviderError::Closed {
+                        who: "the ASR",
+                        detail: Some("stream ended".into()),
+                    }));
                     return;
                 }
                 Err(e) => {
-                    let _ = tx.send(Err(format!("ASR stream broken: {e}")));
+                    let _ = tx.send(Err(ProviderError::Request(e)));
                     return;
                 }
             }
@@ -229,7 +275,7 @@ fn start_asr(
 
 /// Starts the agent for one call.
 pub fn spawn(s: Settings, ctx: &AgentContext) -> Result<Remote, AgentError> {
-    let http = pipeline::http_client().map_err(AgentError::Config)?;
+    let http = pipeline::http_client()?;
     let uuid = if ctx.uuid.is_empty() {
         uuid::Uuid::new_v4().to_string()
     } else {
@@ -283,7 +329,7 @@ pub fn spawn(s: Settings, ctx: &AgentContext) -> Result<Remote, AgentError> {
 mod tests {
     use super::*;
 
-    fn parse(chunks: &[&[u8]]) -> Result<String, String> {
+    fn parse(chunks: &[&[u8]]) -> Result<String, ProviderError> {
         let mut p = LlmParser::default();
         let mut s = String::new();
         for c in chunks {
@@ -318,5 +364,52 @@ mod tests {
             "junk is not text"
         );
         assert!(parse(&[br#"{"type":"text","#]).is_err(), "truncated");
+    }
+
+    #[test]
+    fn llm_stream_objects_decode_to_their_kinds() {
+        let cases = [
+            (
+                r#"{"type": "text", "content": "Hel"}"#,
+                LlmEvent::Text {
+                    content: "Hel".into(),
+                },
+            ),
+            (
+                r#"{"type": "status", "content": "thinking"}"#,
+                LlmEvent::Other,
+            ),
+            (r#"{"type": "audio", "content": "AAAA"}"#, LlmEvent::Other),
+            (
+                r#"{"type": "error", "message": "Error communicating with OpenAI"}"#,
+                LlmEvent::Error {
+                    content: None,
+                    message: Some("Error communicating with OpenAI".into()),
+                },
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                serde_json::from_str::<LlmEvent>(text).unwrap(),
+                want,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn odd_llm_objects_are_dropped_and_counted_and_errors_say_what_came() {
+        let mut p = LlmParser::default();
+        let got = p
+            .push(br#"{"type":"text","content":5}{"no_type":1}{"type":"text","content":"ok"}"#)
+            .unwrap();
+        assert_eq!(got, vec!["ok".to_string()]);
+        assert_eq!(p.dropped, 2);
+        let e = LlmParser::default()
+            .push(br#"{"type":"error","content":"quota"}"#)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "the LLM reported an error: quota");
+        let e = LlmParser::default().push(b"{\"type\":]").unwrap_err();
+        assert!(matches!(e, ProviderError::InvalidJson { .. }), "{e}");
     }
 }

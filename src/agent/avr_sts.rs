@@ -11,8 +11,9 @@ use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
+use super::error::excerpt;
 use super::remote::{Input, Io, Output, Remote};
-use super::{AgentContext, AgentEvent, TurnLatency};
+use super::{AgentContext, AgentError, AgentEvent, ProviderError, TurnLatency};
 use crate::media::dsp::TurnEvent;
 
 /// AVR STS audio is s16le 8 kHz mono both ways.
@@ -126,6 +127,60 @@ impl Prebuffer {
     }
 }
 
+/// A message from an STS provider (PROTOCOLS.md section 3).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StsEvent {
+    /// Base64 s16le 8 kHz audio of any length.
+    Audio { audio: String },
+    /// The caller barged in: drop queued audio.
+    Interruption,
+    Transcript {
+        /// `user` or `agent` (the default).
+        #[serde(default)]
+        role: Option<String>,
+        #[serde(default)]
+        text: String,
+    },
+    Error {
+        #[serde(default)]
+        message: Option<String>,
+        #[serde(default)]
+        error: Option<String>,
+    },
+    ToolInvocation {
+        #[serde(rename = "toolName", alias = "name", default)]
+        tool_name: Option<String>,
+        #[serde(alias = "arguments", default)]
+        parameters: Option<serde_json::Value>,
+    },
+    ToolResult {
+        #[serde(rename = "toolName", alias = "name", default)]
+        tool_name: Option<String>,
+        #[serde(alias = "output", default)]
+        result: Option<serde_json::Value>,
+    },
+    /// A type this client does not know (ignored, as the AVR core does).
+    #[serde(other)]
+    Unknown,
+}
+
+impl StsEvent {
+    pub fn decode(text: &str) -> Result<StsEvent, ProviderError> {
+        serde_json::from_str(text)
+            .map_err(|e| ProviderError::invalid_json("an AVR STS message object", text, &e))
+    }
+}
+
+/// A tool call's arguments or result as the text webhooks get.
+fn json_text(v: Option<serde_json::Value>) -> String {
+    match v {
+        Some(serde_json::Value::String(s)) => s,
+        Some(v) => v.to_string(),
+        None => String::new(),
+    }
+}
+
 /// The protocol state of one STS connection, without any IO.
 #[derive(Debug, Default)]
 pub struct Session {
@@ -164,21 +219,28 @@ impl Session {
     }
 
     /// One text message from the provider: what to hand to the call.
+    /// Undecodable messages, unknown types and bad audio are counted in
+    /// [`Session::ignored`] and dropped.
     pub fn on_text(&mut self, text: &str, now: Instant) -> Vec<Output> {
         let mut out = Vec::new();
-        let Ok(serde_json::Value::Object(msg)) = serde_json::from_str::<serde_json::Value>(text)
-        else {
-            self.ignored += 1;
-            return out;
+        let ev = match StsEvent::decode(text) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.drop_message(&e);
+                return out;
+            }
         };
-        let str_field = |k: &str| msg.get(k).and_then(|v| v.as_str());
-        match str_field("type") {
-            Some("audio") => {
-                let decoded = str_field("audio")
-                    .and_then(|a| base64::engine::general_purpose::STANDARD.decode(a).ok());
-                let Some(bytes) = decoded else {
-                    self.ignored += 1;
-                    return out;
+        match ev {
+            StsEvent::Audio { audio } => {
+                let bytes = match base64::engine::general_purpose::STANDARD.decode(&audio) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.drop_message(&ProviderError::AudioFormat {
+                            expected: "base64 s16le audio",
+                            got: format!("`{}` ({e})", excerpt(&audio)),
+                        });
+                        return out;
+                    }
                 };
                 let pcm = self.pcm(&bytes);
                 if !pcm.is_empty() {
@@ -188,46 +250,46 @@ impl Session {
                     out.push(Output::Audio(pcm));
                 }
             }
-            Some("interruption") => {
+            StsEvent::Interruption => {
                 self.carry = None;
                 out.push(Output::Clear);
                 out.push(Output::Event(AgentEvent::Interruption));
             }
-            Some("transcript") => {
-                let role = str_field("role").unwrap_or("agent").to_string();
-                let text = str_field("text").unwrap_or_default().to_string();
+            StsEvent::Transcript { role, text } => {
+                let role = role.unwrap_or_else(|| "agent".into());
                 if role == "user" {
                     self.latency.user_transcript(now);
                 }
                 out.push(Output::Event(AgentEvent::Transcript { role, text }));
             }
-            Some("error") => {
-                let message = str_field("message")
-                    .or(str_field("error"))
-                    .unwrap_or("provider error")
-                    .to_string();
+            StsEvent::Error { message, error } => {
+                let message = message.or(error).unwrap_or_else(|| "provider error".into());
                 out.push(Output::Event(AgentEvent::Error { message }));
             }
-            Some(t @ ("tool_invocation" | "tool_result")) => {
-                let name = str_field("toolName")
-                    .or(str_field("name"))
-                    .unwrap_or(t)
-                    .to_string();
-                let args = if t == "tool_invocation" {
-                    msg.get("parameters").or(msg.get("arguments"))
-                } else {
-                    msg.get("result").or(msg.get("output"))
-                };
-                let arguments = match args {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(v) => v.to_string(),
-                    None => String::new(),
-                };
-                out.push(Output::Event(AgentEvent::ToolCall { name, arguments }));
+            StsEvent::ToolInvocation {
+                tool_name,
+                parameters,
+            } => out.push(Output::Event(AgentEvent::ToolCall {
+                name: tool_name.unwrap_or_else(|| "tool_invocation".into()),
+                arguments: json_text(parameters),
+            })),
+            StsEvent::ToolResult { tool_name, result } => {
+                out.push(Output::Event(AgentEvent::ToolCall {
+                    name: tool_name.unwrap_or_else(|| "tool_result".into()),
+                    arguments: json_text(result),
+                }))
             }
-            _ => self.ignored += 1,
+            StsEvent::Unknown => {
+                self.ignored += 1;
+                tracing::trace!(message = %excerpt(text), "AVR STS: unknown message type ignored");
+            }
         }
         out
+    }
+
+    fn drop_message(&mut self, e: &ProviderError) {
+        self.ignored += 1;
+        tracing::debug!(error = %e, ignored = self.ignored, "AVR STS message dropped");
     }
 
     /// s16le bytes to samples, keeping an odd trailing byte for next time.
@@ -262,26 +324,36 @@ pub(crate) async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Sends one message, failing when the provider does not take it in time.
-async fn send<S>(sink: &mut S, m: Message) -> Result<(), String>
+async fn send<S>(sink: &mut S, m: Message) -> Result<(), ProviderError>
 where
     S: futures_util::Sink<Message> + Unpin,
     S::Error: std::fmt::Display,
 {
     match tokio::time::timeout(SEND_TIMEOUT, sink.send(m)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("send: {e}")),
-        Err(_) => Err("send: the provider stalled".to_string()),
+        Ok(Err(e)) => Err(ProviderError::Send(e.to_string())),
+        Err(_) => Err(ProviderError::Timeout {
+            what: "send to the STS provider",
+            timeout: SEND_TIMEOUT,
+        }),
     }
 }
 
 /// The connection task: `Err` (fail over) when the provider cannot be
 /// reached or goes away; `Ok` when the call ended.
-pub async fn run(url: String, uuid: String, mut io: Io) -> Result<(), String> {
+pub async fn run(url: String, uuid: String, io: Io) -> Result<(), AgentError> {
+    Ok(connection(url, uuid, io).await?)
+}
+
+async fn connection(url: String, uuid: String, mut io: Io) -> Result<(), ProviderError> {
     let connect = tokio_tungstenite::connect_async(url.as_str());
     let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
-        .map_err(|_| format!("connect to {url}: no answer in {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| format!("connect to {url}: {e}"))?;
+        .map_err(|_| ProviderError::ConnectTimeout {
+            target: url.clone(),
+            timeout: CONNECT_TIMEOUT,
+        })?
+        .map_err(|e| ProviderError::ws_connect(&url, e))?;
     let (mut sink, mut stream) = ws.split();
     let mut session = Session::default();
     let mut prebuffer = Prebuffer::default();
@@ -343,10 +415,18 @@ pub async fn run(url: String, uuid: String, mut io: Io) -> Result<(), String> {
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(frame))) => {
-                    return Err(format!("provider closed the connection ({frame:?})"));
+                    return Err(ProviderError::Closed {
+                        who: "the STS provider",
+                        detail: frame.map(|f| format!("close code {}: {}", f.code, f.reason)),
+                    });
                 }
-                Some(Err(e)) => return Err(format!("connection lost: {e}")),
-                None => return Err("connection closed by the provider".into()),
+                Some(Err(e)) => return Err(ProviderError::Lost(e.to_string())),
+                None => {
+                    return Err(ProviderError::Closed {
+                        who: "the STS provider",
+                        detail: None,
+                    })
+                }
             },
         }
     }
@@ -521,6 +601,63 @@ mod tests {
             Io { inputs, outputs },
         )
         .await;
-        assert!(r.unwrap_err().contains("connect"));
+        assert!(r.unwrap_err().to_string().contains("connect"));
+    }
+
+    /// What the fake STS (tests/fakes/fake_avr_sts.py) and the AVR
+    /// containers send.
+    #[test]
+    fn sts_messages_decode_to_their_kinds() {
+        let cases = [
+            (
+                r#"{"type": "audio", "audio": "AQACAA=="}"#,
+                StsEvent::Audio {
+                    audio: "AQACAA==".into(),
+                },
+            ),
+            (r#"{"type": "interruption"}"#, StsEvent::Interruption),
+            (
+                r#"{"type": "transcript", "role": "user", "text": "hello agent"}"#,
+                StsEvent::Transcript {
+                    role: Some("user".into()),
+                    text: "hello agent".into(),
+                },
+            ),
+            (
+                r#"{"type": "error", "message": "invalid JSON: Expecting value"}"#,
+                StsEvent::Error {
+                    message: Some("invalid JSON: Expecting value".into()),
+                    error: None,
+                },
+            ),
+            (
+                r#"{"type": "tool_invocation", "toolName": "transfer", "invocationId": "inv_1_1", "parameters": {"to": "100"}}"#,
+                StsEvent::ToolInvocation {
+                    tool_name: Some("transfer".into()),
+                    parameters: Some(serde_json::json!({"to": "100"})),
+                },
+            ),
+            (
+                r#"{"type": "tool_result", "name": "lookup", "output": "42"}"#,
+                StsEvent::ToolResult {
+                    tool_name: Some("lookup".into()),
+                    result: Some(serde_json::json!("42")),
+                },
+            ),
+            (r#"{"type": "listening"}"#, StsEvent::Unknown),
+        ];
+        for (text, want) in cases {
+            assert_eq!(StsEvent::decode(text).unwrap(), want, "{text}");
+        }
+        for junk in [
+            r#"{"type": "audio", "audio": "#,
+            "\u{0}\u{1}not json at all",
+            "[1,2",
+            r#"{"type": "audio"}"#,
+            r#"{"type": "audio", "audio": 5}"#,
+        ] {
+            let e = StsEvent::decode(junk).unwrap_err();
+            assert!(e.to_string().contains("expected an AVR STS message"), "{e}");
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! is skipped for new calls for [`OPEN_FOR`], then tried again.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{build_for, Agent, AgentContext, AgentError, AgentEvent, AgentOutput};
@@ -25,34 +25,47 @@ struct Breaker {
     open_until: Option<Instant>,
 }
 
-fn breakers() -> std::sync::MutexGuard<'static, HashMap<String, Breaker>> {
-    static B: OnceLock<Mutex<HashMap<String, Breaker>>> = OnceLock::new();
-    B.get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+/// The circuit breakers of every provider endpoint, shared by all calls of
+/// one server (cheap to clone: the clones share the table).
+#[derive(Debug, Clone, Default)]
+pub struct CircuitBreakers {
+    table: Arc<Mutex<HashMap<String, Breaker>>>,
 }
 
-/// Whether new calls may use this provider now.
-pub fn breaker_allows(key: &str, now: Instant) -> bool {
-    breakers()
-        .get(key)
-        .and_then(|b| b.open_until)
-        .is_none_or(|until| now >= until)
-}
+impl CircuitBreakers {
+    pub fn new() -> Self {
+        Self::default()
+    }
 
-pub fn breaker_record(key: &str, ok: bool, now: Instant) {
-    let mut map = breakers();
-    let b = map.entry(key.to_string()).or_default();
-    if ok {
-        *b = Breaker::default();
-    } else {
-        b.failures += 1;
-        if b.failures >= TRIP_AFTER {
-            b.open_until = Some(now + OPEN_FOR);
-            tracing::warn!(
-                provider = key,
-                "circuit open: skipped for new calls for 30 s"
-            );
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Breaker>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether new calls may use this provider now.
+    pub fn allows(&self, key: &str, now: Instant) -> bool {
+        self.lock()
+            .get(key)
+            .and_then(|b| b.open_until)
+            .is_none_or(|until| now >= until)
+    }
+
+    /// Records an attempt's outcome: a success closes the breaker, the
+    /// [`TRIP_AFTER`]th failure in a row opens it for [`OPEN_FOR`].
+    pub fn record(&self, key: &str, ok: bool, now: Instant) {
+        let mut map = self.lock();
+        let b = map.entry(key.to_string()).or_default();
+        if ok {
+            *b = Breaker::default();
+        } else {
+            b.failures += 1;
+            if b.failures >= TRIP_AFTER {
+                b.open_until = Some(now + OPEN_FOR);
+                tracing::warn!(
+                    provider = key,
+                    open_for_s = OPEN_FOR.as_secs(),
+                    "circuit open: skipped for new calls"
+                );
+            }
         }
     }
 }
@@ -70,7 +83,13 @@ struct RateAdapter {
 
 impl RateAdapter {
     fn new(inner: Box<dyn Agent>, call_rate: u32, agent_rate: u32) -> Result<Self, AgentError> {
-        let r = |a, b| Resampler::new(a, b, 20).map_err(|e| AgentError::Config(e.to_string()));
+        let r = |from, to| {
+            Resampler::new(from, to, 20).map_err(|e| AgentError::Rate {
+                from,
+                to,
+                reason: e.to_string(),
+            })
+        };
         Ok(RateAdapter {
             up: r(call_rate, agent_rate)?,
             down: r(agent_rate, call_rate)?,
@@ -151,6 +170,7 @@ pub struct Fallback {
     ctx: AgentContext,
     current: Box<dyn Agent>,
     current_key: String,
+    breakers: CircuitBreakers,
     /// The rate the call session runs at (the first agent's).
     rate: Option<u32>,
     response_timeout: Duration,
@@ -169,6 +189,7 @@ impl Fallback {
         chain: Vec<AgentConfig>,
         ctx: AgentContext,
         response_timeout: Duration,
+        breakers: CircuitBreakers,
     ) -> Result<Fallback, AgentError> {
         let mut f = Fallback {
             chain,
@@ -176,6 +197,7 @@ impl Fallback {
             ctx,
             current: Box::new(super::Echo),
             current_key: String::new(),
+            breakers,
             rate: None,
             response_timeout,
             waiting_since: None,
@@ -184,9 +206,7 @@ impl Fallback {
         };
         let mut out = AgentOutput::default();
         if !f.advance(&mut out) {
-            return Err(AgentError::Config(
-                "no agent in the chain could start".into(),
-            ));
+            return Err(AgentError::NoAgentStarted);
         }
         Ok(f)
     }
@@ -199,7 +219,7 @@ impl Fallback {
             self.next += 1;
             let key = cfg.endpoint_key();
             let last = self.next == self.chain.len();
-            if !last && !breaker_allows(&key, now) {
+            if !last && !self.breakers.allows(&key, now) {
                 tracing::info!(provider = %key, "circuit open: skipping");
                 continue;
             }
@@ -207,7 +227,9 @@ impl Fallback {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(provider = %key, error = %e, "agent cannot start");
-                    breaker_record(&key, false, now);
+                    if e.is_outage() {
+                        self.breakers.record(&key, false, now);
+                    }
                     continue;
                 }
             };
@@ -250,7 +272,8 @@ impl Fallback {
             self.answered_turn = true;
             if !self.heard_audio {
                 self.heard_audio = true;
-                breaker_record(&self.current_key, true, Instant::now());
+                self.breakers
+                    .record(&self.current_key, true, Instant::now());
             }
         }
         let failed = out.events.iter().find_map(|e| match e {
@@ -268,7 +291,8 @@ impl Fallback {
             ),
             (None, false) => return,
         };
-        breaker_record(&self.current_key, false, Instant::now());
+        self.breakers
+            .record(&self.current_key, false, Instant::now());
         // Failed events are reported as errors; the chain goes on.
         out.events
             .retain(|e| !matches!(e, AgentEvent::Failed { .. }));
@@ -336,13 +360,59 @@ mod tests {
     fn breaker_opens_after_repeated_failures_and_closes_on_success() {
         let now = Instant::now();
         let key = "test://breaker";
-        assert!(breaker_allows(key, now));
+        let b = CircuitBreakers::new();
+        assert!(b.allows(key, now));
         for _ in 0..TRIP_AFTER {
-            breaker_record(key, false, now);
+            b.record(key, false, now);
         }
-        assert!(!breaker_allows(key, now + Duration::from_secs(1)));
-        assert!(breaker_allows(key, now + OPEN_FOR));
-        breaker_record(key, true, now);
-        assert!(breaker_allows(key, now));
+        assert!(!b.allows(key, now + Duration::from_secs(1)));
+        assert!(b.allows(key, now + OPEN_FOR));
+        b.record(key, true, now);
+        assert!(b.allows(key, now));
+    }
+
+    #[test]
+    fn breakers_are_per_server_and_shared_by_clones() {
+        let now = Instant::now();
+        let key = "test://shared";
+        let a = CircuitBreakers::new();
+        let clone = a.clone();
+        for _ in 0..TRIP_AFTER {
+            clone.record(key, false, now);
+        }
+        assert!(!a.allows(key, now), "a clone shares the table");
+        assert!(
+            CircuitBreakers::new().allows(key, now),
+            "another server's table is its own"
+        );
+    }
+
+    #[test]
+    fn a_misconfigured_agent_is_skipped_without_tripping_its_breaker() {
+        let bad = AgentConfig::OpenaiRealtime {
+            model: "m".into(),
+            api_key_env: Some("AGENTLINE_TEST_KEY_THAT_IS_NEVER_SET".into()),
+            api_key_file: None,
+            base_url: Some("ws://127.0.0.1:9/v1/realtime".into()),
+            instructions: None,
+            instructions_file: None,
+            voice: None,
+            beta: false,
+            tools: vec![],
+        };
+        let breakers = CircuitBreakers::new();
+        for _ in 0..=TRIP_AFTER {
+            let f = Fallback::new(
+                vec![bad.clone(), AgentConfig::Echo],
+                AgentContext::default(),
+                Duration::from_secs(1),
+                breakers.clone(),
+            );
+            assert_eq!(f.map(|f| f.kind()).ok(), Some("echo"), "the chain moved on");
+        }
+        assert!(
+            breakers.allows(&bad.endpoint_key(), Instant::now()),
+            "a missing API key says nothing about the provider's health"
+        );
     }
 }

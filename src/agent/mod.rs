@@ -10,15 +10,19 @@
 pub mod audiosocket;
 pub mod avr_pipeline;
 pub mod avr_sts;
+pub mod error;
 pub mod fallback;
 pub mod openai_compat;
 pub mod openai_realtime;
 pub mod pipeline;
 pub mod remote;
 pub mod say;
+pub mod webhooks;
+
+pub use error::{AgentError, ProviderError, Stage};
 
 use crate::config::AgentConfig;
-use crate::media::wav::{Wav, WavError};
+use crate::media::wav::Wav;
 
 /// What an agent asks the call to do after an input.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -121,14 +125,6 @@ pub trait Agent: Send {
     fn max_queue_ms(&self) -> Option<u32> {
         None
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error("greeting audio: {0}")]
-    Greeting(#[from] WavError),
-    #[error("{0}")]
-    Config(String),
 }
 
 /// Builds the agent a route names (without its fallbacks).

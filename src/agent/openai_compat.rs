@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::error::excerpt;
 use super::pipeline::{self, Backend, BoxFut, LoopConfig, Msg, PcmBytes, SincResampler};
 use super::remote::Remote;
-use super::{AgentContext, AgentError};
+use super::{AgentContext, AgentError, ProviderError};
+
+const KIND: &str = "openai_compat";
 
 /// The agent's PCM rate (what Whisper-style ASR wants).
 pub const RATE: u32 = 16000;
@@ -52,13 +55,17 @@ impl Settings {
             explicit
                 .map(str::to_string)
                 .or_else(|| base.as_ref().map(|b| format!("{b}{path}")))
-                .ok_or_else(|| AgentError::Config(format!("openai_compat: no base_url or {what}")))
+                .ok_or_else(|| {
+                    AgentError::config(
+                        KIND,
+                        format!("expected `base_url` or `{what}`, got neither"),
+                    )
+                })
         };
         let api_key = match api_key_env {
-            Some(name) => Some(std::env::var(name).map_err(|_| {
-                AgentError::Config(format!(
-                    "openai_compat: environment variable {name} is not set"
-                ))
+            Some(name) => Some(std::env::var(name).map_err(|_| AgentError::EnvUnset {
+                agent: KIND,
+                var: name.to_string(),
             })?),
             None => None,
         };
@@ -137,7 +144,7 @@ impl SpeechDecoder {
         }
     }
 
-    fn push(&mut self, bytes: &[u8]) -> Result<Vec<i16>, String> {
+    fn push(&mut self, bytes: &[u8]) -> Result<Vec<i16>, ProviderError> {
         let mut out = Vec::new();
         if self.decided {
             self.decode(bytes, &mut out);
@@ -155,7 +162,13 @@ impl SpeechDecoder {
             return Ok(out);
         }
         if &self.head[8..12] != b"WAVE" {
-            return Err("RIFF answer is not a WAVE".into());
+            return Err(ProviderError::AudioFormat {
+                expected: "raw s16le or a WAVE file",
+                got: format!(
+                    "a RIFF file of type {:?}",
+                    String::from_utf8_lossy(&self.head[8..12])
+                ),
+            });
         }
         // Walk the chunks up to `data`.
         let mut pos = 12;
@@ -169,12 +182,15 @@ impl SpeechDecoder {
                 self.head[pos + 7],
             ]) as usize;
             if id == b"data" {
-                let (format, channels, rate, bits) =
-                    fmt.ok_or("WAV answer has no fmt chunk before data")?;
+                let (format, channels, rate, bits) = fmt.ok_or(ProviderError::AudioFormat {
+                    expected: "a WAV fmt chunk before the data",
+                    got: "the data chunk first".into(),
+                })?;
                 if !(format == 1 || format == 0xfffe) || bits != 16 || channels == 0 || rate == 0 {
-                    return Err(format!(
-                        "WAV answer: format {format}, {bits} bits, {channels} ch"
-                    ));
+                    return Err(ProviderError::AudioFormat {
+                        expected: "16-bit PCM WAV",
+                        got: format!("format {format}, {bits} bits, {channels} ch at {rate} Hz"),
+                    });
                 }
                 self.channels = channels as usize;
                 self.rs = Some(SincResampler::new(rate, RATE));
@@ -186,7 +202,10 @@ impl SpeechDecoder {
             }
             if pos + 8 + len > self.head.len() {
                 if self.head.len() > 64 * 1024 {
-                    return Err("WAV header too long".into());
+                    return Err(ProviderError::AudioFormat {
+                        expected: "a WAV header under 64 KiB",
+                        got: format!("{} bytes without the data chunk", self.head.len()),
+                    });
                 }
                 return Ok(out); // wait for the rest of this chunk
             }
@@ -217,14 +236,17 @@ impl SpeechDecoder {
         }
     }
 
-    fn finish(&mut self) -> Result<Vec<i16>, String> {
+    fn finish(&mut self) -> Result<Vec<i16>, ProviderError> {
         let mut out = Vec::new();
         if !self.decided {
             if self.head.is_empty() {
                 return Ok(out);
             }
             if self.head.starts_with(b"RIFF") {
-                return Err("WAV answer ended in its header".into());
+                return Err(ProviderError::AudioFormat {
+                    expected: "WAV audio data",
+                    got: format!("the answer ended in the header ({} bytes)", self.head.len()),
+                });
             }
             let head = std::mem::take(&mut self.head);
             self.rs = Some(SincResampler::new(self.pcm_rate, RATE));
@@ -238,31 +260,128 @@ impl SpeechDecoder {
     }
 }
 
+/// An OpenAI-style error object (`{"error": {"message": ..}}`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+impl ApiError {
+    fn into_provider_error(self, who: &'static str) -> ProviderError {
+        let message = match (self.message, self.code) {
+            (Some(m), Some(c)) => format!("{m} ({c})"),
+            (Some(m), None) => m,
+            (None, Some(c)) => c,
+            (None, None) => "an error without a message".into(),
+        };
+        ProviderError::Reported { who, message }
+    }
+}
+
+/// One `chat.completion.chunk` of a streamed answer (or an error object).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+struct ChatChunk {
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+    #[serde(default)]
+    error: Option<ApiError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+struct ChunkChoice {
+    #[serde(default)]
+    delta: Delta,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+struct Delta {
+    /// `null` or absent in role-only and final chunks.
+    #[serde(default)]
+    content: Option<String>,
+}
+
+/// A whole `chat.completion` (a server that ignores `stream`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+struct ChatCompletion {
+    #[serde(default)]
+    choices: Vec<CompletionChoice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+struct CompletionChoice {
+    message: CompletionMessage,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+struct CompletionMessage {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+/// A `response_format=json` transcription.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+struct Transcription {
+    text: String,
+}
+
 /// The content of one SSE `data:` payload; `None` for `[DONE]`.
-fn sse_content(data: &str) -> Result<Option<String>, String> {
+fn sse_content(data: &str) -> Result<Option<String>, ProviderError> {
     if data == "[DONE]" {
         return Ok(None);
     }
-    let v: serde_json::Value =
-        serde_json::from_str(data).map_err(|e| format!("bad SSE data: {e}"))?;
-    if let Some(err) = v.get("error") {
-        return Err(format!("stream error: {err}"));
+    let chunk: ChatChunk = serde_json::from_str(data)
+        .map_err(|e| ProviderError::invalid_json("a chat.completion.chunk", data, &e))?;
+    if let Some(err) = chunk.error {
+        return Err(err.into_provider_error("the LLM"));
     }
     Ok(Some(
-        v["choices"][0]["delta"]["content"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
+        chunk
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.delta.content)
+            .unwrap_or_default(),
     ))
 }
 
+/// The text of a `chat.completion`.
+fn completion_text(body: &[u8]) -> Result<String, ProviderError> {
+    let text = String::from_utf8_lossy(body);
+    let c: ChatCompletion = serde_json::from_slice(body)
+        .map_err(|e| ProviderError::invalid_json("a chat.completion", &text, &e))?;
+    c.choices
+        .into_iter()
+        .next()
+        .and_then(|c| c.message.content)
+        .ok_or_else(|| ProviderError::Unexpected {
+            expected: "choices[0].message.content",
+            got: excerpt(&text),
+        })
+}
+
+/// The text of a transcription answer.
+fn transcription_text(body: &[u8]) -> Result<String, ProviderError> {
+    serde_json::from_slice::<Transcription>(body)
+        .map(|t| t.text)
+        .map_err(|e| {
+            ProviderError::invalid_json(
+                "a transcription {\"text\": ..}",
+                &String::from_utf8_lossy(body),
+                &e,
+            )
+        })
+}
+
 impl Backend for OpenaiCompat {
-    fn transcribe(&self, pcm: Vec<i16>) -> BoxFut<'_, Result<String, String>> {
+    fn transcribe(&self, pcm: Vec<i16>) -> BoxFut<'_, Result<String, ProviderError>> {
         Box::pin(async move {
             let part = reqwest::multipart::Part::bytes(wav_bytes(&pcm, RATE))
                 .file_name("utterance.wav")
                 .mime_str("audio/wav")
-                .map_err(|e| e.to_string())?;
+                .map_err(ProviderError::Request)?;
             let form = reqwest::multipart::Form::new()
                 .part("file", part)
                 .text("model", self.s.asr_model.clone())
@@ -272,16 +391,8 @@ impl Backend for OpenaiCompat {
                 .timeout(ASR_TIMEOUT)
                 .multipart(form);
             let resp = pipeline::send(req).await?;
-            let body = resp
-                .bytes()
-                .await
-                .map_err(|e| format!("answer broken: {e}"))?;
-            let v: serde_json::Value =
-                serde_json::from_slice(&body).map_err(|e| format!("answer is not JSON ({e})"))?;
-            v["text"]
-                .as_str()
-                .map(str::to_string)
-                .ok_or_else(|| "answer has no `text`".to_string())
+            let body = resp.bytes().await.map_err(ProviderError::Request)?;
+            transcription_text(&body)
         })
     }
 
@@ -289,7 +400,7 @@ impl Backend for OpenaiCompat {
         &self,
         messages: Vec<Msg>,
         tx: mpsc::UnboundedSender<String>,
-    ) -> BoxFut<'_, Result<(), String>> {
+    ) -> BoxFut<'_, Result<(), ProviderError>> {
         Box::pin(async move {
             let body = serde_json::json!({
                 "model": self.s.llm_model,
@@ -309,12 +420,7 @@ impl Backend for OpenaiCompat {
                 while let Some(c) = pipeline::next_chunk(&mut resp).await? {
                     buf.extend_from_slice(&c);
                 }
-                let v: serde_json::Value = serde_json::from_slice(&buf)
-                    .map_err(|e| format!("answer is not JSON ({e})"))?;
-                let text = v["choices"][0]["message"]["content"]
-                    .as_str()
-                    .ok_or("answer has no choices[0].message.content")?;
-                let _ = tx.send(text.to_string());
+                let _ = tx.send(completion_text(&buf)?);
                 return Ok(());
             }
             let mut got_data = false;
@@ -347,7 +453,10 @@ impl Backend for OpenaiCompat {
                     return if got_data {
                         Ok(()) // no [DONE], but the stream ended normally
                     } else {
-                        Err("answer has no SSE data".into())
+                        Err(ProviderError::Unexpected {
+                            expected: "SSE `data:` lines",
+                            got: "an answer without any".into(),
+                        })
                     };
                 }
             }
@@ -358,7 +467,7 @@ impl Backend for OpenaiCompat {
         &self,
         text: String,
         tx: mpsc::UnboundedSender<Vec<i16>>,
-    ) -> BoxFut<'_, Result<(), String>> {
+    ) -> BoxFut<'_, Result<(), ProviderError>> {
         Box::pin(async move {
             let body = serde_json::json!({
                 "model": self.s.tts_model,
@@ -393,10 +502,10 @@ impl Backend for OpenaiCompat {
 
 /// Starts the agent for one call.
 pub fn spawn(s: Settings, _ctx: &AgentContext) -> Result<Remote, AgentError> {
-    let http = pipeline::http_client().map_err(AgentError::Config)?;
+    let http = pipeline::http_client()?;
     let system = s.system.clone();
     let backend = Arc::new(OpenaiCompat { s, http });
-    Ok(Remote::spawn("openai_compat", RATE, move |io| async move {
+    Ok(Remote::spawn(KIND, RATE, move |io| async move {
         // A dead endpoint fails at once (a fallback takes over).
         for u in [&backend.s.asr_url, &backend.s.llm_url, &backend.s.tts_url] {
             pipeline::reachable(u).await?;
@@ -480,5 +589,68 @@ mod tests {
         assert_eq!(s.asr_url, "http://h:1/v1/audio/transcriptions");
         assert_eq!(s.llm_url, "http://x/chat");
         assert_eq!(s.tts_url, "http://h:1/v1/audio/speech");
+    }
+
+    /// Chunks as tests/fakes/fake_openai_compat.py (and vLLM, Ollama) send them.
+    #[test]
+    fn chat_chunks_decode_and_errors_are_typed() {
+        let chunk = |delta: &str, finish: &str| {
+            format!(
+                r#"{{"id": "chatcmpl-fake1", "object": "chat.completion.chunk", "created": 1764763200, "model": "m", "choices": [{{"index": 0, "delta": {delta}, "finish_reason": {finish}}}]}}"#
+            )
+        };
+        assert_eq!(
+            sse_content(&chunk(r#"{"role": "assistant", "content": ""}"#, "null")).unwrap(),
+            Some(String::new())
+        );
+        assert_eq!(
+            sse_content(&chunk(r#"{"content": "Hel"}"#, "null")).unwrap(),
+            Some("Hel".into())
+        );
+        assert_eq!(
+            sse_content(&chunk(r#"{"content": null}"#, "null")).unwrap(),
+            Some(String::new())
+        );
+        assert_eq!(
+            sse_content(&chunk("{}", r#""stop""#)).unwrap(),
+            Some(String::new())
+        );
+        assert_eq!(sse_content("[DONE]").unwrap(), None);
+        let e = sse_content(r#"{"error": {"message": "The server had an error while processing your request.", "type": "server_error", "param": null, "code": null}}"#).unwrap_err();
+        assert!(matches!(e, ProviderError::Reported { .. }), "{e}");
+        assert!(e.to_string().contains("The server had an error"), "{e}");
+        for junk in ["\u{0}\u{1}garbage", r#"{"choices": "#, r#"{"choices": 5}"#] {
+            let e = sse_content(junk).unwrap_err();
+            assert!(
+                e.to_string().contains("expected a chat.completion.chunk"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn whole_completions_and_transcriptions_decode() {
+        let completion = br#"{"id": "chatcmpl-fake1", "object": "chat.completion", "created": 1, "model": "m", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello caller."}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18}}"#;
+        assert_eq!(completion_text(completion).unwrap(), "Hello caller.");
+        let e = completion_text(br#"{"choices": []}"#).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("expected choices[0].message.content"),
+            "{e}"
+        );
+        assert_eq!(
+            transcription_text(br#"{"text": "hello agent"}"#).unwrap(),
+            "hello agent"
+        );
+        let verbose = br#"{"task": "transcribe", "language": "english", "duration": 1.2, "text": "hello agent", "segments": [{"id": 0, "seek": 0, "start": 0.0, "end": 1.2, "text": "hello agent"}]}"#;
+        assert_eq!(transcription_text(verbose).unwrap(), "hello agent");
+        for junk in [
+            &b"\xff\xfe\x00garbage"[..],
+            b"{\"txt\": \"x\"}",
+            b"hello agent\n",
+        ] {
+            let e = transcription_text(junk).unwrap_err();
+            assert!(e.to_string().contains("expected a transcription"), "{e}");
+        }
     }
 }

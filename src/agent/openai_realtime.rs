@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::remote::{Input, Io, Output, Remote};
-use super::{AgentContext, AgentError, AgentEvent, TurnLatency};
+use super::{AgentContext, AgentError, AgentEvent, ProviderError, TurnLatency};
 use crate::config::{AgentConfig, HttpTool};
 use crate::media::g711;
 use crate::sdp::Codec;
@@ -101,17 +101,23 @@ struct Settings {
     format: Format,
 }
 
-fn api_key(env: &Option<String>, file: &Option<std::path::PathBuf>) -> Result<String, String> {
+const KIND: &str = "openai_realtime";
+
+fn api_key(env: &Option<String>, file: &Option<std::path::PathBuf>) -> Result<String, AgentError> {
     if let Some(f) = file {
         return std::fs::read_to_string(f)
             .map(|k| k.trim().to_string())
-            .map_err(|e| format!("api_key_file {}: {e}", f.display()));
+            .map_err(|source| AgentError::ReadFile {
+                what: "api_key_file",
+                path: f.clone(),
+                source,
+            });
     }
     let var = env.clone().unwrap_or_else(|| "OPENAI_API_KEY".into());
     std::env::var(&var)
         .ok()
         .filter(|k| !k.is_empty())
-        .ok_or_else(|| format!("the API key variable `{var}` is not set"))
+        .ok_or(AgentError::EnvUnset { agent: KIND, var })
 }
 
 pub fn spawn(cfg: &AgentConfig, ctx: &AgentContext) -> Result<Remote, AgentError> {
@@ -127,16 +133,22 @@ pub fn spawn(cfg: &AgentConfig, ctx: &AgentContext) -> Result<Remote, AgentError
         tools,
     } = cfg
     else {
-        return Err(AgentError::Config("not an openai_realtime agent".into()));
+        return Err(AgentError::config(
+            KIND,
+            format!("expected an openai_realtime agent, got `{}`", cfg.kind()),
+        ));
     };
-    let key = api_key(api_key_env, api_key_file).map_err(AgentError::Config)?;
-    let instructions =
-        match instructions_file {
-            Some(f) => Some(std::fs::read_to_string(f).map_err(|e| {
-                AgentError::Config(format!("instructions_file {}: {e}", f.display()))
-            })?),
-            None => instructions.clone(),
-        };
+    let key = api_key(api_key_env, api_key_file)?;
+    let instructions = match instructions_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f).map_err(|source| AgentError::ReadFile {
+                what: "instructions_file",
+                path: f.clone(),
+                source,
+            })?,
+        ),
+        None => instructions.clone(),
+    };
     let base = base_url.clone().unwrap_or_else(|| DEFAULT_BASE_URL.into());
     let sep = if base.contains('?') { '&' } else { '?' };
     let format = Format::for_codec(ctx.codec);
@@ -150,7 +162,7 @@ pub fn spawn(cfg: &AgentConfig, ctx: &AgentContext) -> Result<Remote, AgentError
         tools: tools.clone(),
         format,
     };
-    Ok(Remote::spawn("openai_realtime", format.rate(), move |io| {
+    Ok(Remote::spawn(KIND, format.rate(), move |io| {
         run(settings, io)
     }))
 }
@@ -219,6 +231,69 @@ fn session_update(s: &Settings) -> Value {
     }
 }
 
+/// The server events this client acts on, GA names with their beta aliases;
+/// every other type decodes to [`ServerEvent::Unknown`] and is ignored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(tag = "type")]
+enum ServerEvent {
+    /// Base64 agent audio in the session's format.
+    #[serde(rename = "response.output_audio.delta", alias = "response.audio.delta")]
+    AudioDelta {
+        delta: String,
+        #[serde(default)]
+        item_id: Option<String>,
+    },
+    #[serde(rename = "input_audio_buffer.speech_started")]
+    SpeechStarted,
+    #[serde(rename = "input_audio_buffer.speech_stopped")]
+    SpeechStopped,
+    #[serde(rename = "conversation.item.input_audio_transcription.completed")]
+    InputTranscript { transcript: String },
+    #[serde(
+        rename = "response.output_audio_transcript.done",
+        alias = "response.audio_transcript.done"
+    )]
+    OutputTranscript { transcript: String },
+    #[serde(rename = "response.done")]
+    ResponseDone,
+    #[serde(rename = "response.function_call_arguments.done")]
+    FunctionCall {
+        name: String,
+        call_id: String,
+        #[serde(default = "empty_arguments")]
+        arguments: String,
+    },
+    #[serde(rename = "error")]
+    Error { error: ErrorDetail },
+    #[serde(other)]
+    Unknown,
+}
+
+fn empty_arguments() -> String {
+    "{}".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+impl ServerEvent {
+    fn decode(text: &str) -> Result<ServerEvent, ProviderError> {
+        serde_json::from_str(text)
+            .map_err(|e| ProviderError::invalid_json("an OpenAI Realtime server event", text, &e))
+    }
+}
+
+/// The arguments of the `transfer_call` tool.
+#[derive(Debug, serde::Deserialize)]
+struct TransferArgs {
+    to: String,
+}
+
 /// The assistant item being spoken and how much of it arrived.
 #[derive(Default)]
 struct Speaking {
@@ -226,29 +301,36 @@ struct Speaking {
     received_ms: u64,
 }
 
-async fn run(s: Settings, mut io: Io) -> Result<(), String> {
+async fn run(s: Settings, mut io: Io) -> Result<(), AgentError> {
     let mut req = s
         .url
         .as_str()
         .into_client_request()
-        .map_err(|e| format!("bad URL {}: {e}", s.url))?;
+        .map_err(|e| ProviderError::BadUrl {
+            url: s.url.clone(),
+            reason: e.to_string(),
+        })?;
     let auth = format!("Bearer {}", s.key)
         .parse()
-        .map_err(|_| "the API key is not a valid header value".to_string())?;
+        .map_err(|_| AgentError::config(KIND, "the API key is not a valid header value"))?;
     req.headers_mut().insert("Authorization", auth);
     if s.beta {
-        req.headers_mut()
-            .insert("OpenAI-Beta", "realtime=v1".parse().map_err(|_| "header")?);
+        req.headers_mut().insert(
+            "OpenAI-Beta",
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static("realtime=v1"),
+        );
     }
     let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(req))
         .await
-        .map_err(|_| format!("no connection to {} within 5 s", s.url))?
-        .map_err(|e| format!("cannot connect to {}: {e}", s.url))?;
+        .map_err(|_| ProviderError::ConnectTimeout {
+            target: s.url.clone(),
+            timeout: CONNECT_TIMEOUT,
+        })?
+        .map_err(|e| ProviderError::ws_connect(&s.url, e))?;
     let (mut tx, mut rx) = ws.split();
     let send = |v: Value| Message::Text(v.to_string().into());
-    tx.send(send(session_update(&s)))
-        .await
-        .map_err(|e| e.to_string())?;
+    let sent = |e: tokio_tungstenite::tungstenite::Error| ProviderError::Send(e.to_string());
+    tx.send(send(session_update(&s))).await.map_err(sent)?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut speaking = Speaking::default();
     let mut speech_stopped_at: Option<Instant> = None;
@@ -257,7 +339,7 @@ async fn run(s: Settings, mut io: Io) -> Result<(), String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(AgentError::HttpClient)?;
     loop {
         tokio::select! {
             input = io.inputs.recv() => match input {
@@ -270,13 +352,13 @@ async fn run(s: Settings, mut io: Io) -> Result<(), String> {
                     let audio = b64.encode(s.format.encode(&pcm));
                     tx.send(send(json!({"type": "input_audio_buffer.append", "audio": audio})))
                         .await
-                        .map_err(|e| format!("send failed: {e}"))?;
+                        .map_err(sent)?;
                 }
                 Some(Input::Dtmf(d)) => {
                     let item = json!({"type": "conversation.item.create", "item": {
                         "type": "message", "role": "user",
                         "content": [{"type": "input_text", "text": format!("(The caller pressed the key {d}.)")}]}});
-                    tx.send(send(item)).await.map_err(|e| e.to_string())?;
+                    tx.send(send(item)).await.map_err(sent)?;
                 }
                 Some(Input::Cleared { dropped_ms }) => {
                     if let (Some(id), true) = (&speaking.item_id, dropped_ms > 0) {
@@ -284,7 +366,7 @@ async fn run(s: Settings, mut io: Io) -> Result<(), String> {
                         tx.send(send(json!({"type": "conversation.item.truncate",
                             "item_id": id, "content_index": 0, "audio_end_ms": end})))
                             .await
-                            .map_err(|e| e.to_string())?;
+                            .map_err(sent)?;
                         speaking.received_ms = end;
                     }
                 }
@@ -292,27 +374,44 @@ async fn run(s: Settings, mut io: Io) -> Result<(), String> {
             },
             msg = rx.next() => {
                 let text = match msg {
-                    None => return Err("the provider closed the connection".into()),
-                    Some(Err(e)) => return Err(format!("connection lost: {e}")),
+                    None => {
+                        return Err(ProviderError::Closed { who: "OpenAI Realtime", detail: None }.into())
+                    }
+                    Some(Err(e)) => return Err(ProviderError::Lost(e.to_string()).into()),
                     Some(Ok(Message::Text(t))) => t.to_string(),
-                    Some(Ok(Message::Close(_))) => return Err("the provider closed the session".into()),
+                    Some(Ok(Message::Close(frame))) => {
+                        return Err(ProviderError::Closed {
+                            who: "OpenAI Realtime",
+                            detail: frame.map(|f| format!("close code {}: {}", f.code, f.reason)),
+                        }
+                        .into())
+                    }
                     Some(Ok(_)) => continue,
                 };
-                let Ok(ev) = serde_json::from_str::<Value>(&text) else {
-                    bad_messages += 1;
-                    tracing::debug!(bad_messages, "ignoring a non-JSON message from the provider");
-                    continue;
+                let ev = match ServerEvent::decode(&text) {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        bad_messages += 1;
+                        tracing::debug!(bad_messages, error = %e, "provider message dropped");
+                        continue;
+                    }
                 };
-                let kind = ev["type"].as_str().unwrap_or_default();
-                match kind {
-                    "response.output_audio.delta" | "response.audio.delta" => {
-                        let Some(bytes) = ev["delta"].as_str().and_then(|d| b64.decode(d).ok()) else {
-                            bad_messages += 1;
-                            continue;
+                match ev {
+                    ServerEvent::AudioDelta { delta, item_id } => {
+                        let bytes = match b64.decode(&delta) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                bad_messages += 1;
+                                let e = ProviderError::AudioFormat {
+                                    expected: "base64 audio in `delta`",
+                                    got: format!("`{}` ({e})", super::error::excerpt(&delta)),
+                                };
+                                tracing::debug!(bad_messages, error = %e, "provider message dropped");
+                                continue;
+                            }
                         };
-                        let item = ev["item_id"].as_str().map(str::to_string);
-                        if item != speaking.item_id {
-                            speaking = Speaking { item_id: item, received_ms: 0 };
+                        if item_id != speaking.item_id {
+                            speaking = Speaking { item_id, received_ms: 0 };
                         }
                         speaking.received_ms += s.format.ms(bytes.len());
                         if let Some(t) = speech_stopped_at.take() {
@@ -323,37 +422,29 @@ async fn run(s: Settings, mut io: Io) -> Result<(), String> {
                         }
                         io.send(Output::Audio(s.format.decode(&bytes)));
                     }
-                    "input_audio_buffer.speech_started" if speaking.item_id.is_some() => {
+                    ServerEvent::SpeechStarted if speaking.item_id.is_some() => {
                         io.send(Output::Clear);
                         io.send(Output::Event(AgentEvent::Interruption));
                     }
-                    "input_audio_buffer.speech_stopped" => speech_stopped_at = Some(Instant::now()),
-                    "conversation.item.input_audio_transcription.completed" => {
-                        if let Some(t) = ev["transcript"].as_str() {
-                            io.send(Output::Event(AgentEvent::Transcript { role: "user".into(), text: t.into() }));
-                        }
+                    ServerEvent::SpeechStopped => speech_stopped_at = Some(Instant::now()),
+                    ServerEvent::InputTranscript { transcript } => {
+                        io.send(Output::Event(AgentEvent::Transcript { role: "user".into(), text: transcript }));
                     }
-                    "response.output_audio_transcript.done" | "response.audio_transcript.done" => {
-                        if let Some(t) = ev["transcript"].as_str() {
-                            io.send(Output::Event(AgentEvent::Transcript { role: "agent".into(), text: t.into() }));
-                        }
+                    ServerEvent::OutputTranscript { transcript } => {
+                        io.send(Output::Event(AgentEvent::Transcript { role: "agent".into(), text: transcript }));
                     }
-                    "response.done" if end_after_reply => {
+                    ServerEvent::ResponseDone if end_after_reply => {
                         io.send(Output::HangupAfterPlayout);
                     }
-                    "response.function_call_arguments.done" => {
-                        let name = ev["name"].as_str().unwrap_or_default().to_string();
-                        let call_id = ev["call_id"].as_str().unwrap_or_default().to_string();
-                        let args = ev["arguments"].as_str().unwrap_or("{}").to_string();
+                    ServerEvent::FunctionCall { name, call_id, arguments: args } => {
                         io.send(Output::Event(AgentEvent::ToolCall { name: name.clone(), arguments: args.clone() }));
-                        let parsed: Value = serde_json::from_str(&args).unwrap_or(Value::Null);
                         let output = match name.as_str() {
-                            "transfer_call" => match parsed["to"].as_str() {
-                                Some(to) => {
-                                    io.send(Output::Event(AgentEvent::Transfer { to: to.into() }));
+                            "transfer_call" => match serde_json::from_str::<TransferArgs>(&args) {
+                                Ok(TransferArgs { to }) => {
+                                    io.send(Output::Event(AgentEvent::Transfer { to: to.clone() }));
                                     json!({"status": "transferring", "to": to}).to_string()
                                 }
-                                None => json!({"error": "missing `to`"}).to_string(),
+                                Err(e) => json!({"error": format!("expected {{\"to\": string}}: {e}")}).to_string(),
                             },
                             "end_call" => {
                                 end_after_reply = true;
@@ -367,16 +458,21 @@ async fn run(s: Settings, mut io: Io) -> Result<(), String> {
                         tx.send(send(json!({"type": "conversation.item.create", "item": {
                             "type": "function_call_output", "call_id": call_id, "output": output}})))
                             .await
-                            .map_err(|e| e.to_string())?;
+                            .map_err(sent)?;
                         tx.send(send(json!({"type": "response.create"})))
                             .await
-                            .map_err(|e| e.to_string())?;
+                            .map_err(sent)?;
                     }
-                    "error" => {
-                        let m = ev["error"]["message"].as_str().unwrap_or("unknown error").to_string();
-                        io.send(Output::Event(AgentEvent::Error { message: m }));
+                    ServerEvent::Error { error } => {
+                        let message = match (error.message, error.code) {
+                            (Some(m), Some(c)) => format!("{m} ({c})"),
+                            (Some(m), None) => m,
+                            (None, Some(c)) => c,
+                            (None, None) => "unknown error".into(),
+                        };
+                        io.send(Output::Event(AgentEvent::Error { message }));
                     }
-                    _ => {}
+                    ServerEvent::SpeechStarted | ServerEvent::ResponseDone | ServerEvent::Unknown => {}
                 }
             }
         }
@@ -407,6 +503,7 @@ async fn call_http_tool(http: &reqwest::Client, t: &HttpTool, args: &str) -> Str
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -448,5 +545,112 @@ mod tests {
         let beta = session_update(&Settings { beta: true, ..s });
         assert_eq!(beta["session"]["input_audio_format"], "g711_ulaw");
         assert_eq!(beta["session"]["turn_detection"]["type"], "server_vad");
+    }
+
+    /// What the fake server (tests/fakes/fake_openai_realtime.py) sends,
+    /// with its event ids and extra fields.
+    #[test]
+    fn server_events_decode_with_ga_and_beta_names() {
+        let base = r#""event_id":"event_1_7","response_id":"resp_1_1","item_id":"item_1_2","output_index":0,"content_index":0"#;
+        for name in ["response.output_audio.delta", "response.audio.delta"] {
+            let t = format!(r#"{{"type":"{name}",{base},"delta":"AAAA"}}"#);
+            assert_eq!(
+                ServerEvent::decode(&t).unwrap(),
+                ServerEvent::AudioDelta {
+                    delta: "AAAA".into(),
+                    item_id: Some("item_1_2".into())
+                },
+                "{name}"
+            );
+        }
+        for name in [
+            "response.output_audio_transcript.done",
+            "response.audio_transcript.done",
+        ] {
+            let t = format!(r#"{{"type":"{name}",{base},"transcript":"hello caller"}}"#);
+            assert_eq!(
+                ServerEvent::decode(&t).unwrap(),
+                ServerEvent::OutputTranscript {
+                    transcript: "hello caller".into()
+                },
+                "{name}"
+            );
+        }
+        let cases = [
+            (
+                r#"{"type":"input_audio_buffer.speech_started","event_id":"event_1_3","audio_start_ms":1200,"item_id":"item_1_1"}"#,
+                ServerEvent::SpeechStarted,
+            ),
+            (
+                r#"{"type":"input_audio_buffer.speech_stopped","event_id":"event_1_4","audio_end_ms":2400,"item_id":"item_1_1"}"#,
+                ServerEvent::SpeechStopped,
+            ),
+            (
+                r#"{"type":"conversation.item.input_audio_transcription.completed","event_id":"event_1_6","item_id":"item_1_1","content_index":0,"transcript":"hello agent"}"#,
+                ServerEvent::InputTranscript {
+                    transcript: "hello agent".into(),
+                },
+            ),
+            (
+                r#"{"type":"response.done","event_id":"event_1_9","response":{"object":"realtime.response","id":"resp_1_1","status":"completed","output":[],"usage":{"total_tokens":10}}}"#,
+                ServerEvent::ResponseDone,
+            ),
+            (
+                r#"{"type":"response.function_call_arguments.done","event_id":"event_1_5","response_id":"resp_1_1","item_id":"item_1_2","output_index":0,"call_id":"call_1","name":"transfer_call","arguments":"{\"to\": \"sip:operator@127.0.0.1:9\"}"}"#,
+                ServerEvent::FunctionCall {
+                    name: "transfer_call".into(),
+                    call_id: "call_1".into(),
+                    arguments: r#"{"to": "sip:operator@127.0.0.1:9"}"#.into(),
+                },
+            ),
+            (
+                r#"{"type":"error","event_id":"event_1_2","error":{"type":"server_error","code":null,"message":"boom","param":null,"event_id":null}}"#,
+                ServerEvent::Error {
+                    error: ErrorDetail {
+                        message: Some("boom".into()),
+                        code: None,
+                    },
+                },
+            ),
+            (
+                r#"{"type":"session.created","event_id":"event_1_1","session":{"id":"sess_1"}}"#,
+                ServerEvent::Unknown,
+            ),
+            (
+                r#"{"type":"rate_limits.updated","event_id":"event_1_10","rate_limits":[]}"#,
+                ServerEvent::Unknown,
+            ),
+            (
+                r#"{"type":"response.output_audio_transcript.delta","delta":"hel"}"#,
+                ServerEvent::Unknown,
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(ServerEvent::decode(text).unwrap(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn garbage_server_events_are_typed_errors() {
+        for junk in [
+            r#"{"type": "session.updated", "session": {"id": "#,
+            "\u{0}\u{1}not json at all",
+            "}{",
+            "[1,2]",
+            r#"{"no_type":1}"#,
+            r#"{"type":"response.output_audio.delta","item_id":"i"}"#,
+            r#"{"type":"conversation.item.input_audio_transcription.completed","transcript":7}"#,
+        ] {
+            let e = ServerEvent::decode(junk).unwrap_err();
+            assert!(
+                matches!(e, ProviderError::InvalidJson { .. }),
+                "{junk}: {e}"
+            );
+            assert!(
+                e.to_string()
+                    .contains("expected an OpenAI Realtime server event"),
+                "{e}"
+            );
+        }
     }
 }

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::error::excerpt;
 use super::remote::{Input, Io, Output};
-use super::{AgentEvent, TurnLatency};
+use super::{AgentError, AgentEvent, ProviderError, Stage, TurnLatency};
 use crate::media::dsp::TurnEvent;
 
 /// Consecutive failed turns after which the provider is given up (failover).
@@ -52,8 +53,13 @@ pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Backend: Send + Sync + 'static {
     /// Transcribes one utterance (agent rate); `None` when transcripts come
     /// from elsewhere (a streaming ASR).
-    fn transcribe(&self, _pcm: Vec<i16>) -> BoxFut<'_, Result<String, String>> {
-        Box::pin(async { Err("this provider has no utterance transcription".to_string()) })
+    fn transcribe(&self, _pcm: Vec<i16>) -> BoxFut<'_, Result<String, ProviderError>> {
+        Box::pin(async {
+            Err(ProviderError::Unexpected {
+                expected: "a provider that transcribes utterances",
+                got: "one that only streams transcripts".into(),
+            })
+        })
     }
     /// Streams the answer to `messages` (the last one is the caller's) as
     /// text pieces into `tx`.
@@ -61,13 +67,13 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         messages: Vec<Msg>,
         tx: mpsc::UnboundedSender<String>,
-    ) -> BoxFut<'_, Result<(), String>>;
+    ) -> BoxFut<'_, Result<(), ProviderError>>;
     /// Streams `text` as audio at the agent rate into `tx`.
     fn tts(
         &self,
         text: String,
         tx: mpsc::UnboundedSender<Vec<i16>>,
-    ) -> BoxFut<'_, Result<(), String>>;
+    ) -> BoxFut<'_, Result<(), ProviderError>>;
 }
 
 /// Cuts streamed LLM text into sentences and drops `<think>...</think>`,
@@ -361,7 +367,7 @@ pub enum TurnInput {
 }
 
 struct Turn {
-    task: tokio::task::JoinHandle<Result<(), String>>,
+    task: tokio::task::JoinHandle<Result<(), AgentError>>,
 }
 
 /// One turn: transcript (if needed), LLM streamed into sentences, each to
@@ -374,14 +380,14 @@ async fn run_turn(
     rate: u32,
     out: mpsc::UnboundedSender<Output>,
     speaking: Arc<Mutex<Speaking>>,
-) -> Result<(), String> {
+) -> Result<(), AgentError> {
     let (text, asr_ms) = match input {
         TurnInput::Text(t, ms) => (t, ms),
         TurnInput::Audio(pcm) => {
             let t = backend
                 .transcribe(pcm)
                 .await
-                .map_err(|e| format!("ASR: {e}"))?;
+                .map_err(AgentError::stage(Stage::Asr))?;
             (t, Some(t0.elapsed().as_millis() as u64))
         }
     };
@@ -406,7 +412,7 @@ async fn run_turn(
             backend
                 .llm(history, piece_tx)
                 .await
-                .map_err(|e| format!("LLM: {e}"))
+                .map_err(AgentError::stage(Stage::Llm))
         }
     };
     let split = {
@@ -425,7 +431,7 @@ async fn run_turn(
             for s in sp.finish() {
                 let _ = sent_tx.send(s);
             }
-            Ok::<(), String>(())
+            Ok::<(), AgentError>(())
         }
     };
     let speak = {
@@ -481,7 +487,7 @@ async fn run_turn(
                     }
                 };
                 let (r, ()) = tokio::join!(req, forward);
-                r.map_err(|e| format!("TTS: {e}"))?;
+                r.map_err(AgentError::stage(Stage::Tts))?;
                 if !said.is_empty() {
                     said.push(' ');
                 }
@@ -493,7 +499,7 @@ async fn run_turn(
                     text: said,
                 }));
             }
-            Ok::<(), String>(())
+            Ok::<(), AgentError>(())
         }
     };
     tokio::try_join!(llm, split, speak)?;
@@ -513,7 +519,7 @@ pub struct LoopConfig {
 pub type AudioSink = Box<dyn FnMut(&[i16]) + Send>;
 /// Transcripts of a streaming ASR: `Ok(text)` per utterance, `Err` when the
 /// stream broke.
-pub type Transcripts = mpsc::UnboundedReceiver<Result<String, String>>;
+pub type Transcripts = mpsc::UnboundedReceiver<Result<String, ProviderError>>;
 /// Opens a new streaming ASR request.
 pub type RestartAsr = Box<dyn FnMut() -> Transcripts + Send>;
 
@@ -527,7 +533,7 @@ pub async fn conversation(
     mut audio_sink: Option<AudioSink>,
     mut transcripts: Option<Transcripts>,
     mut restart: Option<RestartAsr>,
-) -> Result<(), String> {
+) -> Result<(), AgentError> {
     let rate = cfg.rate;
     let mut history: Vec<Msg> = Vec::new();
     if let Some(s) = cfg.system.as_deref().filter(|s| !s.trim().is_empty()) {
@@ -553,15 +559,15 @@ pub async fn conversation(
     loop {
         enum Ev {
             In(Option<Input>),
-            Transcript(Option<Result<String, String>>),
-            TurnDone(Result<(), String>),
+            Transcript(Option<Result<String, ProviderError>>),
+            TurnDone(Result<(), AgentError>),
         }
         let ev = {
             let turn_fut = async {
                 match turn.as_mut() {
                     Some(t) => match (&mut t.task).await {
                         Ok(r) => r,
-                        Err(e) => Err(format!("turn task: {e}")),
+                        Err(e) => Err(AgentError::TaskEnded(format!("turn task: {e}"))),
                     },
                     None => std::future::pending().await,
                 }
@@ -619,23 +625,28 @@ pub async fn conversation(
                 lock(&speaking).play_until = None;
             }
             Ev::In(Some(_)) => {}
-            Ev::Transcript(None) => {
+            Ev::Transcript(r @ (None | Some(Err(_)))) => {
+                let e = match r {
+                    Some(Err(e)) => e,
+                    _ => ProviderError::Closed {
+                        who: "the ASR",
+                        detail: Some("stream ended".into()),
+                    },
+                };
+                let e = AgentError::Stage {
+                    stage: Stage::Asr,
+                    source: e,
+                };
                 asr_failures += 1;
                 let _ = io.send(Output::Event(AgentEvent::Error {
-                    message: "ASR stream ended".into(),
+                    message: e.to_string(),
                 }));
                 if asr_failures >= MAX_TURN_FAILURES {
-                    return Err("ASR stream keeps failing".into());
-                }
-                transcripts = restart.as_mut().map(|r| r());
-            }
-            Ev::Transcript(Some(Err(e))) => {
-                asr_failures += 1;
-                let _ = io.send(Output::Event(AgentEvent::Error {
-                    message: format!("ASR: {e}"),
-                }));
-                if asr_failures >= MAX_TURN_FAILURES {
-                    return Err(format!("ASR keeps failing: {e}"));
+                    return Err(AgentError::GaveUp {
+                        what: "the ASR stream",
+                        failures: asr_failures,
+                        last: Box::new(e),
+                    });
                 }
                 transcripts = restart.as_mut().map(|r| r());
             }
@@ -670,9 +681,15 @@ pub async fn conversation(
                     Err(e) => {
                         failures += 1;
                         tracing::warn!(error = %e, failures, "pipeline turn failed");
-                        let _ = io.send(Output::Event(AgentEvent::Error { message: e.clone() }));
+                        let _ = io.send(Output::Event(AgentEvent::Error {
+                            message: e.to_string(),
+                        }));
                         if failures >= MAX_TURN_FAILURES {
-                            return Err(format!("{failures} turns failed in a row, last: {e}"));
+                            return Err(AgentError::GaveUp {
+                                what: "turns",
+                                failures,
+                                last: Box::new(e),
+                            });
                         }
                     }
                 }
@@ -766,20 +783,23 @@ fn trim_utterance(mut u: Vec<i16>, rate: u32) -> Option<Vec<i16>> {
 }
 
 /// A reqwest client with the provider timeouts.
-pub fn http_client() -> Result<reqwest::Client, String> {
+pub fn http_client() -> Result<reqwest::Client, AgentError> {
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(AgentError::HttpClient)
 }
 
 /// Sends a request, waiting at most [`IDLE_TIMEOUT`] for the headers;
 /// non-2xx answers are errors with the start of their body.
-pub async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
+pub async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, ProviderError> {
     let resp = tokio::time::timeout(IDLE_TIMEOUT, req.send())
         .await
-        .map_err(|_| "no answer in time".to_string())?
-        .map_err(|e| format!("request failed: {e}"))?;
+        .map_err(|_| ProviderError::Timeout {
+            what: "response headers",
+            timeout: IDLE_TIMEOUT,
+        })?
+        .map_err(ProviderError::Request)?;
     let status = resp.status();
     if !status.is_success() {
         let body = tokio::time::timeout(Duration::from_secs(2), resp.text())
@@ -787,31 +807,42 @@ pub async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, Str
             .ok()
             .and_then(|r| r.ok())
             .unwrap_or_default();
-        let body: String = body.chars().take(200).collect();
-        return Err(format!("HTTP {status}: {body}"));
+        return Err(ProviderError::Status {
+            status,
+            body: excerpt(&body),
+        });
     }
     Ok(resp)
 }
 
 /// The next body chunk, waiting at most [`IDLE_TIMEOUT`].
-pub async fn next_chunk(resp: &mut reqwest::Response) -> Result<Option<bytes::Bytes>, String> {
+pub async fn next_chunk(
+    resp: &mut reqwest::Response,
+) -> Result<Option<bytes::Bytes>, ProviderError> {
     tokio::time::timeout(IDLE_TIMEOUT, resp.chunk())
         .await
-        .map_err(|_| "response stalled".to_string())?
-        .map_err(|e| format!("response broken: {e}"))
+        .map_err(|_| ProviderError::Timeout {
+            what: "the next response chunk",
+            timeout: IDLE_TIMEOUT,
+        })?
+        .map_err(ProviderError::Request)
 }
 
 /// Whether something listens at `url`'s host and port (a dead endpoint
 /// fails the agent at once, so a fallback takes over).
-pub async fn reachable(url: &str) -> Result<(), String> {
-    let u = reqwest::Url::parse(url).map_err(|e| format!("bad URL {url}: {e}"))?;
+pub async fn reachable(url: &str) -> Result<(), ProviderError> {
+    let bad = |reason: String| ProviderError::BadUrl {
+        url: url.to_string(),
+        reason,
+    };
+    let u = reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
     let host = u
         .host_str()
-        .ok_or_else(|| format!("no host in {url}"))?
+        .ok_or_else(|| bad("no host".into()))?
         .to_string();
     let port = u
         .port_or_known_default()
-        .ok_or_else(|| format!("no port in {url}"))?;
+        .ok_or_else(|| bad("no port".into()))?;
     match tokio::time::timeout(
         CONNECT_TIMEOUT,
         tokio::net::TcpStream::connect((host.as_str(), port)),
@@ -819,8 +850,14 @@ pub async fn reachable(url: &str) -> Result<(), String> {
     .await
     {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("{url}: {e}")),
-        Err(_) => Err(format!("{url}: connect timed out")),
+        Ok(Err(source)) => Err(ProviderError::Connect {
+            target: url.to_string(),
+            source,
+        }),
+        Err(_) => Err(ProviderError::ConnectTimeout {
+            target: url.to_string(),
+            timeout: CONNECT_TIMEOUT,
+        }),
     }
 }
 

@@ -1,14 +1,14 @@
 //! The bridge between the call's media loop (sync, one call per task) and a
 //! provider client running in a task of its own. The media loop only does
 //! non-blocking channel operations: caller audio is `try_send` (a stalled
-//! provider drops frames, counted, instead of stalling the call), and agent
+//! provider loses frames instead of stalling the call), and agent
 //! audio and events are drained on every 20 ms tick by [`Agent::poll`].
 
 use std::future::Future;
 
 use tokio::sync::mpsc;
 
-use super::{Agent, AgentEvent, AgentOutput};
+use super::{Agent, AgentError, AgentEvent, AgentOutput};
 use crate::media::dsp::TurnEvent;
 
 /// What the call hands to a provider task.
@@ -50,8 +50,6 @@ pub struct Remote {
     tx: mpsc::Sender<Input>,
     rx: mpsc::UnboundedReceiver<Output>,
     ended: bool,
-    /// Caller frames dropped because the provider did not keep up.
-    pub dropped_frames: u64,
 }
 
 /// The task's ends of the channels.
@@ -74,7 +72,7 @@ impl Remote {
     pub fn spawn<F, Fut>(kind: &'static str, rate: u32, run: F) -> Remote
     where
         F: FnOnce(Io) -> Fut,
-        Fut: Future<Output = Result<(), String>> + Send + 'static,
+        Fut: Future<Output = Result<(), AgentError>> + Send + 'static,
     {
         let (in_tx, in_rx) = mpsc::channel(INPUT_FRAMES);
         let (out_tx, out_rx) = mpsc::unbounded_channel();
@@ -86,9 +84,13 @@ impl Remote {
         tokio::spawn(async move {
             let end = match fut.await {
                 Ok(()) => Output::Hangup,
-                Err(reason) => {
-                    tracing::warn!(provider = kind, %reason, "agent provider failed");
-                    Output::Event(AgentEvent::Failed { reason })
+                Err(e) => {
+                    tracing::warn!(provider = kind, error = %e, "agent provider failed");
+                    // The string is for the API and webhooks (the call's
+                    // `last_agent_error`).
+                    Output::Event(AgentEvent::Failed {
+                        reason: e.to_string(),
+                    })
                 }
             };
             let _ = out_tx.send(end);
@@ -99,14 +101,18 @@ impl Remote {
             tx: in_tx,
             rx: out_rx,
             ended: false,
-            dropped_frames: 0,
         }
     }
 
     fn push(&mut self, i: Input) {
         match self.tx.try_send(i) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.dropped_frames += 1,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::trace!(
+                    provider = self.kind,
+                    "provider behind: caller frame dropped"
+                )
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
@@ -186,7 +192,7 @@ mod tests {
                         io.send(Output::Audio(a.iter().map(|s| s + 1).collect()));
                     }
                     Input::Dtmf('#') => return Ok(()),
-                    Input::Dtmf(_) => return Err("boom".into()),
+                    Input::Dtmf(_) => return Err(AgentError::Synthesis("boom".into())),
                     _ => {}
                 }
             }
@@ -214,7 +220,7 @@ mod tests {
         assert_eq!(
             out.events,
             vec![AgentEvent::Failed {
-                reason: "boom".into()
+                reason: "speech synthesis: boom".into()
             }]
         );
     }

@@ -13,18 +13,19 @@ use super::AgentError;
 pub const RATE: u32 = 16000;
 
 /// Synthesises `text` with espeak-ng (blocking; call off the media path).
-pub fn espeak(text: &str) -> Result<Vec<i16>, String> {
+pub fn espeak(text: &str) -> Result<Vec<i16>, AgentError> {
     let out = std::process::Command::new("espeak-ng")
         .arg("--stdout")
         .arg("--")
         .arg(text)
         .output()
-        .map_err(|e| format!("espeak-ng: {e}"))?;
+        .map_err(|e| AgentError::Synthesis(format!("cannot run espeak-ng: {e}")))?;
     if !out.status.success() {
-        return Err(format!(
-            "espeak-ng failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(AgentError::Synthesis(format!(
+            "espeak-ng exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     // espeak-ng streams a WAV whose size fields are placeholders.
     let mut wav = out.stdout;
@@ -33,14 +34,22 @@ pub fn espeak(text: &str) -> Result<Vec<i16>, String> {
         wav[4..8].copy_from_slice(&(data_len + 36).to_le_bytes());
         wav[40..44].copy_from_slice(&data_len.to_le_bytes());
     }
-    let w = crate::media::wav::Wav::parse(&wav).map_err(|e| e.to_string())?;
+    let w = crate::media::wav::Wav::parse(&wav)
+        .map_err(|e| AgentError::Synthesis(format!("espeak-ng output is not a WAV: {e}")))?;
     Ok(resample_once(&w.mono(), w.sample_rate, RATE))
 }
 
-fn load_wav(path: &PathBuf) -> Result<Vec<i16>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let w =
-        crate::media::wav::Wav::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+fn load_wav(path: &PathBuf) -> Result<Vec<i16>, AgentError> {
+    let bytes = std::fs::read(path).map_err(|source| AgentError::ReadFile {
+        what: "say wav",
+        path: path.clone(),
+        source,
+    })?;
+    let w = crate::media::wav::Wav::parse(&bytes).map_err(|source| AgentError::BadWav {
+        what: "say wav",
+        path: path.clone(),
+        source,
+    })?;
     Ok(resample_once(&w.mono(), w.sample_rate, RATE))
 }
 
@@ -54,10 +63,10 @@ pub fn spawn(
         let audio = tokio::task::spawn_blocking(move || match (text, wav) {
             (Some(t), _) => espeak(&t),
             (None, Some(p)) => load_wav(&p),
-            (None, None) => Err("say: nothing to say".into()),
+            (None, None) => Err(AgentError::config("say", "neither `text` nor `wav` is set")),
         })
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| AgentError::TaskEnded(e.to_string()))??;
         io.send(Output::Audio(audio));
         if hangup {
             io.send(Output::HangupAfterPlayout);

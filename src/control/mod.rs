@@ -1,7 +1,6 @@
 //! HTTP control API: `GET /health`, `GET /calls`, `GET /calls/{id}`.
 
 pub mod ami;
-pub mod webhooks;
 
 use std::net::SocketAddr;
 

@@ -771,7 +771,10 @@ async fn build_agent(
     }
     let timeout = Duration::from_millis(route.response_timeout_ms);
     Ok(Box::new(agent::fallback::Fallback::new(
-        chain, ctx, timeout,
+        chain,
+        ctx,
+        timeout,
+        shared.breakers.clone(),
     )?))
 }
 

@@ -35,6 +35,8 @@ pub enum SipError {
     Stack(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Webhooks(#[from] crate::agent::webhooks::WebhookError),
 }
 
 /// State shared by the dispatcher and every call task.
@@ -53,7 +55,9 @@ pub struct Shared {
     pub draining: CancellationToken,
     pub nat: Arc<NatLocator>,
     pub trunks: Arc<super::trunk::Trunks>,
-    pub webhooks: Option<crate::control::webhooks::Webhooks>,
+    pub webhooks: Option<crate::agent::webhooks::Webhooks>,
+    /// Provider circuit breakers, shared by this server's calls.
+    pub breakers: crate::agent::fallback::CircuitBreakers,
 }
 
 impl Shared {
@@ -309,11 +313,12 @@ pub async fn start(
     });
 
     let webhooks = match &cfg.webhooks {
-        Some(w) => Some(crate::control::webhooks::Webhooks::new(w).map_err(SipError::Stack)?),
+        Some(w) => Some(crate::agent::webhooks::Webhooks::new(w)?),
         None => None,
     };
     let shared = Arc::new(Shared {
         webhooks,
+        breakers: crate::agent::fallback::CircuitBreakers::new(),
         auth: Authenticator::new(
             &cfg.domain,
             creds,

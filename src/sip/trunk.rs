@@ -16,6 +16,19 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::{SipTransport, TrunkConfig};
 
+/// Why a trunk cannot register or ping.
+#[derive(Debug, thiserror::Error)]
+pub enum TrunkError {
+    #[error("trunk host `{host}` is not a SIP URI host: {reason}")]
+    BadHost { host: String, reason: String },
+    #[error("keep-alive over UDP but no UDP listener")]
+    NoUdpListener,
+    #[error("keep-alive not sent: {0}")]
+    Send(String),
+    #[error("keep-alive expected a stream flow, found a {0} connection")]
+    NoStreamFlow(String),
+}
+
 /// Where a trunk's registration stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -176,10 +189,14 @@ impl Trunks {
     }
 }
 
-fn registrar_uri(t: &TrunkConfig) -> Result<rsipstack::sip::Uri, String> {
+fn registrar_uri(t: &TrunkConfig) -> Result<rsipstack::sip::Uri, TrunkError> {
     let transport = t.transport.uri_param();
-    rsipstack::sip::Uri::try_from(format!("sip:{}{transport}", t.host).as_str())
-        .map_err(|e| format!("trunk host `{}`: {e}", t.host))
+    rsipstack::sip::Uri::try_from(format!("sip:{}{transport}", t.host).as_str()).map_err(|e| {
+        TrunkError::BadHost {
+            host: t.host.clone(),
+            reason: e.to_string(),
+        }
+    })
 }
 
 fn header_u64(resp: &rsipstack::sip::Response, pick: fn(&Header) -> Option<String>) -> Option<u64> {
@@ -212,7 +229,7 @@ pub fn spawn_registration(
                     warn!(error = %e, "trunk disabled");
                     trunks.update(&t.name, |s| {
                         s.state = TrunkState::Failed;
-                        s.last_error = Some(e);
+                        s.last_error = Some(e.to_string());
                     });
                     return;
                 }
@@ -385,23 +402,27 @@ async fn send_crlf(
     endpoint: &EndpointInnerRef,
     udp: Option<&rsipstack::transport::udp::UdpConnection>,
     addr: &rsipstack::transport::SipAddr,
-) -> Result<(), String> {
+) -> Result<(), TrunkError> {
     use rsipstack::transport::connection::SipConnection;
     use rsipstack::transport::stream::StreamConnection as _;
     const PING: &[u8] = b"\r\n\r\n";
     if addr.r#type == Some(rsipstack::sip::Transport::Udp) {
-        let u = udp.ok_or("no UDP listener")?;
-        return u.send_raw(PING, addr).await.map_err(|e| e.to_string());
+        let u = udp.ok_or(TrunkError::NoUdpListener)?;
+        return u
+            .send_raw(PING, addr)
+            .await
+            .map_err(|e| TrunkError::Send(e.to_string()));
     }
+    let sent = |e: rsipstack::Error| TrunkError::Send(e.to_string());
     let (conn, _) = endpoint
         .transport_layer
         .lookup(addr, None)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(sent)?;
     match conn {
-        SipConnection::Tcp(c) => c.send_raw(PING).await.map_err(|e| e.to_string()),
-        SipConnection::Tls(c) => c.send_raw(PING).await.map_err(|e| e.to_string()),
-        other => Err(format!("no stream flow ({})", other.transport())),
+        SipConnection::Tcp(c) => c.send_raw(PING).await.map_err(sent),
+        SipConnection::Tls(c) => c.send_raw(PING).await.map_err(sent),
+        other => Err(TrunkError::NoStreamFlow(other.transport().to_string())),
     }
 }
 

@@ -11,6 +11,19 @@ use serde_json::{json, Value};
 
 use crate::config::{PasswordSource, WebhookConfig};
 
+/// Why webhooks cannot be set up or an event was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("webhooks.secret_env: `{0}` is not set")]
+    SecretEnvUnset(String),
+    #[error("webhooks HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error("webhook request failed: {0}")]
+    Request(#[source] reqwest::Error),
+    #[error("webhook answered {status}, expected a 2xx")]
+    Status { status: reqwest::StatusCode },
+}
+
 #[derive(Clone)]
 pub struct Webhooks {
     url: String,
@@ -30,7 +43,7 @@ impl std::fmt::Debug for Webhooks {
 
 fn timestamp() -> String {
     // RFC 3339 / ISO-8601 UTC with milliseconds, without a date crate.
-    let ms = crate::calls::unix_ms();
+    let ms = crate::unix_ms();
     let secs = (ms / 1000) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil from days (Howard Hinnant's algorithm).
@@ -54,19 +67,19 @@ fn timestamp() -> String {
 }
 
 impl Webhooks {
-    pub fn new(cfg: &WebhookConfig) -> Result<Webhooks, String> {
+    pub fn new(cfg: &WebhookConfig) -> Result<Webhooks, WebhookError> {
         let secret = match &cfg.secret {
             None => None,
             Some(PasswordSource::Inline(s)) => Some(s.clone()),
-            Some(PasswordSource::Env(v)) => Some(
-                std::env::var(v).map_err(|_| format!("webhooks.secret_env: `{v}` is not set"))?,
-            ),
+            Some(PasswordSource::Env(v)) => {
+                Some(std::env::var(v).map_err(|_| WebhookError::SecretEnvUnset(v.clone()))?)
+            }
             Some(PasswordSource::Generated) => None,
         };
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(WebhookError::Client)?;
         Ok(Webhooks {
             url: cfg.url.clone(),
             secret,
@@ -80,37 +93,34 @@ impl Webhooks {
         json!({"uuid": uuid, "type": kind, "timestamp": timestamp(), "payload": payload})
     }
 
-    async fn post_once(&self, body: &Value) -> Result<Value, String> {
+    async fn post_once(&self, body: &Value) -> Result<Value, WebhookError> {
         let mut req = self.client.post(&self.url).json(body);
         if let Some(s) = &self.secret {
             req = req.header("X-AVR-WEBHOOK-SECRET", s);
         }
-        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let resp = req.send().await.map_err(WebhookError::Request)?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(format!("webhook answered {status}"));
+            return Err(WebhookError::Status { status });
         }
-        let text = resp.text().await.map_err(|e| e.to_string())?;
+        let text = resp.text().await.map_err(WebhookError::Request)?;
+        // Only `call_initiated` answers are read; any other body is fine.
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    async fn post(&self, body: Value) -> Result<Value, String> {
+    async fn post(&self, body: Value) -> Result<Value, WebhookError> {
         let mut wait = Duration::from_millis(200);
-        let mut last = String::new();
-        for attempt in 0..=self.retries {
+        let mut attempt = 0;
+        loop {
             match self.post_once(&body).await {
                 Ok(v) => return Ok(v),
-                Err(e) => {
-                    tracing::debug!(attempt, error = %e, "webhook delivery failed");
-                    last = e;
-                }
+                Err(e) if attempt >= self.retries => return Err(e),
+                Err(e) => tracing::debug!(attempt, error = %e, "webhook delivery failed"),
             }
-            if attempt < self.retries {
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
+            attempt += 1;
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
         }
-        Err(last)
     }
 
     /// Fire and forget (with retries in the background).
