@@ -21,7 +21,7 @@ use super::core::{
     RequestError, SipAction, TxId,
 };
 use super::registrar::contact_hostport;
-use super::server::{reply_and_finish, sip_addr, Shared};
+use super::shared::{reply_and_finish, sip_addr, Shared};
 use crate::agent;
 use crate::calls::{unix_ms, CallInfo, CallState};
 use crate::config::{RouteConfig, SipTransport};
@@ -471,7 +471,7 @@ impl Driver {
                     Some(Box::new(agent)),
                     Some(self.id.clone()),
                 )
-                .map_err(|e| e.to_string());
+                .map_err(|e| RequestError::Originate(e.to_string()));
                 self.core.handle_bridge_leg(Instant::now(), r);
             }
             Action::HangupLeg(leg) => {

@@ -316,6 +316,9 @@ pub enum RequestError {
     Stack(String),
     #[error("bad target: {0}")]
     BadTarget(String),
+    /// A new call (a transfer's bridge leg) could not be placed.
+    #[error("{0}")]
+    Originate(String),
 }
 
 /// What the core needs from the profile and the route.
@@ -941,7 +944,7 @@ impl CallCore {
     }
 
     /// The bridge leg was placed (its call id) or could not be.
-    pub fn handle_bridge_leg(&mut self, now: Instant, leg: Result<String, String>) {
+    pub fn handle_bridge_leg(&mut self, now: Instant, leg: Result<String, RequestError>) {
         let Some(a) = self.active() else { return };
         let Some(t) = a.transfer.as_mut() else { return };
         let here = t.bridge_placing.take();
@@ -959,7 +962,7 @@ impl CallCore {
             Err(e) => self.set_transfer(|t| {
                 t.method = TransferMethod::Bridge;
                 t.state = TransferState::Failed;
-                t.detail = Some(e);
+                t.detail = Some(e.to_string());
             }),
         }
         self.after_input(now);

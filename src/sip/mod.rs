@@ -8,5 +8,6 @@ pub mod core;
 pub mod digest;
 pub mod registrar;
 pub mod server;
+pub mod shared;
 pub mod timer;
 pub mod trunk;

@@ -10,18 +10,19 @@ use std::time::{Duration, Instant};
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::sip::prelude::*;
 use rsipstack::sip::{Header, Method, Request, StatusCode};
-use rsipstack::transaction::endpoint::TargetLocator;
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transport::connection::SipConnection;
 use rsipstack::transport::tls::{TlsConfig, TlsListenerConnection};
-use rsipstack::transport::{udp::UdpConnection, SipAddr, TcpListenerConnection, TransportLayer};
+use rsipstack::transport::{udp::UdpConnection, TcpListenerConnection, TransportLayer};
 use rsipstack::EndpointBuilder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::auth::{AuthOutcome, Authenticator};
 use super::call::{self, CallSetup};
-use super::registrar::{contact_hostport, ContactUpdate, Registrar};
+use super::registrar::{ContactUpdate, Registrar};
+use super::shared::LocatorRef;
+pub use super::shared::{reply_and_finish, sip_addr, NatLocator, Shared};
 use crate::calls::CallRegistry;
 use crate::config::{Config, Credential, SipTransport};
 use crate::media::ports::PortPool;
@@ -37,37 +38,6 @@ pub enum SipError {
     Tls(String),
     #[error(transparent)]
     Webhooks(#[from] crate::agent::webhooks::WebhookError),
-}
-
-/// State shared by the dispatcher and every call task.
-pub struct Shared {
-    pub cfg: Arc<Config>,
-    pub auth: Authenticator,
-    pub registrar: Registrar,
-    pub calls: CallRegistry,
-    pub ports: PortPool,
-    pub dialogs: Arc<DialogLayer>,
-    /// The address written into Contact and SDP.
-    pub advertised_ip: IpAddr,
-    /// Our Contact per transport (`sip:agentline@IP:PORT;transport=tcp`).
-    pub contacts: Vec<(SipTransport, String)>,
-    /// Set when draining for shutdown: new calls get 503.
-    pub draining: CancellationToken,
-    pub nat: Arc<NatLocator>,
-    pub trunks: Arc<super::trunk::Trunks>,
-    pub webhooks: Option<crate::agent::webhooks::Webhooks>,
-    /// Provider circuit breakers, shared by this server's calls.
-    pub breakers: crate::agent::fallback::CircuitBreakers,
-}
-
-impl Shared {
-    pub fn contact_for(&self, t: SipTransport) -> Option<&str> {
-        self.contacts
-            .iter()
-            .find(|(tt, _)| *tt == t)
-            .or_else(|| self.contacts.first())
-            .map(|(_, c)| c.as_str())
-    }
 }
 
 /// What the control API and the shutdown path need from the SIP side.
@@ -87,55 +57,6 @@ impl SipHandle {
     pub fn registration_count(&self) -> usize {
         self.shared.registrar.count(Instant::now())
     }
-}
-
-/// Sends requests for phones behind NAT to where their packets come from
-/// (RFC 3581 symmetric response routing, applied to new requests), instead of
-/// the private address in their Contact.
-#[derive(Default)]
-pub struct NatLocator {
-    registrar: std::sync::OnceLock<Arc<Shared>>,
-    calls: std::sync::Mutex<std::collections::HashMap<String, SipAddr>>,
-}
-
-impl NatLocator {
-    pub fn remember(&self, contact_hostport: String, addr: SipAddr) {
-        self.lock().insert(contact_hostport, addr);
-    }
-    pub fn forget(&self, contact_hostport: &str) {
-        self.lock().remove(contact_hostport);
-    }
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, SipAddr>> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Adapter so the endpoint (built before `Shared`) can reach the locator.
-struct LocatorRef(Arc<NatLocator>);
-
-#[async_trait::async_trait]
-impl TargetLocator for LocatorRef {
-    async fn locate(&self, uri: &rsipstack::sip::Uri) -> rsipstack::Result<SipAddr> {
-        let text = uri.to_string();
-        if let Some(hp) = contact_hostport(&text) {
-            if let Some(addr) = self.0.lock().get(&hp) {
-                return Ok(addr.clone());
-            }
-            if let Some(shared) = self.0.registrar.get() {
-                if let Some((src, t)) = shared
-                    .registrar
-                    .source_for_contact_hostport(Instant::now(), &hp)
-                {
-                    return Ok(sip_addr(src, t));
-                }
-            }
-        }
-        SipAddr::try_from(uri)
-    }
-}
-
-pub fn sip_addr(addr: SocketAddr, t: SipTransport) -> SipAddr {
-    SipAddr::new(t.rsip(), addr.into())
 }
 
 /// Reads a PEM file named by the profile, with the key in the error.
@@ -409,18 +330,6 @@ pub fn capability_headers() -> Vec<Header> {
         Header::Allow("INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER".into()),
         Header::Accept("application/sdp".into()),
     ]
-}
-
-/// Sends a final response and keeps the transaction alive until it ends, so
-/// retransmissions are answered and the ACK to a non-2xx is absorbed.
-pub fn reply_and_finish(mut tx: Transaction, code: StatusCode, headers: Vec<Header>) {
-    tokio::spawn(async move {
-        if let Err(e) = tx.reply_with(code, headers, None).await {
-            debug!(error = %e, "reply failed");
-            return;
-        }
-        while tx.receive().await.is_some() {}
-    });
 }
 
 /// Where the request really came from: Via `received`/`rport` as stamped by
