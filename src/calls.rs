@@ -328,4 +328,4 @@ impl CallRegistry {
 }
 
 /// Lives in the crate root so lower layers (webhooks) can stamp times too.
-pub use crate::unix_ms;
+pub use crate::clock::unix_ms;

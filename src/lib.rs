@@ -2,6 +2,7 @@
 //! the phone network. See `DESIGN.md` for the shape; `server::run` starts it.
 pub mod agent;
 pub mod calls;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod media;
@@ -10,11 +11,3 @@ pub mod server;
 pub mod sip;
 pub mod tls;
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it): the
-/// timestamps of calls, transcripts and webhooks.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}

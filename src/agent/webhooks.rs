@@ -43,7 +43,7 @@ impl std::fmt::Debug for Webhooks {
 
 fn timestamp() -> String {
     // RFC 3339 / ISO-8601 UTC with milliseconds, without a date crate.
-    let ms = crate::unix_ms();
+    let ms = crate::clock::unix_ms();
     let secs = (ms / 1000) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil from days (Howard Hinnant's algorithm).
