@@ -6,7 +6,6 @@ pub mod dtmf;
 pub mod g711;
 pub mod jitter;
 pub mod plc;
-pub mod ports;
 pub mod resample;
 pub mod rtcp;
 pub mod rtp;

@@ -19,9 +19,9 @@ use super::server::{reply_and_finish, sip_addr, Shared};
 use crate::agent::{self, AgentOutput};
 use crate::calls::{unix_ms, CallInfo, CallState};
 use crate::config::{RouteConfig, SipTransport};
-use crate::media::ports::RtpPorts;
 use crate::media::session::{natural_rate, MediaEvent, MediaParams, Session, Socket, Transmit};
 use crate::sdp::{self, Codec, LocalCaps, LocalMedia, Negotiated};
+use crate::sip::ports::RtpPorts;
 
 /// What admission learned about a new INVITE.
 pub struct CallSetup {

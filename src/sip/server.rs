@@ -24,8 +24,8 @@ use super::call::{self, CallSetup};
 use super::registrar::{contact_hostport, ContactUpdate, Registrar};
 use crate::calls::CallRegistry;
 use crate::config::{Config, Credential, SipTransport};
-use crate::media::ports::PortPool;
 use crate::sdp;
+use crate::sip::ports::PortPool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SipError {
