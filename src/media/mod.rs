@@ -1,5 +1,7 @@
 //! Per-call media, sans-IO: RTP parsing, G.711, DTMF, playout and the call's
 //! media state machine ([`session::Session`]). Only the call task owns sockets.
+//! The bottom layer: nothing here imports from above (`sdp`, `config`,
+//! `agent`, `sip`, ...), and nothing here opens a socket.
 pub mod codec;
 pub mod dsp;
 pub mod dtmf;
