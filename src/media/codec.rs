@@ -250,6 +250,8 @@ pub enum CodecError {
     OpusSetup(#[source] audiopus::Error),
     #[error("cannot resample {from} Hz to {to} Hz in exact {block_ms} ms blocks")]
     UnsupportedResample { from: u32, to: u32, block_ms: u32 },
+    #[error("cannot resample {from} Hz to {to} Hz")]
+    UnsupportedRates { from: u32, to: u32 },
     #[error("resampler setup failed: {0}")]
     ResamplerSetup(#[from] rubato::ResamplerConstructionError),
     #[error("resampling failed: {0}")]

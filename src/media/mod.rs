@@ -7,6 +7,7 @@ pub mod dsp;
 pub mod dtmf;
 pub mod g711;
 pub mod jitter;
+pub mod pcm;
 pub mod plc;
 pub mod resample;
 pub mod rtcp;

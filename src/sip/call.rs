@@ -669,8 +669,12 @@ impl CallTask {
             {
                 Ok(w) => {
                     let rate = session.params().agent_rate;
-                    let pcm = agent::pipeline::resample_once(&w.mono(), w.sample_rate, rate);
-                    session.set_ambient(pcm, level);
+                    match crate::media::resample::resample_once(&w.mono(), w.sample_rate, rate) {
+                        Ok(pcm) => session.set_ambient(pcm, level),
+                        Err(e) => {
+                            warn!(file = %file.display(), error = %e, "ambient sound not loaded")
+                        }
+                    }
                 }
                 Err(e) => warn!(file = %file.display(), error = %e, "ambient sound not loaded"),
             }
