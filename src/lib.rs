@@ -10,4 +10,3 @@ pub mod sdp;
 pub mod server;
 pub mod sip;
 pub mod tls;
-

@@ -14,6 +14,11 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+/// The codec and direction enums are media's (the layer below); SDP adds
+/// their a=rtpmap form ([`RtpMap::of`], [`RtpMap::codec`]).
+pub use crate::media::codec::Codec;
+pub use crate::media::session::Direction;
+
 /// Payload type we put telephone-event (RFC 4733 DTMF) on in our offers;
 /// 101 is what most SIP stacks use, which makes traces easier to read.
 pub const TELEPHONE_EVENT_PT: u8 = 101;
@@ -31,193 +36,6 @@ const PTIME_RANGE_MS: std::ops::RangeInclusive<u32> = 5..=200;
 /// How much of an offending line an error message quotes.
 const ERROR_EXCERPT_CHARS: usize = 80;
 
-/// Media direction attribute (RFC 3264 §5.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Direction {
-    /// Also the meaning of no direction attribute at all.
-    #[default]
-    SendRecv,
-    SendOnly,
-    RecvOnly,
-    Inactive,
-}
-
-impl Direction {
-    /// The direction seen from the other end: what an answerer uses when it
-    /// accepts an offer's direction as is.
-    pub fn reversed(self) -> Self {
-        match self {
-            Self::SendOnly => Self::RecvOnly,
-            Self::RecvOnly => Self::SendOnly,
-            same => same,
-        }
-    }
-
-    /// The attribute name, e.g. `sendrecv` for `a=sendrecv`.
-    pub fn as_attr(self) -> &'static str {
-        match self {
-            Self::SendRecv => "sendrecv",
-            Self::SendOnly => "sendonly",
-            Self::RecvOnly => "recvonly",
-            Self::Inactive => "inactive",
-        }
-    }
-
-    /// Parses an attribute name (`sendrecv`, ...); `None` for other
-    /// attributes.
-    pub fn from_attr(name: &str) -> Option<Self> {
-        [
-            Self::SendRecv,
-            Self::SendOnly,
-            Self::RecvOnly,
-            Self::Inactive,
-        ]
-        .into_iter()
-        .find(|d| d.as_attr().eq_ignore_ascii_case(name))
-    }
-
-    pub fn sends(self) -> bool {
-        matches!(self, Self::SendRecv | Self::SendOnly)
-    }
-
-    pub fn receives(self) -> bool {
-        matches!(self, Self::SendRecv | Self::RecvOnly)
-    }
-
-    fn from_flags(sends: bool, receives: bool) -> Self {
-        match (sends, receives) {
-            (true, true) => Self::SendRecv,
-            (true, false) => Self::SendOnly,
-            (false, true) => Self::RecvOnly,
-            (false, false) => Self::Inactive,
-        }
-    }
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_attr())
-    }
-}
-
-/// Audio codecs we can send and receive.
-///
-/// To add one: add the variant, its row in `Codec::info` and its entry in
-/// [`Codec::ALL`]; matching, offers and answers are driven by that data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Codec {
-    /// G.711 µ-law.
-    Pcmu,
-    /// G.711 A-law.
-    Pcma,
-    /// G.722: 16 kHz audio on an 8000 Hz RTP clock (RFC 3551 section 4.5.2).
-    G722,
-    /// Opus (RFC 7587): `opus/48000/2` in SDP, mono audio.
-    Opus,
-}
-
-/// The SDP-visible facts about a codec.
-struct CodecInfo {
-    encoding_name: &'static str,
-    /// RTP clock rate, as in a=rtpmap (not always the sample rate: G.722
-    /// says 8000 for 16 kHz audio).
-    clock_rate: u32,
-    /// a=rtpmap encoding parameters; `None` means one channel.
-    channels: Option<u8>,
-    /// RFC 3551 static payload type, if the codec has one.
-    static_pt: Option<u8>,
-}
-
-impl Codec {
-    /// Every codec we implement.
-    pub const ALL: &'static [Codec] = &[Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::Opus];
-
-    const fn info(self) -> CodecInfo {
-        match self {
-            Self::Pcmu => CodecInfo {
-                encoding_name: "PCMU",
-                clock_rate: 8000,
-                channels: None,
-                static_pt: Some(0),
-            },
-            Self::Pcma => CodecInfo {
-                encoding_name: "PCMA",
-                clock_rate: 8000,
-                channels: None,
-                static_pt: Some(8),
-            },
-            Self::G722 => CodecInfo {
-                encoding_name: "G722",
-                clock_rate: 8000,
-                channels: None,
-                static_pt: Some(9),
-            },
-            Self::Opus => CodecInfo {
-                encoding_name: "opus",
-                clock_rate: 48000,
-                channels: Some(2),
-                static_pt: None,
-            },
-        }
-    }
-
-    /// Encoding name as written in a=rtpmap, e.g. `PCMU`.
-    pub fn encoding_name(self) -> &'static str {
-        self.info().encoding_name
-    }
-
-    /// RTP timestamp clock rate in Hz.
-    pub fn clock_rate(self) -> u32 {
-        self.info().clock_rate
-    }
-
-    /// a=rtpmap channel count, `None` for mono (written without `/1`).
-    pub fn channels(self) -> Option<u8> {
-        self.info().channels
-    }
-
-    /// The RFC 3551 static payload type. `Option` because codecs such as
-    /// Opus have none and are always carried on a dynamic payload type.
-    pub fn static_pt(self) -> Option<u8> {
-        self.info().static_pt
-    }
-
-    /// The codec a static payload type stands for when no a=rtpmap says
-    /// otherwise.
-    pub fn from_static_pt(pt: u8) -> Option<Self> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|c| c.static_pt() == Some(pt))
-    }
-
-    /// The codec an a=rtpmap describes: encoding name case-insensitively
-    /// (RFC 4855 §3), clock rate and channel count (absent means 1).
-    pub fn from_rtpmap(map: &RtpMap) -> Option<Self> {
-        Self::ALL.iter().copied().find(|c| {
-            c.encoding_name().eq_ignore_ascii_case(&map.encoding)
-                && c.clock_rate() == map.clock_rate
-                && c.channels().unwrap_or(1) == map.channels.unwrap_or(1)
-        })
-    }
-
-    /// a=rtpmap value for this codec on `pt`.
-    fn rtpmap(self, pt: u8) -> RtpMap {
-        RtpMap {
-            pt,
-            encoding: self.encoding_name().to_owned(),
-            clock_rate: self.clock_rate(),
-            channels: self.channels(),
-        }
-    }
-}
-
-impl fmt::Display for Codec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.encoding_name(), self.clock_rate())
-    }
-}
-
 /// An `a=rtpmap:<pt> <encoding>/<clock>[/<channels>]` attribute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RtpMap {
@@ -228,6 +46,26 @@ pub struct RtpMap {
 }
 
 impl RtpMap {
+    /// a=rtpmap value for `codec` on `pt`.
+    pub fn of(codec: Codec, pt: u8) -> Self {
+        Self {
+            pt,
+            encoding: codec.encoding_name().to_owned(),
+            clock_rate: codec.clock_rate(),
+            channels: codec.channels(),
+        }
+    }
+
+    /// The codec this a=rtpmap describes: encoding name case-insensitively
+    /// (RFC 4855 §3), clock rate and channel count (absent means 1).
+    pub fn codec(&self) -> Option<Codec> {
+        Codec::ALL.iter().copied().find(|c| {
+            c.encoding_name().eq_ignore_ascii_case(&self.encoding)
+                && c.clock_rate() == self.clock_rate
+                && c.channels().unwrap_or(1) == self.channels.unwrap_or(1)
+        })
+    }
+
     fn parse(value: &str) -> Option<Self> {
         let (pt, rest) = value.trim().split_once(char::is_whitespace)?;
         let mut parts = rest.trim().split('/');
@@ -392,7 +230,7 @@ impl MediaDescription {
     /// the static assignment (dynamic types without a=rtpmap are unknown).
     pub fn codec_for(&self, pt: u8) -> Option<Codec> {
         match self.rtpmap(pt) {
-            Some(map) => Codec::from_rtpmap(map),
+            Some(map) => map.codec(),
             None if pt < FIRST_DYNAMIC_PT => Codec::from_static_pt(pt),
             None => None,
         }
@@ -1130,7 +968,7 @@ impl AudioSection {
         }
         push_line(out, format_args!("{m_line}"));
         for &(pt, codec) in &self.payloads {
-            push_line(out, format_args!("a=rtpmap:{}", codec.rtpmap(pt)));
+            push_line(out, format_args!("a=rtpmap:{}", RtpMap::of(codec, pt)));
             if codec == Codec::Opus {
                 // What we want to receive (RFC 7587 section 6.1): mono, with
                 // in-band FEC so our side can rebuild a lost packet.
@@ -2014,10 +1852,7 @@ a=rtpmap:0 PCMU/8000\r\n";
             if let Some(pt) = codec.static_pt() {
                 assert_eq!(Codec::from_static_pt(pt), Some(codec));
             }
-            assert_eq!(
-                Codec::from_rtpmap(&codec.rtpmap(FIRST_DYNAMIC_PT)),
-                Some(codec)
-            );
+            assert_eq!(RtpMap::of(codec, FIRST_DYNAMIC_PT).codec(), Some(codec));
         }
         assert_eq!(Codec::Pcmu.encoding_name(), "PCMU");
         assert_eq!(Codec::Pcma.static_pt(), Some(8));

@@ -14,6 +14,7 @@ use super::avr_sts::{sleep_until, LatencyClock, Prebuffer};
 use super::remote::{Input, Io, Output, Remote};
 use super::{AgentContext, AgentError, ProviderError};
 use crate::media::dsp::TurnEvent;
+use crate::media::pcm::{self, S16leStream};
 
 pub const RATE: u32 = 8000;
 pub const KIND_HANGUP: u8 = 0x00;
@@ -196,7 +197,7 @@ async fn session(addr: String, uuid: [u8; 16], mut io: Io) -> Result<(), Provide
     tracing::info!(%addr, "AudioSocket connected");
     let mut parser = Parser::default();
     let mut out_pcm: Vec<u8> = Vec::with_capacity(AUDIO_FRAME_BYTES * 2);
-    let mut carry: Option<u8> = None;
+    let mut carry = S16leStream::default();
     let mut latency = LatencyClock::default();
     let mut prebuffer = Prebuffer::default();
     let mut buf = vec![0u8; 4096];
@@ -204,9 +205,7 @@ async fn session(addr: String, uuid: [u8; 16], mut io: Io) -> Result<(), Provide
         tokio::select! {
             input = io.inputs.recv() => match input {
                 Some(Input::Audio(pcm)) => {
-                    for s in pcm {
-                        out_pcm.extend_from_slice(&s.to_le_bytes());
-                    }
+                    pcm::extend_s16le(&pcm, &mut out_pcm);
                     let whole = out_pcm.len() / AUDIO_FRAME_BYTES * AUDIO_FRAME_BYTES;
                     let mut bytes = Vec::with_capacity(whole + whole / AUDIO_FRAME_BYTES * 3);
                     for f in out_pcm.drain(..whole).collect::<Vec<_>>().chunks(AUDIO_FRAME_BYTES) {
@@ -253,17 +252,8 @@ async fn session(addr: String, uuid: [u8; 16], mut io: Io) -> Result<(), Provide
                 while let Some(frame) = parser.next_frame()? {
                     match frame {
                         Frame::Audio(bytes) => {
-                            let mut rest = bytes.as_slice();
-                            let mut pcm = Vec::with_capacity(rest.len() / 2 + 1);
-                            if let Some(lo) = carry.take() {
-                                if let Some((&hi, tail)) = rest.split_first() {
-                                    pcm.push(i16::from_le_bytes([lo, hi]));
-                                    rest = tail;
-                                }
-                            }
-                            let mut chunks = rest.chunks_exact(2);
-                            pcm.extend(chunks.by_ref().map(|c| i16::from_le_bytes([c[0], c[1]])));
-                            carry = chunks.remainder().first().copied();
+                            let mut pcm = Vec::with_capacity(bytes.len() / 2 + 1);
+                            carry.push(&bytes, &mut pcm);
                             if pcm.is_empty() {
                                 continue;
                             }

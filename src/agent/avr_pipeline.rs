@@ -13,9 +13,10 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::error::excerpt;
-use super::pipeline::{self, AudioSink, Backend, BoxFut, LoopConfig, Msg, PcmBytes};
+use super::pipeline::{self, AudioSink, Backend, BoxFut, LoopConfig, Msg};
 use super::remote::Remote;
 use super::{AgentContext, AgentError, ProviderError};
+use crate::media::pcm::{self, S16leStream};
 
 pub const RATE: u32 = 8000;
 /// Caller audio buffered towards the ASR before frames are dropped (2 s).
@@ -187,7 +188,7 @@ impl Backend for AvrPipeline {
         Box::pin(async move {
             let body = serde_json::json!({ "text": text });
             let mut resp = pipeline::send(self.http.post(&self.s.tts_url).json(&body)).await?;
-            let mut pcm = PcmBytes::default();
+            let mut pcm = S16leStream::default();
             while let Some(c) = pipeline::next_chunk(&mut resp).await? {
                 let mut a = Vec::new();
                 pcm.push(&c, &mut a);
@@ -303,7 +304,7 @@ pub fn spawn(s: Settings, ctx: &AgentContext) -> Result<Remote, AgentError> {
         };
         let first = restart();
         let sink: AudioSink = Box::new(move |frame: &[i16]| {
-            let bytes: Vec<u8> = frame.iter().flat_map(|s| s.to_le_bytes()).collect();
+            let bytes = pcm::i16_to_s16le(frame);
             if let Some(tx) = body_tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
                 let _ = tx.try_send(Bytes::from(bytes));
             }

@@ -15,6 +15,7 @@ use super::error::excerpt;
 use super::remote::{Input, Io, Output, Remote};
 use super::{AgentContext, AgentError, AgentEvent, ProviderError, TurnLatency};
 use crate::media::dsp::TurnEvent;
+use crate::media::pcm::S16leStream;
 
 /// AVR STS audio is s16le 8 kHz mono both ways.
 pub const RATE: u32 = 8000;
@@ -185,7 +186,7 @@ fn json_text(v: Option<serde_json::Value>) -> String {
 #[derive(Debug, Default)]
 pub struct Session {
     /// A trailing odd byte of agent audio, completed by the next message.
-    carry: Option<u8>,
+    carry: S16leStream,
     latency: LatencyClock,
     /// Messages that were not valid JSON objects, had an unknown type or
     /// bad fields (ignored, as the AVR core does).
@@ -200,10 +201,7 @@ impl Session {
 
     /// One frame of caller audio.
     pub fn audio(pcm: &[i16]) -> String {
-        let mut bytes = Vec::with_capacity(pcm.len() * 2);
-        for s in pcm {
-            bytes.extend_from_slice(&s.to_le_bytes());
-        }
+        let bytes = crate::media::pcm::i16_to_s16le(pcm);
         let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
         serde_json::json!({"type": "audio", "audio": b64}).to_string()
     }
@@ -251,7 +249,7 @@ impl Session {
                 }
             }
             StsEvent::Interruption => {
-                self.carry = None;
+                self.carry = S16leStream::default();
                 out.push(Output::Clear);
                 out.push(Output::Event(AgentEvent::Interruption));
             }
@@ -295,22 +293,7 @@ impl Session {
     /// s16le bytes to samples, keeping an odd trailing byte for next time.
     fn pcm(&mut self, bytes: &[u8]) -> Vec<i16> {
         let mut pcm = Vec::with_capacity(bytes.len() / 2 + 1);
-        let mut rest = bytes;
-        if let Some(lo) = self.carry.take() {
-            match rest.split_first() {
-                Some((&hi, tail)) => {
-                    pcm.push(i16::from_le_bytes([lo, hi]));
-                    rest = tail;
-                }
-                None => {
-                    self.carry = Some(lo);
-                    return pcm;
-                }
-            }
-        }
-        let mut chunks = rest.chunks_exact(2);
-        pcm.extend(chunks.by_ref().map(|c| i16::from_le_bytes([c[0], c[1]])));
-        self.carry = chunks.remainder().first().copied();
+        self.carry.push(bytes, &mut pcm);
         pcm
     }
 }

@@ -10,9 +10,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::error::excerpt;
-use super::pipeline::{self, Backend, BoxFut, LoopConfig, Msg, PcmBytes, SincResampler};
+use super::pipeline::{self, Backend, BoxFut, LoopConfig, Msg};
 use super::remote::Remote;
 use super::{AgentContext, AgentError, ProviderError};
+use crate::media::pcm::S16leStream;
+use crate::media::resample::StreamResampler;
+use crate::media::wav::{self, HeaderStatus};
 
 const KIND: &str = "openai_compat";
 
@@ -97,28 +100,6 @@ impl OpenaiCompat {
     }
 }
 
-/// A 16-bit mono WAV file.
-pub fn wav_bytes(pcm: &[i16], rate: u32) -> Vec<u8> {
-    let data = pcm.len() as u32 * 2;
-    let mut v = Vec::with_capacity(44 + data as usize);
-    v.extend_from_slice(b"RIFF");
-    v.extend_from_slice(&(36 + data).to_le_bytes());
-    v.extend_from_slice(b"WAVEfmt ");
-    v.extend_from_slice(&16u32.to_le_bytes());
-    v.extend_from_slice(&1u16.to_le_bytes());
-    v.extend_from_slice(&1u16.to_le_bytes());
-    v.extend_from_slice(&rate.to_le_bytes());
-    v.extend_from_slice(&(rate * 2).to_le_bytes());
-    v.extend_from_slice(&2u16.to_le_bytes());
-    v.extend_from_slice(&16u16.to_le_bytes());
-    v.extend_from_slice(b"data");
-    v.extend_from_slice(&data.to_le_bytes());
-    for s in pcm {
-        v.extend_from_slice(&s.to_le_bytes());
-    }
-    v
-}
-
 /// Streamed speech: raw s16le at 24 kHz, or a WAV (header parsed as it
 /// comes, sizes may be unknown), resampled to the agent rate.
 struct SpeechDecoder {
@@ -127,8 +108,8 @@ struct SpeechDecoder {
     /// The rate of raw `pcm` answers: OpenAI's 24 kHz unless the server
     /// says otherwise (`X-Sample-Rate`, e.g. Piper voices at 22050 Hz).
     pcm_rate: u32,
-    pcm: PcmBytes,
-    rs: Option<SincResampler>,
+    pcm: S16leStream,
+    rs: Option<StreamResampler>,
     channels: usize,
 }
 
@@ -138,7 +119,7 @@ impl SpeechDecoder {
             pcm_rate,
             head: Vec::new(),
             decided: false,
-            pcm: PcmBytes::default(),
+            pcm: S16leStream::default(),
             rs: None,
             channels: 1,
         }
@@ -156,71 +137,28 @@ impl SpeechDecoder {
         }
         if &self.head[0..4] != b"RIFF" {
             self.decided = true;
-            self.rs = Some(SincResampler::new(self.pcm_rate, RATE));
+            self.rs = Some(StreamResampler::new(self.pcm_rate, RATE));
             let head = std::mem::take(&mut self.head);
             self.decode(&head, &mut out);
             return Ok(out);
         }
-        if &self.head[8..12] != b"WAVE" {
-            return Err(ProviderError::AudioFormat {
-                expected: "raw s16le or a WAVE file",
-                got: format!(
-                    "a RIFF file of type {:?}",
-                    String::from_utf8_lossy(&self.head[8..12])
-                ),
-            });
-        }
-        // Walk the chunks up to `data`.
-        let mut pos = 12;
-        let mut fmt: Option<(u16, u16, u32, u16)> = None;
-        while pos + 8 <= self.head.len() {
-            let id = &self.head[pos..pos + 4];
-            let len = u32::from_le_bytes([
-                self.head[pos + 4],
-                self.head[pos + 5],
-                self.head[pos + 6],
-                self.head[pos + 7],
-            ]) as usize;
-            if id == b"data" {
-                let (format, channels, rate, bits) = fmt.ok_or(ProviderError::AudioFormat {
-                    expected: "a WAV fmt chunk before the data",
-                    got: "the data chunk first".into(),
-                })?;
-                if !(format == 1 || format == 0xfffe) || bits != 16 || channels == 0 || rate == 0 {
-                    return Err(ProviderError::AudioFormat {
-                        expected: "16-bit PCM WAV",
-                        got: format!("format {format}, {bits} bits, {channels} ch at {rate} Hz"),
-                    });
-                }
-                self.channels = channels as usize;
-                self.rs = Some(SincResampler::new(rate, RATE));
+        // Wait for the chunks up to `data`.
+        let header = wav::header(&self.head).map_err(|e| ProviderError::AudioFormat {
+            expected: "raw s16le or a 16-bit PCM WAV",
+            got: format!("a WAV answer that does not parse: {e}"),
+        })?;
+        match header {
+            HeaderStatus::Incomplete => Ok(out),
+            HeaderStatus::Complete(h) => {
+                self.channels = usize::from(h.channels);
+                self.rs = Some(StreamResampler::new(h.sample_rate, RATE));
                 self.decided = true;
-                let rest = self.head.split_off(pos + 8);
+                let rest = self.head.split_off(h.data_start);
                 self.head.clear();
                 self.decode(&rest, &mut out);
-                return Ok(out);
+                Ok(out)
             }
-            if pos + 8 + len > self.head.len() {
-                if self.head.len() > 64 * 1024 {
-                    return Err(ProviderError::AudioFormat {
-                        expected: "a WAV header under 64 KiB",
-                        got: format!("{} bytes without the data chunk", self.head.len()),
-                    });
-                }
-                return Ok(out); // wait for the rest of this chunk
-            }
-            let body = &self.head[pos + 8..pos + 8 + len];
-            if id == b"fmt " && body.len() >= 16 {
-                fmt = Some((
-                    u16::from_le_bytes([body[0], body[1]]),
-                    u16::from_le_bytes([body[2], body[3]]),
-                    u32::from_le_bytes([body[4], body[5], body[6], body[7]]),
-                    u16::from_le_bytes([body[14], body[15]]),
-                ));
-            }
-            pos += 8 + len + (len & 1);
         }
-        Ok(out)
     }
 
     fn decode(&mut self, bytes: &[u8], out: &mut Vec<i16>) {
@@ -249,7 +187,7 @@ impl SpeechDecoder {
                 });
             }
             let head = std::mem::take(&mut self.head);
-            self.rs = Some(SincResampler::new(self.pcm_rate, RATE));
+            self.rs = Some(StreamResampler::new(self.pcm_rate, RATE));
             self.decided = true;
             self.decode(&head, &mut out);
         }
@@ -378,7 +316,7 @@ fn transcription_text(body: &[u8]) -> Result<String, ProviderError> {
 impl Backend for OpenaiCompat {
     fn transcribe(&self, pcm: Vec<i16>) -> BoxFut<'_, Result<String, ProviderError>> {
         Box::pin(async move {
-            let part = reqwest::multipart::Part::bytes(wav_bytes(&pcm, RATE))
+            let part = reqwest::multipart::Part::bytes(wav::mono_bytes(&pcm, RATE))
                 .file_name("utterance.wav")
                 .mime_str("audio/wav")
                 .map_err(ProviderError::Request)?;
@@ -534,7 +472,7 @@ mod tests {
     #[test]
     fn speech_decoder_reads_wav_with_unknown_sizes_in_pieces() {
         let pcm: Vec<i16> = (0..22050).map(|i| ((i % 50) * 100) as i16).collect();
-        let mut wav = wav_bytes(&pcm, 22050);
+        let mut wav = wav::mono_bytes(&pcm, 22050);
         wav[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         wav[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
         let mut d = SpeechDecoder::with_pcm_rate(PCM_RATE);

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::remote::{Input, Io, Output, Remote};
 use super::{AgentContext, AgentError, AgentEvent, ProviderError, TurnLatency};
 use crate::config::{AgentConfig, HttpTool};
-use crate::media::g711;
+use crate::media::{g711, pcm};
 use crate::sdp::Codec;
 
 const DEFAULT_BASE_URL: &str = "wss://api.openai.com/v1/realtime";
@@ -67,17 +67,14 @@ impl Format {
         match self {
             Format::Pcmu => pcm.iter().map(|&s| g711::linear_to_ulaw(s)).collect(),
             Format::Pcma => pcm.iter().map(|&s| g711::linear_to_alaw(s)).collect(),
-            Format::Pcm16 => pcm.iter().flat_map(|s| s.to_le_bytes()).collect(),
+            Format::Pcm16 => pcm::i16_to_s16le(pcm),
         }
     }
     fn decode(self, bytes: &[u8]) -> Vec<i16> {
         match self {
             Format::Pcmu => bytes.iter().map(|&b| g711::ulaw_to_linear(b)).collect(),
             Format::Pcma => bytes.iter().map(|&b| g711::alaw_to_linear(b)).collect(),
-            Format::Pcm16 => bytes
-                .chunks_exact(2)
-                .map(|c| i16::from_le_bytes([c[0], c[1]]))
-                .collect(),
+            Format::Pcm16 => pcm::s16le_to_i16(bytes),
         }
     }
     /// Milliseconds of audio in `bytes` of this format.

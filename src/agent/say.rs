@@ -5,9 +5,10 @@
 
 use std::path::PathBuf;
 
-use super::pipeline::resample_once;
 use super::remote::{Io, Output, Remote};
 use super::AgentError;
+use crate::media::resample::resample_once;
+use crate::media::wav::Wav;
 
 /// The rate `say` speaks at.
 pub const RATE: u32 = 16000;
@@ -27,16 +28,12 @@ pub fn espeak(text: &str) -> Result<Vec<i16>, AgentError> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    // espeak-ng streams a WAV whose size fields are placeholders.
-    let mut wav = out.stdout;
-    if wav.len() > 44 {
-        let data_len = (wav.len() - 44) as u32;
-        wav[4..8].copy_from_slice(&(data_len + 36).to_le_bytes());
-        wav[40..44].copy_from_slice(&data_len.to_le_bytes());
-    }
-    let w = crate::media::wav::Wav::parse(&wav)
+    // espeak-ng streams a WAV whose size fields are placeholders, which
+    // `Wav::parse` reads up to the end of the bytes.
+    let w = Wav::parse(&out.stdout)
         .map_err(|e| AgentError::Synthesis(format!("espeak-ng output is not a WAV: {e}")))?;
-    Ok(resample_once(&w.mono(), w.sample_rate, RATE))
+    resample_once(&w.mono(), w.sample_rate, RATE)
+        .map_err(|e| AgentError::Synthesis(format!("espeak-ng output: {e}")))
 }
 
 fn load_wav(path: &PathBuf) -> Result<Vec<i16>, AgentError> {
@@ -45,12 +42,13 @@ fn load_wav(path: &PathBuf) -> Result<Vec<i16>, AgentError> {
         path: path.clone(),
         source,
     })?;
-    let w = crate::media::wav::Wav::parse(&bytes).map_err(|source| AgentError::BadWav {
+    let w = Wav::parse(&bytes).map_err(|source| AgentError::BadWav {
         what: "say wav",
         path: path.clone(),
         source,
     })?;
-    Ok(resample_once(&w.mono(), w.sample_rate, RATE))
+    resample_once(&w.mono(), w.sample_rate, RATE)
+        .map_err(|e| AgentError::Synthesis(format!("{}: {e}", path.display())))
 }
 
 pub fn spawn(
@@ -78,6 +76,7 @@ pub fn spawn(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -86,7 +85,7 @@ mod tests {
         let tone: Vec<i16> = (0..22050)
             .map(|i| ((i as f64 * 440.0 * std::f64::consts::TAU / 22050.0).sin() * 8000.0) as i16)
             .collect();
-        let out = resample_once(&tone, 22050, 16000);
+        let out = resample_once(&tone, 22050, 16000).unwrap();
         assert_eq!(out.len(), 16000);
         let rms = |v: &[i16]| {
             (v.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt()

@@ -22,9 +22,122 @@ use thiserror::Error;
 
 use super::g711;
 
+/// Audio codecs we can send and receive.
+///
+/// The negotiated codec as SDP names it (`crate::sdp` re-exports it and
+/// adds its a=rtpmap form); [`Codec::kind`] is the implementation that
+/// encodes and decodes it. To add one: add the variant, its row in
+/// `Codec::info` and its entry in [`Codec::ALL`]; matching, offers and
+/// answers are driven by that data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// G.711 µ-law.
+    Pcmu,
+    /// G.711 A-law.
+    Pcma,
+    /// G.722: 16 kHz audio on an 8000 Hz RTP clock (RFC 3551 section 4.5.2).
+    G722,
+    /// Opus (RFC 7587): `opus/48000/2` in SDP, mono audio.
+    Opus,
+}
+
+/// The SDP-visible facts about a codec.
+struct CodecInfo {
+    encoding_name: &'static str,
+    /// RTP clock rate, as in a=rtpmap (not always the sample rate: G.722
+    /// says 8000 for 16 kHz audio).
+    clock_rate: u32,
+    /// a=rtpmap encoding parameters; `None` means one channel.
+    channels: Option<u8>,
+    /// RFC 3551 static payload type, if the codec has one.
+    static_pt: Option<u8>,
+}
+
+impl Codec {
+    /// Every codec we implement.
+    pub const ALL: &'static [Codec] = &[Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::Opus];
+
+    const fn info(self) -> CodecInfo {
+        match self {
+            Self::Pcmu => CodecInfo {
+                encoding_name: "PCMU",
+                clock_rate: 8000,
+                channels: None,
+                static_pt: Some(0),
+            },
+            Self::Pcma => CodecInfo {
+                encoding_name: "PCMA",
+                clock_rate: 8000,
+                channels: None,
+                static_pt: Some(8),
+            },
+            Self::G722 => CodecInfo {
+                encoding_name: "G722",
+                clock_rate: 8000,
+                channels: None,
+                static_pt: Some(9),
+            },
+            Self::Opus => CodecInfo {
+                encoding_name: "opus",
+                clock_rate: 48000,
+                channels: Some(2),
+                static_pt: None,
+            },
+        }
+    }
+
+    /// Encoding name as written in a=rtpmap, e.g. `PCMU`.
+    pub fn encoding_name(self) -> &'static str {
+        self.info().encoding_name
+    }
+
+    /// RTP timestamp clock rate in Hz.
+    pub fn clock_rate(self) -> u32 {
+        self.info().clock_rate
+    }
+
+    /// a=rtpmap channel count, `None` for mono (written without `/1`).
+    pub fn channels(self) -> Option<u8> {
+        self.info().channels
+    }
+
+    /// The RFC 3551 static payload type. `Option` because codecs such as
+    /// Opus have none and are always carried on a dynamic payload type.
+    pub fn static_pt(self) -> Option<u8> {
+        self.info().static_pt
+    }
+
+    /// The codec a static payload type stands for when no a=rtpmap says
+    /// otherwise.
+    pub fn from_static_pt(pt: u8) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|c| c.static_pt() == Some(pt))
+    }
+}
+
+impl Codec {
+    /// The encoder/decoder implementation for this codec.
+    pub fn kind(self) -> CodecKind {
+        match self {
+            Self::Pcmu => CodecKind::Pcmu,
+            Self::Pcma => CodecKind::Pcma,
+            Self::G722 => CodecKind::G722,
+            Self::Opus => CodecKind::Opus,
+        }
+    }
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.encoding_name(), self.clock_rate())
+    }
+}
+
 /// A codec we can decode and encode.
 ///
-/// `crate::sdp::Codec` is the SDP-facing twin of this enum; it maps
+/// [`Codec`] is the SDP-facing twin of this enum; it maps
 /// variant for variant (`Pcmu`, `Pcma`, `G722`, `Opus`), with the SDP facts
 /// in [`CodecKind::encoding_name`], [`CodecKind::rtp_clock_rate`],
 /// [`CodecKind::rtpmap_channels`] and [`CodecKind::static_pt`].
@@ -137,6 +250,8 @@ pub enum CodecError {
     OpusSetup(#[source] audiopus::Error),
     #[error("cannot resample {from} Hz to {to} Hz in exact {block_ms} ms blocks")]
     UnsupportedResample { from: u32, to: u32, block_ms: u32 },
+    #[error("cannot resample {from} Hz to {to} Hz")]
+    UnsupportedRates { from: u32, to: u32 },
     #[error("resampler setup failed: {0}")]
     ResamplerSetup(#[from] rubato::ResamplerConstructionError),
     #[error("resampling failed: {0}")]

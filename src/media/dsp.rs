@@ -22,6 +22,8 @@
 
 use nnnoiseless::DenoiseState;
 
+use super::resample::Polyphase;
+
 /// Every frame is 20 ms of audio.
 const FRAME_MS: u32 = 20;
 /// RNNoise runs at 48 kHz on 10 ms frames (two per 20 ms frame).
@@ -30,13 +32,6 @@ const RNN_FRAME: usize = DenoiseState::FRAME_SIZE;
 /// earshot runs at 16 kHz on 16 ms frames.
 const EARSHOT_RATE: u32 = 16_000;
 const EARSHOT_FRAME: usize = 256;
-/// Zero crossings of the resampling filter's sinc on each side of its centre.
-/// 16 keeps the delay at 2 ms per direction at 8 kHz (1 ms at 16 kHz) with a
-/// transition band of about 0.23 x the narrow Nyquist frequency, so
-/// telephone speech up to 3.5 kHz passes flat and images sit 60 dB down.
-const ZERO_CROSSINGS: usize = 16;
-/// Kaiser window beta for about 60 dB stop-band attenuation.
-const KAISER_BETA: f64 = 5.65;
 /// Frames at the start of a call whose speech decisions are ignored: both
 /// models report 0.5-0.7 on the first ~100-200 ms of any noise while their
 /// state settles, which would otherwise be a false barge-in at call start.
@@ -242,144 +237,7 @@ impl CallerDsp {
 }
 
 // ---------------------------------------------------------------------------
-// Resampling
-
-/// Streaming rational resampler (up by `up`, down by `down`) with a
-/// Kaiser-windowed sinc, evaluated polyphase: only the output samples are
-/// computed, and only the non-zero taps. Linear phase, so its delay is a
-/// whole number of samples at both rates for the ratios used here.
-struct Polyphase {
-    up: usize,
-    down: usize,
-    /// `phases[p]` = h[p], h[p + up], h[p + 2 up], ... reversed.
-    phases: Vec<Vec<f32>>,
-    /// Input samples kept from previous blocks.
-    hist_len: usize,
-    /// `hist_len` history samples followed by the current block.
-    buf: Vec<f32>,
-    /// Filter centre, in samples at the upsampled rate.
-    centre: usize,
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
-
-/// Zeroth-order modified Bessel function (power series), for the Kaiser window.
-fn bessel_i0(x: f64) -> f64 {
-    let mut sum = 1.0;
-    let mut term = 1.0;
-    let q = x * x / 4.0;
-    for k in 1..50 {
-        term *= q / f64::from(k * k);
-        sum += term;
-        if term < sum * 1e-12 {
-            break;
-        }
-    }
-    sum
-}
-
-impl Polyphase {
-    fn new(from: u32, to: u32) -> Self {
-        let g = gcd(from, to).max(1);
-        let up = (to / g).max(1) as usize;
-        let down = (from / g).max(1) as usize;
-        // The narrower of the two Nyquist bands, in up-rate samples per cycle.
-        let r = up.max(down);
-        let centre = ZERO_CROSSINGS * r;
-        let n = 2 * centre + 1;
-        let fc = 0.5 / r as f64; // cycles per up-rate sample
-        let i0b = bessel_i0(KAISER_BETA);
-        let mut h: Vec<f64> = (0..n)
-            .map(|i| {
-                let t = i as f64 - centre as f64;
-                let x = 2.0 * fc * t;
-                let sinc = if t == 0.0 {
-                    1.0
-                } else {
-                    (std::f64::consts::PI * x).sin() / (std::f64::consts::PI * x)
-                };
-                let w = t / centre as f64;
-                let win = bessel_i0(KAISER_BETA * (1.0 - w * w).max(0.0).sqrt()) / i0b;
-                sinc * win
-            })
-            .collect();
-        // Unity gain at DC at the output: each of the `up` phases sums to 1.
-        let sum: f64 = h.iter().sum();
-        for v in &mut h {
-            *v *= up as f64 / sum;
-        }
-        // Stored oldest-input-first so the inner loop runs forward over both.
-        let phases: Vec<Vec<f32>> = (0..up)
-            .map(|p| {
-                let mut taps: Vec<f32> = h.iter().skip(p).step_by(up).map(|&v| v as f32).collect();
-                taps.reverse();
-                taps
-            })
-            .collect();
-        let hist_len = (n - 1).div_ceil(up);
-        Self {
-            up,
-            down,
-            phases,
-            hist_len,
-            buf: vec![0.0; hist_len],
-            centre,
-        }
-    }
-
-    /// Output samples for `n_in` input samples (block sizes here always divide).
-    fn out_len(&self, n_in: usize) -> usize {
-        n_in * self.up / self.down
-    }
-
-    /// Delay in output samples.
-    fn delay_out(&self) -> usize {
-        self.centre / self.down
-    }
-
-    /// Resamples one block; `output.len()` must be `out_len(input.len())`.
-    fn process(&mut self, input: &[f32], output: &mut [f32]) {
-        self.buf.truncate(self.hist_len);
-        self.buf.extend_from_slice(input);
-        for (k, y) in output.iter_mut().enumerate() {
-            let t = k * self.down;
-            let j = t / self.up;
-            let taps = &self.phases[t - j * self.up];
-            // taps[i] pairs with x[j - (len - 1 - i)], i.e. buf[end - len + i].
-            let end = (self.hist_len + j + 1).min(self.buf.len());
-            let n = taps.len().min(end);
-            *y = dot(&taps[taps.len() - n..], &self.buf[end - n..end]);
-        }
-        let keep_from = self.buf.len() - self.hist_len;
-        self.buf.copy_within(keep_from.., 0);
-        self.buf.truncate(self.hist_len);
-    }
-}
-
-/// Dot product in eight independent lanes, which the compiler vectorises
-/// (a plain `zip().sum()` is a serial chain of float adds).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
+// Sample conversion (the resampler is `media::resample::Polyphase`)
 
 fn to_f32(src: &[i16], dst: &mut Vec<f32>) {
     dst.clear();

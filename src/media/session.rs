@@ -6,11 +6,12 @@
 //! [`Session::poll_event`], and wakes it at [`Session::next_timeout`].
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::codec::{
-    self, AudioDecoder, AudioEncoder, CodecError, CodecKind, CodecParams, OpusFmtp,
+    self, AudioDecoder, AudioEncoder, Codec, CodecError, CodecKind, CodecParams, OpusFmtp,
 };
 use super::dsp::{CallerDsp, DspConfig, TurnEvent};
 use super::dtmf::DtmfReceiver;
@@ -19,7 +20,76 @@ use super::plc::Concealer;
 use super::resample::Resampler;
 use super::rtcp::{self, CallQuality, RtcpSession};
 use super::rtp::{looks_like_rtcp, PayloadType, RtpPacket, SeqNo, Ssrc};
-use crate::sdp::{Codec, Direction};
+
+/// Media direction attribute (RFC 3264 §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Direction {
+    /// Also the meaning of no direction attribute at all.
+    #[default]
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    /// The direction seen from the other end: what an answerer uses when it
+    /// accepts an offer's direction as is.
+    pub fn reversed(self) -> Self {
+        match self {
+            Self::SendOnly => Self::RecvOnly,
+            Self::RecvOnly => Self::SendOnly,
+            same => same,
+        }
+    }
+
+    /// The attribute name, e.g. `sendrecv` for `a=sendrecv`.
+    pub fn as_attr(self) -> &'static str {
+        match self {
+            Self::SendRecv => "sendrecv",
+            Self::SendOnly => "sendonly",
+            Self::RecvOnly => "recvonly",
+            Self::Inactive => "inactive",
+        }
+    }
+
+    /// Parses an attribute name (`sendrecv`, ...); `None` for other
+    /// attributes.
+    pub fn from_attr(name: &str) -> Option<Self> {
+        [
+            Self::SendRecv,
+            Self::SendOnly,
+            Self::RecvOnly,
+            Self::Inactive,
+        ]
+        .into_iter()
+        .find(|d| d.as_attr().eq_ignore_ascii_case(name))
+    }
+
+    pub fn sends(self) -> bool {
+        matches!(self, Self::SendRecv | Self::SendOnly)
+    }
+
+    pub fn receives(self) -> bool {
+        matches!(self, Self::SendRecv | Self::RecvOnly)
+    }
+
+    /// The direction that sends and receives as given.
+    pub fn from_flags(sends: bool, receives: bool) -> Self {
+        match (sends, receives) {
+            (true, true) => Self::SendRecv,
+            (true, false) => Self::SendOnly,
+            (false, true) => Self::RecvOnly,
+            (false, false) => Self::Inactive,
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_attr())
+    }
+}
 
 /// What the SDP negotiation settled for this call's audio.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,15 +150,6 @@ pub fn natural_rate(codec: Codec) -> u32 {
     }
 }
 
-fn codec_kind(codec: Codec) -> CodecKind {
-    match codec {
-        Codec::Pcmu => CodecKind::Pcmu,
-        Codec::Pcma => CodecKind::Pcma,
-        Codec::G722 => CodecKind::G722,
-        Codec::Opus => CodecKind::Opus,
-    }
-}
-
 /// Codec state for both directions: decode and resample once on the way
 /// in, resample and encode once on the way out.
 struct Transcoder {
@@ -105,7 +166,7 @@ struct Transcoder {
 
 impl Transcoder {
     fn new(p: &MediaParams) -> Result<Self, CodecError> {
-        let kind = codec_kind(p.codec);
+        let kind = p.codec.kind();
         let mut cp = CodecParams::new(kind);
         cp.ptime_ms = p.ptime_ms;
         if kind == CodecKind::Opus {

@@ -25,9 +25,9 @@ use super::shared::{reply_and_finish, sip_addr, Shared};
 use crate::agent;
 use crate::calls::{unix_ms, CallInfo, CallState};
 use crate::config::{RouteConfig, SipTransport};
-use crate::media::ports::RtpPorts;
 use crate::media::session::{Socket, Transmit};
 use crate::sdp::{self, LocalMedia, Negotiated};
+use crate::sip::ports::RtpPorts;
 
 /// What admission learned about a new INVITE.
 pub struct CallSetup {

@@ -738,8 +738,10 @@ impl CallCore {
             };
         if let Some(a) = ambient {
             let rate = session.params().agent_rate;
-            let pcm = agent::pipeline::resample_once(&a.pcm, a.rate, rate);
-            session.set_ambient(pcm, a.level);
+            match crate::media::resample::resample_once(&a.pcm, a.rate, rate) {
+                Ok(pcm) => session.set_ambient(pcm, a.level),
+                Err(e) => warn!(error = %e, "ambient sound not loaded"),
+            }
         }
         if let Err(e) = session.set_dsp(self.cfg.dsp.clone()) {
             warn!(error = %e, "caller DSP unavailable for this call");

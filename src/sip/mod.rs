@@ -1,11 +1,13 @@
 //! Signalling: transports and dispatch ([`server`]), digest auth
 //! ([`digest`], [`auth`]), the registrar's location store ([`registrar`]),
-//! and the per-call task ([`call`]). rsipstack carries the transactions and
+//! RTP/RTCP sockets and port allocation ([`ports`]), and the per-call task
+//! ([`call`]). rsipstack carries the transactions and
 //! dialogs; this module adds what it does not have.
 pub mod auth;
 pub mod call;
 pub mod core;
 pub mod digest;
+pub mod ports;
 pub mod registrar;
 pub mod server;
 pub mod shared;

@@ -25,8 +25,8 @@ use super::shared::LocatorRef;
 pub use super::shared::{reply_and_finish, sip_addr, NatLocator, Shared};
 use crate::calls::CallRegistry;
 use crate::config::{Config, Credential, SipTransport};
-use crate::media::ports::PortPool;
 use crate::sdp;
+use crate::sip::ports::PortPool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SipError {

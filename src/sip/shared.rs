@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::auth::Authenticator;
+use super::ports::PortPool;
 use super::registrar::{contact_hostport, Registrar};
 use crate::calls::CallRegistry;
 use crate::config::{Config, SipTransport};
-use crate::media::ports::PortPool;
 
 /// State shared by the dispatcher and every call task.
 pub struct Shared {
