@@ -24,7 +24,7 @@ use super::g711;
 
 /// Audio codecs we can send and receive.
 ///
-/// The negotiated codec as SDP names it (`crate::sdp` re-exports it and
+/// The negotiated codec as SDP names it (the `sdp` module re-exports it and
 /// adds its a=rtpmap form); [`Codec::kind`] is the implementation that
 /// encodes and decodes it. To add one: add the variant, its row in
 /// `Codec::info` and its entry in [`Codec::ALL`]; matching, offers and

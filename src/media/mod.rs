@@ -15,3 +15,49 @@ pub mod rtp;
 pub mod session;
 pub mod srtp;
 pub mod wav;
+
+#[cfg(test)]
+mod layering {
+    use std::path::Path;
+
+    fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// `media` is the bottom layer: no import from a layer above it (sdp,
+    /// config, agent, sip, calls, control, server) and no socket.
+    #[test]
+    fn media_imports_nothing_from_above_and_opens_no_socket() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/media");
+        let mut files = Vec::new();
+        sources(&dir, &mut files);
+        assert!(
+            files.len() > 10,
+            "found {} files under {dir:?}",
+            files.len()
+        );
+        let above = [
+            "sdp", "config", "agent", "sip", "calls", "control", "server",
+        ];
+        let mut forbidden: Vec<String> = above.iter().map(|m| format!("crate::{m}")).collect();
+        forbidden.push(["tokio", "::net"].concat());
+        forbidden.push(["std::net::", "UdpSocket"].concat());
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            for f in &forbidden {
+                assert!(
+                    !text.contains(f.as_str()),
+                    "{} mentions {f}",
+                    file.display()
+                );
+            }
+        }
+    }
+}

@@ -906,4 +906,43 @@ mod tests {
         }
         assert_eq!(p.delay_out(), 96);
     }
+
+    /// Which engine is cheaper per 10 ms block (what `Session` feeds):
+    /// `cargo test --release --lib engine_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing, prints a table"]
+    fn engine_cost_per_10ms_block() {
+        for (from, to) in [
+            (8000u32, 48000u32),
+            (48000, 8000),
+            (8000, 16000),
+            (16000, 8000),
+        ] {
+            let input = sine(1000.0, from, from as usize, 8000.0);
+            let block = from as usize / 100;
+            let mut fft = Resampler::new(from, to, 10).unwrap();
+            let mut poly = Polyphase::new(from, to);
+            let f32_in: Vec<f32> = input.iter().map(|&s| f32::from(s)).collect();
+            let mut out = Vec::new();
+            let mut fout = vec![0.0f32; to as usize / 100];
+            let rounds = 20;
+            let t = std::time::Instant::now();
+            for _ in 0..rounds {
+                for b in input.chunks_exact(block) {
+                    out.clear();
+                    fft.process(b, &mut out).unwrap();
+                }
+            }
+            let per_fft = t.elapsed() / (rounds * 100);
+            let t = std::time::Instant::now();
+            for _ in 0..rounds {
+                for b in f32_in.chunks_exact(block) {
+                    poly.process(b, &mut fout);
+                    std::hint::black_box(&fout);
+                }
+            }
+            let per_poly = t.elapsed() / (rounds * 100);
+            eprintln!("{from}->{to}: FFT {per_fft:?}, polyphase {per_poly:?} per 10 ms block");
+        }
+    }
 }
