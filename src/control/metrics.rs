@@ -73,6 +73,9 @@ pub const TURN_STAGES: &[&str] = &["asr", "llm_first_token", "tts_first_byte", "
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets between scrapes.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The process's Prometheus handle: the recorder is built and installed as
 /// the global `metrics` recorder on first use. Several servers in one
 /// process (tests) share it; if another recorder was installed first, ours
@@ -92,6 +95,19 @@ pub fn handle() -> &'static PrometheusHandle {
             );
         }
         describe();
+        // Histogram samples wait in the recorder until drained; without a
+        // scraper they would pile up (two per call per second), so drain
+        // them into the buckets on a clock of our own.
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no metrics upkeep thread: histograms drain only when scraped");
+        }
         handle
     })
 }
