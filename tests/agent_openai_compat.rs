@@ -9,6 +9,8 @@
 mod common;
 #[path = "common/pipeline.rs"]
 mod pipeline;
+#[path = "common/prom.rs"]
+mod prom;
 
 use std::time::Duration;
 
@@ -216,6 +218,30 @@ fn caller_speech_is_transcribed_answered_sentence_by_sentence_and_heard() {
         );
     }
     assert!(info["last_agent_error"].is_null(), "{info}");
+
+    // /metrics: the turn-latency histogram holds both turns at every stage,
+    // and its total matches the turns the API shows.
+    let (code, body) = common::http_get(server.api_port, "/metrics").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let m = prom::Scrape::parse(&body);
+    for stage in ["asr", "llm_first_token", "tts_first_byte", "total"] {
+        assert_eq!(
+            m.value("agentline_turn_latency_seconds_count", &[("stage", stage)]),
+            Some(2.0),
+            "turn latency samples for {stage}:\n{body}"
+        );
+    }
+    let total_s: f64 = turns
+        .iter()
+        .map(|t| t["total_ms"].as_u64().unwrap() as f64 / 1000.0)
+        .sum();
+    let sum = m
+        .value("agentline_turn_latency_seconds_sum", &[("stage", "total")])
+        .unwrap();
+    assert!(
+        (sum - total_s).abs() < 0.001,
+        "{sum} s vs {total_s} s: {body}"
+    );
 }
 
 /// The TTS answers 500: the turn is an error, the call goes on, and after

@@ -49,6 +49,15 @@ impl CircuitBreakers {
             .is_none_or(|until| now >= until)
     }
 
+    /// Each provider seen so far and whether its breaker is open now
+    /// (for `/metrics`).
+    pub fn open_now(&self, now: Instant) -> Vec<(String, bool)> {
+        self.lock()
+            .iter()
+            .map(|(k, b)| (k.clone(), b.open_until.is_some_and(|until| now < until)))
+            .collect()
+    }
+
     /// Records an attempt's outcome: a success closes the breaker, the
     /// [`TRIP_AFTER`]th failure in a row opens it for [`OPEN_FOR`].
     pub fn record(&self, key: &str, ok: bool, now: Instant) {

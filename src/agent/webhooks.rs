@@ -131,6 +131,7 @@ impl Webhooks {
         tokio::spawn(async move {
             if let Err(e) = this.post(body).await {
                 tracing::warn!(event = %kind, error = %e, "webhook not delivered");
+                metrics::counter!("agentline_webhook_failures_total").increment(1);
             }
         });
     }
@@ -144,10 +145,12 @@ impl Webhooks {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "call_initiated webhook failed");
+                metrics::counter!("agentline_webhook_failures_total").increment(1);
                 None
             }
             Err(_) => {
                 tracing::warn!("call_initiated webhook timed out");
+                metrics::counter!("agentline_webhook_failures_total").increment(1);
                 None
             }
         }

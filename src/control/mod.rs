@@ -1,6 +1,7 @@
 //! HTTP control API: `GET /health`, `GET /calls`, `GET /calls/{id}`.
 
 pub mod ami;
+pub mod metrics;
 
 use std::net::SocketAddr;
 
@@ -19,8 +20,11 @@ pub struct ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
+    // Installs the metrics recorder before the first call is counted.
+    metrics::handle();
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics::scrape))
         .route("/calls", get(calls).post(originate))
         .route("/trunks", get(trunks))
         .route("/calls/{id}", get(call))

@@ -16,6 +16,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use rsipstack::dialog::dialog::TransactionHandle;
 
+use super::call_metrics;
 use super::core::{
     Action, Ambient, CallCore, CallEvent, CoreConfig, DialogInput, EndReason, MediaStart,
     RequestError, SipAction, TxId,
@@ -192,6 +193,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
             if let Some(hp) = remote_contact {
                 shared.nat.forget(&hp);
             }
+            call_metrics::call_ended(&shared.calls, &id, "inbound", &end);
             shared.calls.end(&id, Some(&end.to_string()));
         }
         .instrument(span),
@@ -516,7 +518,10 @@ impl Driver {
         let calls = &self.shared.calls;
         let id = &self.id;
         match ev {
-            CallEvent::Answering => calls.update(id, |c| c.state = CallState::Answering),
+            CallEvent::Answering => {
+                call_metrics::setup_done(calls, id, "inbound");
+                calls.update(id, |c| c.state = CallState::Answering)
+            }
             CallEvent::Answered {
                 codec,
                 remote_rtp,
@@ -534,7 +539,10 @@ impl Driver {
                 );
             }
             CallEvent::Srtp(suite) => calls.update(id, |c| c.srtp = suite.map(str::to_string)),
-            CallEvent::Agent(ev) => self.on_agent_event(ev),
+            CallEvent::Agent(ev) => {
+                call_metrics::agent_event(&ev);
+                self.on_agent_event(ev)
+            }
             CallEvent::AgentKind(kind) => calls.update(id, |c| c.agent = kind.to_string()),
             CallEvent::Dtmf(digit) => {
                 self.webhook(
@@ -558,12 +566,15 @@ impl Driver {
                 c.on_hold = held;
             }),
             CallEvent::Transfer(t) => calls.update(id, |c| c.transfer = Some(t)),
-            CallEvent::Stats(s) => calls.update(id, |c| {
-                c.srtp_rejected = s.srtp_rejected;
-                c.media = s.media;
-                c.jitter = Some(s.jitter);
-                c.quality = Some(s.quality);
-            }),
+            CallEvent::Stats(s) => {
+                call_metrics::stats_tick(calls, id, &s, true);
+                calls.update(id, |c| {
+                    c.srtp_rejected = s.srtp_rejected;
+                    c.media = s.media;
+                    c.jitter = Some(s.jitter);
+                    c.quality = Some(s.quality);
+                })
+            }
         }
     }
 
@@ -645,6 +656,7 @@ impl Driver {
     /// The end-of-call log lines and the `call_ended` webhook.
     fn summarize(&self, end: &EndReason) {
         if let Some(st) = self.core.stats() {
+            call_metrics::media_ended(&self.shared.calls, &self.id, &st);
             let (s, q) = (&st.media, &st.quality);
             info!(
                 rx = s.rx_packets,
@@ -1168,6 +1180,7 @@ pub fn originate_leg(
                         .and_then(|s| sdp::accept_answer(&s, &caps).map_err(|e| e.to_string()));
                     match neg {
                         Ok(neg) => {
+                            call_metrics::setup_done(&shared.calls, &id, "outbound");
                             if let Some(p) = &parent {
                                 shared.calls.command(
                                     p,
@@ -1231,6 +1244,7 @@ pub fn originate_leg(
                     .command(p, crate::calls::CallCommand::BridgeFailed(end.to_string()));
             }
             shared.dialogs.remove_dialog(&dialog.id());
+            call_metrics::call_ended(&shared.calls, &id, "outbound", &end);
             shared.calls.end(&id, Some(&end.to_string()));
         }
         .instrument(span),

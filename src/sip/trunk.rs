@@ -271,6 +271,7 @@ pub fn spawn_registration(
                     Some(e) => Err(rsipstack::Error::Error(e)),
                     None => reg.register(uri.clone(), Some(expires)).await,
                 };
+                let failures_before = failures;
                 let wait = match result {
                     Ok(resp) if resp.status_code.kind() == rsipstack::sip::StatusCodeKind::Successful => {
                         failures = 0;
@@ -337,6 +338,11 @@ pub fn spawn_registration(
                         wait
                     }
                 };
+                if failures > failures_before {
+                    metrics::counter!("agentline_trunk_registration_failures_total",
+                        "trunk" => t.name.clone())
+                    .increment(1);
+                }
                 let wait_ms = wait.as_millis() as u64;
                 trunks.update(&t.name, |s| s.next_attempt_in_ms = Some(wait_ms));
                 let until = Instant::now() + wait;
