@@ -548,10 +548,9 @@ fn refused_refer_falls_back_to_a_bridge_through_the_trunk() {
     };
     let dir = tempfile::tempdir().unwrap();
     start_echo_uas(&sipp, kam.uas, &dir.path().join("uas.log"));
-    // Callers from 127.0.0.1 reach `echo` without a challenge.
-    let profile = profile(kam.port, "trunkpass")
-        .replace("[sip]\n", "[sip]\ntrusted = [\"127.0.0.1/32\"]\n")
-        + "[[routes]]\ndial = \"echo\"\nagent = { kind = \"echo\" }\n";
+    // Callers from 127.0.0.1 reach `echo` (in OUTBOUND_ROUTES) without a challenge.
+    let profile =
+        profile(kam.port, "trunkpass").replace("[sip]\n", "[sip]\ntrusted = [\"127.0.0.1/32\"]\n");
     let server = Server::start(&profile);
     let t = wait_trunk(&server, Duration::from_secs(10), |t| {
         t["state"] == "registered"
