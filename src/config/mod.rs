@@ -426,6 +426,52 @@ mod tests {
     }
 
     #[test]
+    fn api_token_is_read_trimmed_and_compared_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "  abc123\n").unwrap();
+        let ov = Overrides {
+            config_root: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        let cfg = Config::parse(
+            "[api]\nlisten = \"0.0.0.0:8080\"\ntoken_file = \"token\"\n",
+            "x",
+            &ov,
+        )
+        .unwrap();
+        let t = cfg.api_token.unwrap();
+        assert!(t.matches(b"abc123"));
+        for wrong in [&b"abc12"[..], b"abc1234", b" abc123", b"", b"ABC123"] {
+            assert!(!t.matches(wrong), "{wrong:?}");
+        }
+        assert_eq!(format!("{t:?}"), "ApiToken(..)", "never printed");
+    }
+
+    #[test]
+    fn api_beyond_loopback_needs_a_token() {
+        let e = parse("[api]\nlisten = \"0.0.0.0:8080\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key `api.listen`: 0.0.0.0:8080 is reachable from other hosts"),
+            "{e}"
+        );
+        let ov = Overrides {
+            api_listen: Some("192.0.2.1:8080".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(Config::parse("", "x", &ov).is_err(), "the flag too");
+        for local in ["127.0.0.1:8080", "[::1]:8080"] {
+            let cfg = parse(&format!("[api]\nlisten = \"{local}\"\n")).unwrap();
+            assert!(cfg.api_token.is_none());
+        }
+        let e = parse("[api]\ntoken_env = \"A\"\ntoken_file = \"b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
     fn trusted_networks_match_sources() {
         let cfg = parse("[sip]\ntrusted = [\"10.0.0.0/8\", \"192.0.2.7\"]\n").unwrap();
         assert!(cfg.is_trusted("10.1.2.3".parse().unwrap()));
