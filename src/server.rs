@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::calls::CallRegistry;
-use crate::config::{resolve_credentials, trunk_password, Config, ConfigError};
+use crate::config::{prepare_credentials, store_generated, trunk_password, Config, ConfigError};
 use crate::control::{self, ApiState};
 use crate::sip::server::{self as sip_server, SipError};
 
@@ -28,7 +28,26 @@ pub enum ServerError {
 /// calls, hangs up the active ones, waits for them (up to the configured
 /// grace) and returns.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
-    let (creds, fresh) = resolve_credentials(&cfg)?;
+    // Generated passwords are stored and shown only once every listener is
+    // bound: a start that fails (a busy port) must not announce passwords
+    // the running server does not know.
+    let (creds, fresh) = prepare_credentials(&cfg)?;
+    let trunk_passwords = (0..cfg.trunks.len())
+        .map(|i| trunk_password(&cfg, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let api_listener = control::bind(cfg.api_listen)
+        .await
+        .map_err(|source| ServerError::Api {
+            addr: cfg.api_listen,
+            source,
+        })?;
+    let cfg = Arc::new(cfg);
+    let calls = CallRegistry::default();
+    let sip = sip_server::start(cfg.clone(), &creds, trunk_passwords, calls.clone()).await?;
+    if let Err(e) = store_generated(&cfg, &fresh) {
+        sip.stop.cancel();
+        return Err(e.into());
+    }
     for c in &fresh {
         // Printed once, on the start that generated it.
         info!(
@@ -38,29 +57,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
             "generated a password for local user (shown only this once)"
         );
     }
-    let trunk_passwords = (0..cfg.trunks.len())
-        .map(|i| trunk_password(&cfg, i))
-        .collect::<Result<Vec<_>, _>>()?;
-    let cfg = Arc::new(cfg);
-    let calls = CallRegistry::default();
-    let sip = sip_server::start(cfg.clone(), &creds, trunk_passwords, calls.clone()).await?;
     let api_stop = CancellationToken::new();
-    let api = control::serve(
-        cfg.api_listen,
+    let api_task = tokio::spawn(control::serve_on(
+        api_listener,
         ApiState { sip: sip.clone() },
         api_stop.clone(),
-    )
-    .await
-    .map_err(|source| ServerError::Api {
-        addr: cfg.api_listen,
-        source,
-    })?;
-    let api_task = tokio::spawn(api);
+    ));
     info!(
         profile = %cfg.origin,
         users = creds.len(),
         routes = cfg.routes.len(),
         rtp = %cfg.rtp_ports,
+        api_token = cfg.api_token.is_some(),
         "agentline ready"
     );
 

@@ -118,3 +118,134 @@ fn json_log_format_writes_one_json_object_per_line() {
         assert!(v.get("level").is_some(), "{l}");
     }
 }
+
+#[test]
+fn check_config_refuses_a_tls_listener_whose_certificate_is_missing_or_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.crt");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let gen = agentline()
+        .args(["gen-cert", "--dir"])
+        .arg(dir.path().join("certs"))
+        .args(["--name", "localhost"])
+        .output()
+        .unwrap();
+    assert!(gen.status.success());
+    let cert = dir.path().join("certs/agentline.crt");
+    let key = dir.path().join("certs/agentline.key");
+    let listen = "[sip]\nlisten = [\"tls:127.0.0.1:5061\"]\n";
+    let cases = [
+        (
+            format!(
+                "{listen}tls_cert = \"/nonexistent/agentline.crt\"\ntls_key = \"{}\"\n",
+                key.display()
+            ),
+            Some(("sip.tls_cert", "/nonexistent/agentline.crt")),
+        ),
+        (
+            format!(
+                "{listen}tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                junk.display(),
+                key.display()
+            ),
+            Some(("sip.tls_cert", "expected a PEM certificate")),
+        ),
+        (
+            format!(
+                "{listen}tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                cert.display(),
+                cert.display()
+            ),
+            Some(("sip.tls_key", "expected a PEM private key")),
+        ),
+        (
+            format!(
+                "{listen}tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                cert.display(),
+                key.display()
+            ),
+            None,
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let p = dir.path().join(format!("p{i}.toml"));
+        std::fs::write(&p, text).unwrap();
+        let out = agentline()
+            .args(["check-config", "--profile"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        match want {
+            Some((key, detail)) => {
+                assert_eq!(out.status.code(), Some(1), "case {i}: {err}");
+                assert!(
+                    err.contains(key) && err.contains(detail),
+                    "case {i}: expected `{key}` and `{detail}` in: {err}"
+                );
+            }
+            None => assert!(out.status.success(), "case {i}: {err}"),
+        }
+    }
+}
+
+/// A start that fails on a busy port (SIP or API) exits non-zero and
+/// neither stores nor prints a generated password: the next start that
+/// works generates and shows the one it uses.
+#[test]
+fn a_busy_port_stops_the_start_without_announcing_a_password() {
+    let sip_taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sip_busy = sip_taken.local_addr().unwrap().port();
+    let api_taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api_busy = api_taken.local_addr().unwrap().port();
+    let (rtp_a, rtp_b) = common::free_rtp_range(10);
+    let cases = [
+        (sip_busy, common::free_port(), "SIP listener"),
+        (common::free_port(), api_busy, "HTTP API"),
+    ];
+    for (sip, api, what) in cases {
+        let state = tempfile::tempdir().unwrap();
+        let mut child = agentline()
+            .arg("run")
+            .args(["--sip-listen", &format!("udp:127.0.0.1:{sip}")])
+            .args(["--api-listen", &format!("127.0.0.1:{api}")])
+            .args(["--rtp-ports", &format!("{rtp_a}-{rtp_b}")])
+            .arg("--state-dir")
+            .arg(state.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what}: agentline still runs on a busy port");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        use std::io::Read;
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains(what), "{what}: the error names it: {err}");
+        assert!(
+            !err.contains("generated a password") && !err.contains("password="),
+            "{what}: no password announced: {err}"
+        );
+        assert!(
+            !state.path().join("credentials/1000").exists(),
+            "{what}: no password stored"
+        );
+    }
+    drop((sip_taken, api_taken));
+}

@@ -128,6 +128,17 @@ impl Drop for Kamailio {
     }
 }
 
+/// Routes `POST /calls` names: the agent of an outbound call is the
+/// profile's, chosen by route.
+const OUTBOUND_ROUTES: &str = r#"
+[[routes]]
+dial = "demo"
+agent = { kind = "demo" }
+[[routes]]
+dial = "echo"
+agent = { kind = "echo" }
+"#;
+
 fn profile(kam_port: u16, password: &str) -> String {
     format!(
         r#"
@@ -142,7 +153,7 @@ expires = 10
 [[routes]]
 did = "trunkuser"
 agent = {{ kind = "echo" }}
-"#
+{OUTBOUND_ROUTES}"#
     )
 }
 
@@ -233,9 +244,10 @@ fn wait_trunk(
     }
 }
 
-/// `POST /calls` through the `carrier` trunk; returns the call id (202).
-fn place_call(server: &Server, to: &str, agent: &str) -> String {
-    let req = format!(r#"{{"trunk":"carrier","to":"{to}","agent":{{"kind":"{agent}"}}}}"#);
+/// `POST /calls` through the `carrier` trunk, answered by the profile's
+/// route `route` (see [`OUTBOUND_ROUTES`]); returns the call id (202).
+fn place_call(server: &Server, to: &str, route: &str) -> String {
+    let req = format!(r#"{{"trunk":"carrier","to":"{to}","route":"{route}"}}"#);
     let (code, body) = common::http_post(server.api_port, "/calls", &req).unwrap();
     assert_eq!(code, 202, "{body}");
     serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
@@ -379,7 +391,7 @@ fn outbound_call_answers_the_407_and_reaches_the_uas() {
     let (code, body) = common::http_post(
         server.api_port,
         "/calls",
-        r#"{"trunk":"nope","to":"echo","agent":{"kind":"demo"}}"#,
+        r#"{"trunk":"nope","to":"echo","route":"demo"}"#,
     )
     .unwrap();
     assert_eq!(code, 404, "unknown trunk: {body}");
@@ -536,10 +548,9 @@ fn refused_refer_falls_back_to_a_bridge_through_the_trunk() {
     };
     let dir = tempfile::tempdir().unwrap();
     start_echo_uas(&sipp, kam.uas, &dir.path().join("uas.log"));
-    // Callers from 127.0.0.1 reach `echo` without a challenge.
-    let profile = profile(kam.port, "trunkpass")
-        .replace("[sip]\n", "[sip]\ntrusted = [\"127.0.0.1/32\"]\n")
-        + "[[routes]]\ndial = \"echo\"\nagent = { kind = \"echo\" }\n";
+    // Callers from 127.0.0.1 reach `echo` (in OUTBOUND_ROUTES) without a challenge.
+    let profile =
+        profile(kam.port, "trunkpass").replace("[sip]\n", "[sip]\ntrusted = [\"127.0.0.1/32\"]\n");
     let server = Server::start(&profile);
     let t = wait_trunk(&server, Duration::from_secs(10), |t| {
         t["state"] == "registered"
@@ -653,7 +664,7 @@ fn outbound_call_follows_a_302_redirect() {
     let _ = r.wait();
     // An IP-authenticated trunk (no registration) to the redirecting provider.
     let server = Server::start(&format!(
-        "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.1:{redirector}\"\nregister = false\n"
+        "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.1:{redirector}\"\nregister = false\n{OUTBOUND_ROUTES}"
     ));
     let id = place_call(&server, "echo", "demo");
     let call = wait_call(&server, &id, |c| {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod agents;
+mod pem;
 mod routes;
 mod rtp;
 mod service;
@@ -22,12 +23,16 @@ mod users;
 mod webhooks;
 
 pub use agents::{AgentConfig, AgentConfigError, HttpTool};
+pub use pem::{read_pem, PemError, PemKind};
 pub use routes::RouteConfig;
 pub use rtp::{PortRange, PortRangeError};
-pub use service::{LogFormat, LogFormatError};
+pub use service::{ApiToken, LogFormat, LogFormatError};
 pub use sip::{DigestAlgorithm, ListenAddr, ListenAddrError, SipTransport, UnsupportedAlgorithm};
 pub use trunks::{trunk_password, TrunkConfig};
-pub use users::{resolve_credentials, Credential, PasswordSource, UserConfig};
+pub use users::{
+    prepare_credentials, resolve_credentials, store_generated, Credential, PasswordSource,
+    UserConfig,
+};
 pub use webhooks::WebhookConfig;
 
 /// The profile shipped in the binary, used when no `--profile` is given.
@@ -106,6 +111,9 @@ pub struct Config {
     /// Keep RTP flowing (silence) while the agent is quiet.
     pub rtp_send_silence: bool,
     pub api_listen: SocketAddr,
+    /// `Authorization: Bearer` token the API asks for (required when
+    /// `api_listen` is not a loopback address).
+    pub api_token: Option<ApiToken>,
     pub log_format: LogFormat,
     pub state_dir: PathBuf,
     /// Certificate chain and key (PEM) for `tls:` listeners.
@@ -173,6 +181,28 @@ impl Ctx<'_> {
     }
 }
 
+/// The PEM files the listeners and trunks will load: a `tls:` listener needs
+/// `sip.tls_cert` and `sip.tls_key`, a TLS trunk `sip.tls_ca`. Read now so
+/// `check-config` fails where `run` would.
+fn check_tls_files(
+    sip: &sip::SipSection,
+    trunks: &[TrunkConfig],
+    cx: &Ctx,
+) -> Result<(), ConfigError> {
+    let mut files = Vec::new();
+    if sip.listen.iter().any(|l| l.transport == SipTransport::Tls) {
+        files.push(("sip.tls_cert", &sip.tls_cert, PemKind::Certificate));
+        files.push(("sip.tls_key", &sip.tls_key, PemKind::PrivateKey));
+    }
+    if trunks.iter().any(|t| t.transport == SipTransport::Tls) {
+        files.push(("sip.tls_ca", &sip.tls_ca, PemKind::Certificate));
+    }
+    for (key, path, kind) in files {
+        read_pem(path, kind).map_err(|e| cx.invalid(key, e))?;
+    }
+    Ok(())
+}
+
 /// A network (`192.0.2.0/24`) or a single address, as one network.
 fn ip_net(s: &str) -> Option<ipnet::IpNet> {
     s.parse::<ipnet::IpNet>()
@@ -212,13 +242,14 @@ impl Config {
         };
         let sip = raw.sip.validate(&ov.sip_listen, &cx)?;
         let rtp = raw.rtp.validate(ov.rtp_ports, &cx)?;
-        let api_listen = raw.api.validate(ov.api_listen, &cx)?;
+        let api = raw.api.validate(ov.api_listen, &cx)?;
         let log_format = raw.log.validate(ov.log_format, &cx)?;
         let state_dir = raw.state.resolve(ov.state_dir.clone());
         let users = users::validate(raw.users, &cx)?;
         let routes = routes::validate(raw.routes, &cx)?;
         let trunks = trunks::validate(raw.trunks, &cx)?;
         let webhooks = raw.webhooks.map(|w| w.validate(&cx)).transpose()?;
+        check_tls_files(&sip, &trunks, &cx)?;
         Ok(Config {
             origin: origin.to_string(),
             sip_listen: sip.listen,
@@ -241,7 +272,8 @@ impl Config {
             jitter_min_ms: rtp.jitter_min_ms,
             jitter_max_ms: rtp.jitter_max_ms,
             rtp_send_silence: rtp.send_silence,
-            api_listen,
+            api_listen: api.listen,
+            api_token: api.token,
             log_format,
             state_dir,
             tls_cert: sip.tls_cert,
@@ -391,6 +423,52 @@ mod tests {
             }
         );
         assert_eq!(cfg.api_listen.port(), 9999);
+    }
+
+    #[test]
+    fn api_token_is_read_trimmed_and_compared_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "  abc123\n").unwrap();
+        let ov = Overrides {
+            config_root: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        let cfg = Config::parse(
+            "[api]\nlisten = \"0.0.0.0:8080\"\ntoken_file = \"token\"\n",
+            "x",
+            &ov,
+        )
+        .unwrap();
+        let t = cfg.api_token.unwrap();
+        assert!(t.matches(b"abc123"));
+        for wrong in [&b"abc12"[..], b"abc1234", b" abc123", b"", b"ABC123"] {
+            assert!(!t.matches(wrong), "{wrong:?}");
+        }
+        assert_eq!(format!("{t:?}"), "ApiToken(..)", "never printed");
+    }
+
+    #[test]
+    fn api_beyond_loopback_needs_a_token() {
+        let e = parse("[api]\nlisten = \"0.0.0.0:8080\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key `api.listen`: 0.0.0.0:8080 is reachable from other hosts"),
+            "{e}"
+        );
+        let ov = Overrides {
+            api_listen: Some("192.0.2.1:8080".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(Config::parse("", "x", &ov).is_err(), "the flag too");
+        for local in ["127.0.0.1:8080", "[::1]:8080"] {
+            let cfg = parse(&format!("[api]\nlisten = \"{local}\"\n")).unwrap();
+            assert!(cfg.api_token.is_none());
+        }
+        let e = parse("[api]\ntoken_env = \"A\"\ntoken_file = \"b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not both"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `[api]`, `[log]` and `[state]`: the process around the SIP side - the
-//! HTTP API's address, the log format, where generated secrets are kept.
+//! HTTP API's address and its bearer token, the log format, where generated
+//! secrets are kept.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +37,39 @@ impl FromStr for LogFormat {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawApi {
     listen: Option<String>,
+    /// The environment variable holding the API's bearer token.
+    token_env: Option<String>,
+    /// A file holding it (read at start, whitespace trimmed).
+    token_file: Option<PathBuf>,
+}
+
+/// The bearer token every API route but `/health` and `/metrics` needs.
+#[derive(Clone)]
+pub struct ApiToken(String);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.write_str("ApiToken(..)")
+    }
+}
+
+impl ApiToken {
+    /// Whether `presented` is the token, in time that depends on neither
+    /// (both are hashed first, so not even the length leaks).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        let want = Sha256::digest(self.0.as_bytes());
+        let got = Sha256::digest(presented);
+        want.ct_eq(&got).into()
+    }
+}
+
+/// `[api]`, validated.
+pub(super) struct Api {
+    pub(super) listen: SocketAddr,
+    pub(super) token: Option<ApiToken>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -51,18 +85,58 @@ pub(super) struct RawState {
 }
 
 impl RawApi {
-    /// The flag's address, else the profile's, else 127.0.0.1:8080.
-    pub(super) fn validate(
-        self,
-        cli: Option<SocketAddr>,
-        cx: &Ctx,
-    ) -> Result<SocketAddr, ConfigError> {
-        if let Some(a) = cli {
-            return Ok(a);
+    /// The address (the flag's, else the profile's, else 127.0.0.1:8080)
+    /// and the token, read now. Refuses an address other hosts can reach
+    /// without a token.
+    pub(super) fn validate(self, cli: Option<SocketAddr>, cx: &Ctx) -> Result<Api, ConfigError> {
+        let listen = match cli {
+            Some(a) => a,
+            None => {
+                let s = self.listen.as_deref().unwrap_or("127.0.0.1:8080");
+                s.parse()
+                    .map_err(|_| cx.invalid("api.listen", format!("expected IP:PORT, got `{s}`")))?
+            }
+        };
+        let token = match (self.token_env, self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(cx.invalid(
+                    "api.token_env",
+                    "give either token_env or token_file, not both",
+                ))
+            }
+            (Some(var), None) => match std::env::var(&var) {
+                Ok(v) if !v.trim().is_empty() => Some(ApiToken(v.trim().to_string())),
+                _ => {
+                    return Err(cx.invalid(
+                        "api.token_env",
+                        format!("environment variable `{var}` is not set or empty"),
+                    ))
+                }
+            },
+            (None, Some(f)) => {
+                let path = cx.path(Some(f), "");
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    cx.invalid("api.token_file", format!("{}: {e}", path.display()))
+                })?;
+                if text.trim().is_empty() {
+                    return Err(
+                        cx.invalid("api.token_file", format!("{} is empty", path.display()))
+                    );
+                }
+                Some(ApiToken(text.trim().to_string()))
+            }
+            (None, None) => None,
+        };
+        if token.is_none() && !listen.ip().is_loopback() {
+            return Err(cx.invalid(
+                "api.listen",
+                format!(
+                    "{listen} is reachable from other hosts and the API has no token: \
+                     set api.token_env or api.token_file, or listen on 127.0.0.1"
+                ),
+            ));
         }
-        let s = self.listen.as_deref().unwrap_or("127.0.0.1:8080");
-        s.parse()
-            .map_err(|_| cx.invalid("api.listen", format!("expected IP:PORT, got `{s}`")))
+        Ok(Api { listen, token })
     }
 }
 

@@ -105,6 +105,19 @@ impl fmt::Debug for Credential {
 pub fn resolve_credentials(
     cfg: &Config,
 ) -> Result<(Vec<Credential>, Vec<Credential>), ConfigError> {
+    let (all, fresh) = prepare_credentials(cfg)?;
+    store_generated(cfg, &fresh)?;
+    Ok((all, fresh))
+}
+
+/// [`resolve_credentials`] without writing anything: the passwords
+/// generated now (the second list) are only kept in memory until
+/// [`store_generated`]. The server stores and announces them once its
+/// listeners are bound, so a start that fails (a busy port) leaves no
+/// password behind that nobody was told.
+pub fn prepare_credentials(
+    cfg: &Config,
+) -> Result<(Vec<Credential>, Vec<Credential>), ConfigError> {
     let mut out = Vec::new();
     let mut fresh = Vec::new();
     for (i, u) in cfg.users.iter().enumerate() {
@@ -121,13 +134,11 @@ pub fn resolve_credentials(
                 }
             },
             PasswordSource::Generated => {
-                let dir = cfg.state_dir.join("credentials");
-                let path = dir.join(&u.name);
+                let path = cfg.state_dir.join("credentials").join(&u.name);
                 match std::fs::read_to_string(&path) {
                     Ok(p) if !p.trim().is_empty() => p.trim().to_string(),
                     _ => {
                         let p = generate_password();
-                        write_secret(&dir, &path, &p)?;
                         fresh.push(Credential {
                             name: u.name.clone(),
                             password: p.clone(),
@@ -143,6 +154,15 @@ pub fn resolve_credentials(
         });
     }
     Ok((out, fresh))
+}
+
+/// Writes generated passwords to `<state dir>/credentials/<user>` (0600).
+pub fn store_generated(cfg: &Config, fresh: &[Credential]) -> Result<(), ConfigError> {
+    let dir = cfg.state_dir.join("credentials");
+    for c in fresh {
+        write_secret(&dir, &dir.join(&c.name), &c.password)?;
+    }
+    Ok(())
 }
 
 fn generate_password() -> String {

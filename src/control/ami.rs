@@ -131,12 +131,19 @@ async fn setvar(
 /// `{"channel","exten","context","priority","callerid"}`: an outbound call.
 /// `channel` names the number and trunk as `PJSIP/<number>@<trunk>`,
 /// `SIP/<trunk>/<number>` or `<trunk>/<number>`; `exten` is the route
-/// (`dial`) whose agent takes the call once answered.
+/// (`dial`) whose agent (with its fallbacks and options) takes the call
+/// once answered. Only the profile's routes: no agent from the request.
 async fn originate(
     State(s): State<ApiState>,
     b: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Reply, Reply> {
     let v = body(b)?;
+    if v.get("agent").is_some() {
+        return Err(msg(
+            StatusCode::BAD_REQUEST,
+            "`agent` is not accepted: `exten` names the profile's route whose agent takes the call",
+        ));
+    }
     let channel = str_field(&v, "channel")?;
     let exten = str_field(&v, "exten")?;
     let (trunk, number) = parse_channel(channel).ok_or_else(|| {
@@ -161,7 +168,7 @@ async fn originate(
         trunk,
         to: number,
         from: caller,
-        agent: route.agent.clone(),
+        route: route.clone(),
         ring_timeout_s: None,
     };
     match crate::sip::call::originate(s.sip.shared.clone(), req) {

@@ -1,6 +1,7 @@
 //! HTTP control API: `GET /health`, `GET /calls`, `GET /calls/{id}`.
 
 pub mod ami;
+mod auth;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -32,6 +33,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/calls/{id}/dtmf", post(dtmf))
         .route("/calls/{id}/transfer", post(transfer))
         .merge(ami::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
         .with_state(state)
 }
 
@@ -69,24 +74,62 @@ async fn call(State(s): State<ApiState>, Path(id): Path<String>) -> impl IntoRes
     }
 }
 
+/// `POST /calls`: the call to place. The agent is the profile's, named by
+/// its route: a request never describes one (URLs, environment variables and
+/// files stay the profile's).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OriginateBody {
+    trunk: String,
+    to: String,
+    /// A route's `dial` (or `did`): its agent, fallbacks and options answer.
+    route: String,
+    from: Option<String>,
+    ring_timeout_s: Option<u64>,
+}
+
+const ORIGINATE_SHAPE: &str = r#"expected {"trunk", "to", "route": "<a route's dial from the profile>", "from"?, "ring_timeout_s"?}"#;
+
+fn bad_request(error: String) -> (StatusCode, Json<serde_json::Value>) {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": error })))
+}
+
 /// Places an outbound call through a trunk: 202 with the call's id.
 async fn originate(
     State(s): State<ApiState>,
-    body: Result<Json<crate::sip::call::Originate>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
 ) -> impl IntoResponse {
     use crate::sip::call::OriginateError as E;
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(
-                    json!({"error": format!("expected {{\"trunk\",\"to\",\"agent\":{{\"kind\":..}}}}: {e}")}),
-                ),
-            )
-        }
+    let v = match body {
+        Ok(Json(v)) => v,
+        Err(e) => return bad_request(format!("{ORIGINATE_SHAPE}: {e}")),
     };
-    match crate::sip::call::originate(s.sip.shared.clone(), req) {
+    if v.get("agent").is_some() {
+        return bad_request(
+            "`agent` is not accepted: name a route from the profile with \"route\": \"<dial>\" \
+             (its agent, fallbacks and options take the call)"
+                .into(),
+        );
+    }
+    let req: OriginateBody = match serde_json::from_value(v) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("{ORIGINATE_SHAPE}: {e}")),
+    };
+    let cfg = &s.sip.shared.cfg;
+    let Some(route) = cfg.route(&req.route).or_else(|| cfg.did_route(&req.route)) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no route `{}` in the profile", req.route)})),
+        );
+    };
+    let call = crate::sip::call::Originate {
+        trunk: req.trunk,
+        to: req.to,
+        from: req.from,
+        route: route.clone(),
+        ring_timeout_s: req.ring_timeout_s,
+    };
+    match crate::sip::call::originate(s.sip.shared.clone(), call) {
         Ok(id) => (StatusCode::ACCEPTED, Json(json!({"id": id}))),
         Err(e) => {
             let code = match e {
@@ -240,11 +283,25 @@ pub async fn serve(
     state: ApiState,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
+    let listener = bind(addr).await?;
+    Ok(serve_on(listener, state, stop))
+}
+
+/// Binds the API's address (before the SIP side starts, so a busy port
+/// stops the start before anything registers or is announced).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "HTTP API listening");
-    Ok(async move {
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    })
+    Ok(listener)
+}
+
+/// Serves the API on a bound listener until `stop`.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
 }

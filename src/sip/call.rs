@@ -462,9 +462,9 @@ impl Driver {
             Action::PlaceBridgeLeg { trunk, to, agent } => {
                 let leg = Originate {
                     trunk,
+                    route: RouteConfig::simple(to.clone(), crate::config::AgentConfig::Echo),
                     to,
                     from: None,
-                    agent: crate::config::AgentConfig::Echo,
                     ring_timeout_s: Some(60),
                 };
                 let r = originate_leg(
@@ -949,16 +949,18 @@ pub fn dtmf_from_info(req: &rsipstack::sip::Request) -> Option<char> {
     "0123456789*#ABCD".contains(c).then_some(c)
 }
 
-/// An outbound call to place through a trunk (`POST /calls`).
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+/// An outbound call to place through a trunk (`POST /calls`, AMI
+/// `/originate`, a bridged transfer leg).
+#[derive(Debug, Clone)]
 pub struct Originate {
     pub trunk: String,
     /// The number or user to call at the trunk.
     pub to: String,
     /// Our user part in From (default: the trunk's username).
     pub from: Option<String>,
-    pub agent: crate::config::AgentConfig,
+    /// The profile's route whose agent, fallbacks and options take the call
+    /// once answered (never an agent described by the request).
+    pub route: RouteConfig,
     /// Give up (CANCEL) if not answered within this (default 60 s).
     pub ring_timeout_s: Option<u64>,
 }
@@ -1101,7 +1103,7 @@ pub fn originate_leg(
         if agent_override.is_some() {
             "bridge".to_string()
         } else {
-            req.agent.kind().to_string()
+            req.route.agent.kind().to_string()
         },
         ports.port,
     );
@@ -1116,7 +1118,11 @@ pub fn originate_leg(
     }
     let ring_timeout = Duration::from_secs(req.ring_timeout_s.unwrap_or(60).clamp(1, 600));
     let span = tracing::info_span!("call", call_id = %dialog.id().call_id, to = %req.to, trunk = %trunk.name);
-    let route = RouteConfig::simple(req.to.clone(), req.agent.clone());
+    // The agent's `called` (and the webhooks' `to`) is the number we call.
+    let route = RouteConfig {
+        dial: req.to.clone(),
+        ..req.route
+    };
     let call_key = id.clone();
     tokio::spawn(
         async move {

@@ -24,7 +24,7 @@ use super::registrar::{ContactUpdate, Registrar};
 use super::shared::LocatorRef;
 pub use super::shared::{reply_and_finish, sip_addr, NatLocator, Shared};
 use crate::calls::CallRegistry;
-use crate::config::{Config, Credential, SipTransport};
+use crate::config::{Config, Credential, PemKind, SipTransport};
 use crate::sdp;
 use crate::sip::ports::PortPool;
 
@@ -59,40 +59,10 @@ impl SipHandle {
     }
 }
 
-/// Reads a PEM file named by the profile, with the key in the error.
-fn read_pem(path: &std::path::Path, key: &str) -> Result<Vec<u8>, SipError> {
-    std::fs::read(path).map_err(|e| {
-        SipError::Tls(format!(
-            "{key} = {}: {e} (run `agentline gen-cert` for a self-signed development pair)",
-            path.display()
-        ))
-    })
-}
-
-/// Checks that a PEM file holds at least one certificate / a private key,
-/// so a wrong file stops the start instead of failing every handshake.
-fn check_pem(pem: &[u8], want_key: bool, path: &std::path::Path) -> Result<(), SipError> {
-    use rustls_pki_types::pem::PemObject;
-    let ok = if want_key {
-        rustls_pki_types::PrivateKeyDer::from_pem_slice(pem).is_ok()
-    } else {
-        rustls_pki_types::CertificateDer::pem_slice_iter(pem)
-            .next()
-            .is_some_and(|c| c.is_ok())
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(SipError::Tls(format!(
-            "{}: expected a PEM {}",
-            path.display(),
-            if want_key {
-                "private key"
-            } else {
-                "certificate"
-            }
-        )))
-    }
+/// Reads a PEM file named by the profile (checked by the profile's
+/// validation too; read again here for its bytes), with the key in the error.
+fn read_pem(path: &std::path::Path, key: &str, kind: PemKind) -> Result<Vec<u8>, SipError> {
+    crate::config::read_pem(path, kind).map_err(|e| SipError::Tls(format!("{key} = {e}")))
 }
 
 /// The IP to advertise for a listener bound to `bind`.
@@ -128,8 +98,7 @@ pub async fn start(
     tl.set_stream_idle_timeout(Duration::from_secs(3600));
     // TLS connections we open (trunks) verify the peer against these anchors.
     if cfg.trunks.iter().any(|t| t.transport == SipTransport::Tls) {
-        let ca = read_pem(&cfg.tls_ca, "sip.tls_ca")?;
-        check_pem(&ca, false, &cfg.tls_ca)?;
+        let ca = read_pem(&cfg.tls_ca, "sip.tls_ca", PemKind::Certificate)?;
         tl.set_tls_config(TlsConfig {
             ca_certs: Some(ca),
             ..Default::default()
@@ -158,10 +127,8 @@ pub async fn start(
                 contacts.push((SipTransport::Udp, format!("sip:agentline@{adv}")));
             }
             SipTransport::Tls => {
-                let cert = read_pem(&cfg.tls_cert, "sip.tls_cert")?;
-                let key = read_pem(&cfg.tls_key, "sip.tls_key")?;
-                check_pem(&cert, false, &cfg.tls_cert)?;
-                check_pem(&key, true, &cfg.tls_key)?;
+                let cert = read_pem(&cfg.tls_cert, "sip.tls_cert", PemKind::Certificate)?;
+                let key = read_pem(&cfg.tls_key, "sip.tls_key", PemKind::PrivateKey)?;
                 std::net::TcpListener::bind(l.addr).map_err(|e| SipError::Listen {
                     addr: l.to_string(),
                     message: e.to_string(),
