@@ -375,7 +375,6 @@ enum Phase {
     /// The driver is building the agent.
     StartingAgent {
         neg: Box<Negotiated>,
-        hangup: bool,
     },
     Active(Box<Active>),
     Ended,
@@ -563,7 +562,9 @@ impl CallCore {
             }
             // A 200 cannot be taken back: BYE once the ACK comes.
             Phase::AwaitingAck { bye_on_ack } => *bye_on_ack = true,
-            Phase::StartingAgent { hangup, .. } => *hangup = true,
+            // The agent may take long (webhooks, provider connect): end now;
+            // a late agent is dropped.
+            Phase::StartingAgent { .. } => self.end_with_bye(EndReason::HangupByServer),
             Phase::Active(_) => self.end_with_bye(EndReason::HangupByServer),
             Phase::Ended => {}
         }
@@ -678,14 +679,14 @@ impl CallCore {
     fn start_agent(&mut self, neg: Negotiated) {
         self.actions
             .push_back(Action::StartAgent(Box::new(neg.clone())));
-        self.phase = Phase::StartingAgent {
-            neg: Box::new(neg),
-            hangup: false,
-        };
+        self.phase = Phase::StartingAgent { neg: Box::new(neg) };
     }
 
     /// The agent could not be built: the call ends.
     pub fn agent_failed(&mut self, error: &agent::AgentError) {
+        if !matches!(self.phase, Phase::StartingAgent { .. }) {
+            return;
+        }
         warn!(%error, "agent failed to start");
         self.end_with_bye(EndReason::AgentError(error.to_string()));
     }
@@ -718,14 +719,10 @@ impl CallCore {
         start: MediaStart,
         ambient: Option<Ambient>,
     ) {
-        let Phase::StartingAgent { neg, hangup } = std::mem::replace(&mut self.phase, Phase::Ended)
-        else {
+        let Phase::StartingAgent { neg } = std::mem::replace(&mut self.phase, Phase::Ended) else {
+            // Hung up meanwhile: the late agent is dropped.
             return;
         };
-        if hangup {
-            self.end_with_bye(EndReason::HangupByServer);
-            return;
-        }
         let params = self.media_params(&neg, agent.sample_rate());
         let mut session =
             match Session::new(now, start.wall, params, start.ssrc, start.seq, start.ts) {
@@ -1545,6 +1542,44 @@ mod tests {
         let a = drain(&mut core);
         assert_eq!(sip(&a), vec![SipAction::Bye]);
         assert_eq!(end(&a), Some(EndReason::HangupByServer));
+    }
+
+    #[test]
+    fn hangup_while_the_agent_starts_ends_at_once_and_drops_the_late_agent() {
+        let t0 = Instant::now();
+        let mut core = CallCore::inbound(t0, config(None), Some(negotiated(&offer("a=sendrecv"))));
+        core.handle_timeout(t0 + TRYING_WAIT);
+        core.handle_timeout(t0 + Duration::from_secs(2));
+        core.handle_dialog(
+            t0 + Duration::from_secs(2),
+            DialogInput::Confirmed { ack_body: vec![] },
+        );
+        assert!(matches!(
+            drain(&mut core).last(),
+            Some(Action::StartAgent(_))
+        ));
+        // A slow call_initiated webhook: the hangup does not wait for it.
+        core.handle_hangup(t0 + Duration::from_secs(3));
+        let a = drain(&mut core);
+        assert_eq!(sip(&a), vec![SipAction::Bye]);
+        assert_eq!(end(&a), Some(EndReason::HangupByServer));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let next = Arc::new(Mutex::new(AgentOutput::default()));
+        let start = MediaStart {
+            wall: SystemTime::now(),
+            ssrc: 1,
+            seq: 1,
+            ts: 1,
+        };
+        core.start_media(
+            t0 + Duration::from_secs(9),
+            Box::new(Probe { seen, next }),
+            start,
+            None,
+        );
+        core.agent_failed(&agent::AgentError::TaskEnded("provider task gone".into()));
+        assert!(drain(&mut core).is_empty(), "nothing after the end");
+        assert!(core.poll_transmit().is_none());
     }
 
     #[test]
