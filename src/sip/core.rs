@@ -577,12 +577,6 @@ impl CallCore {
             }
             return;
         }
-        // Requests that need the same answer in every phase.
-        match &input {
-            DialogInput::Ping { tx } => return self.respond(*tx, 200, None),
-            DialogInput::Unsupported { tx } => return self.respond(*tx, 501, None),
-            _ => {}
-        }
         match &mut self.phase {
             Phase::Trying { .. } => {
                 self.not_active(input);
@@ -800,31 +794,31 @@ impl CallCore {
     }
 
     pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
-        let Phase::Active(a) = &mut self.phase else {
-            return;
-        };
-        match &mut a.srtp {
-            None => a.session.handle_rtp(now, from, bytes),
-            Some(s) => {
-                if let Some(p) = s.unprotect(bytes) {
-                    a.session.handle_rtp(now, from, &p);
-                }
-            }
-        }
-        self.after_input(now);
+        self.media_in(now, from, bytes, false);
     }
 
     pub fn handle_rtcp(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.media_in(now, from, bytes, true);
+    }
+
+    /// A datagram from the RTP or RTCP socket, SRTP removed, to the session.
+    fn media_in(&mut self, now: Instant, from: SocketAddr, bytes: &[u8], rtcp: bool) {
         let Phase::Active(a) = &mut self.phase else {
             return;
         };
-        match &mut a.srtp {
-            None => a.session.handle_rtcp(now, from, bytes),
-            Some(s) => {
-                if let Some(p) = s.unprotect(bytes) {
-                    a.session.handle_rtcp(now, from, &p);
-                }
-            }
+        let plain = match &mut a.srtp {
+            None => None,
+            Some(s) => match s.unprotect(bytes) {
+                Some(p) => Some(p),
+                // Dropped and counted by the SRTP session (`rejected`).
+                None => return self.after_input(now),
+            },
+        };
+        let bytes = plain.as_deref().unwrap_or(bytes);
+        if rtcp {
+            a.session.handle_rtcp(now, from, bytes);
+        } else {
+            a.session.handle_rtp(now, from, bytes);
         }
         self.after_input(now);
     }
