@@ -166,7 +166,7 @@ async fn write_all(
 ) -> Result<(), ProviderError> {
     match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(bytes)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(ProviderError::Send(e.to_string())),
+        Ok(Err(e)) => Err(ProviderError::tcp_send(e)),
         Err(_) => Err(ProviderError::Timeout {
             what: "send to the AudioSocket server",
             timeout: WRITE_TIMEOUT,

@@ -105,6 +105,19 @@ impl ProviderError {
         }
     }
 
+    /// A failed write on a TCP connection: a reset or broken pipe means the
+    /// peer went away (the same loss a read would have seen first if the
+    /// timing had been different), anything else is a send failure.
+    pub(crate) fn tcp_send(e: std::io::Error) -> Self {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+        match e.kind() {
+            BrokenPipe | ConnectionAborted | ConnectionReset => {
+                ProviderError::Lost(format!("send: {e}"))
+            }
+            _ => ProviderError::Send(e.to_string()),
+        }
+    }
+
     /// Whether the provider itself looks unhealthy (down, slow, broken),
     /// as opposed to an error in what we asked (a bad URL).
     pub fn is_outage(&self) -> bool {
@@ -249,5 +262,17 @@ mod tests {
             detail: None
         })
         .is_outage());
+    }
+
+    #[test]
+    fn a_reset_on_send_is_a_lost_connection_like_a_reset_on_read() {
+        use std::io::{Error, ErrorKind};
+        let lost = ProviderError::tcp_send(Error::from(ErrorKind::ConnectionReset));
+        assert!(matches!(lost, ProviderError::Lost(_)), "{lost:?}");
+        assert!(lost.to_string().starts_with("connection lost: send:"), "{lost}");
+        let pipe = ProviderError::tcp_send(Error::from(ErrorKind::BrokenPipe));
+        assert!(matches!(pipe, ProviderError::Lost(_)), "{pipe:?}");
+        let other = ProviderError::tcp_send(Error::from(ErrorKind::OutOfMemory));
+        assert!(matches!(other, ProviderError::Send(_)), "{other:?}");
     }
 }
