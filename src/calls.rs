@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_util::sync::CancellationToken;
 
+pub use crate::store::Direction;
+use crate::store::{CdrEnd, CdrStart, Store};
+
 /// What the API shows about a call.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CallInfo {
@@ -59,6 +62,24 @@ pub struct CallInfo {
     /// Why the call ended (e.g. "caller hung up", "call failed: 486 Busy Here").
     pub end_reason: Option<String>,
     pub ended_at_unix_ms: Option<u64>,
+    /// Inbound (we were called) or outbound (we placed it).
+    pub direction: Direction,
+    /// Every agent kind that took the call, in order (fallbacks after the first).
+    pub agents_used: Vec<String>,
+    /// MOS over the call's one-second quality samples.
+    pub mos_min: Option<f64>,
+    pub mos_avg: Option<f64>,
+    #[serde(skip)]
+    mos_samples: u64,
+    /// Webhook deliveries for this call (failures known by now).
+    pub webhooks: WebhookTally,
+}
+
+/// Webhook deliveries for one call.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WebhookTally {
+    pub sent: u64,
+    pub failed: u64,
 }
 
 impl CallInfo {
@@ -105,8 +126,95 @@ impl CallInfo {
             transfer: None,
             end_reason: None,
             ended_at_unix_ms: None,
+            direction: Direction::Inbound,
+            agents_used: Vec::new(),
+            mos_min: None,
+            mos_avg: None,
+            mos_samples: 0,
+            webhooks: WebhookTally::default(),
         }
     }
+
+    /// Folds one quality sample into the call's MOS minimum and average.
+    pub fn add_mos_sample(&mut self, mos: f64) {
+        self.mos_samples += 1;
+        self.mos_min = Some(self.mos_min.map_or(mos, |m| m.min(mos)));
+        let avg = self.mos_avg.unwrap_or(0.0);
+        self.mos_avg = Some(avg + (mos - avg) / self.mos_samples as f64);
+    }
+
+    fn cdr_start(&self) -> CdrStart {
+        CdrStart {
+            id: self.id.clone(),
+            call_id: self.call_id.clone(),
+            direction: self.direction,
+            from: self.from.clone(),
+            to: self.to.clone(),
+            caller_id: self.caller_id.clone(),
+            trunk: self.trunk.clone(),
+            route: self.route.clone(),
+            agent: Some(self.agent.clone()).filter(|a| !a.is_empty()),
+            invite_at_ms: self.started_at_unix_ms as i64,
+        }
+    }
+
+    fn cdr_end(&self, end: &CallEnd, at_ms: u64) -> CdrEnd {
+        let quality = self.quality.as_ref().map(|q| {
+            serde_json::json!({
+                "packets_received": q.packets_received,
+                "packets_lost": q.packets_lost,
+                "loss_pct": q.fraction_lost_pct,
+                "jitter_ms": q.jitter_ms,
+                "rtt_ms": q.rtt_ms,
+                "remote_loss_pct": q.remote_reported_loss_pct,
+                "remote_jitter_ms": q.remote_reported_jitter_ms,
+                "mos_last": q.mos,
+                "mos_min": self.mos_min,
+                "mos_avg": self.mos_avg,
+            })
+        });
+        let detail = serde_json::json!({
+            "quality": quality,
+            "jitter_buffer": self.jitter,
+            "media": self.media,
+            "srtp_rejected": self.srtp_rejected,
+            "dtmf": self.dtmf,
+            "transfer": self.transfer,
+            "turns": self.turns,
+            "transcript": self.transcript,
+            "interruptions": self.interruptions,
+            "caller_turns": self.caller_turns,
+            "agents_used": self.agents_used,
+            "last_agent_error": self.last_agent_error,
+            "webhooks": self.webhooks,
+            "variables": self.variables,
+        });
+        CdrEnd {
+            id: self.id.clone(),
+            uuid: self.uuid.clone(),
+            agent: Some(self.agent.clone()).filter(|a| !a.is_empty()),
+            answer_at_ms: self.answered_at_unix_ms.map(|t| t as i64),
+            end_at_ms: at_ms as i64,
+            end_reason: end.reason.clone(),
+            hung_up_by: end.hung_up_by.to_string(),
+            sip_code: end.sip_code,
+            codec: self.codec.clone(),
+            srtp: self.srtp.clone(),
+            recording: None,
+            detail,
+        }
+    }
+}
+
+/// How a call ended, as its record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallEnd {
+    /// In words: "caller hung up", "call failed: 486 Busy Here".
+    pub reason: String,
+    /// caller / agent / api / timeout / error / callee.
+    pub hung_up_by: &'static str,
+    /// The final status of the INVITE (200 once answered).
+    pub sip_code: Option<u16>,
 }
 
 /// Ended calls kept for `GET /calls/{id}` (e.g. an outbound call's outcome).
@@ -211,6 +319,8 @@ struct Entry {
 pub struct CallRegistry {
     inner: Arc<Mutex<HashMap<String, Entry>>>,
     recent: Arc<Mutex<std::collections::VecDeque<CallInfo>>>,
+    /// Where every call's record goes (none in unit tests and tools).
+    store: Option<Store>,
 }
 
 impl CallRegistry {
@@ -218,6 +328,40 @@ impl CallRegistry {
         // A panic while holding this lock cannot leave a half-written map
         // entry that matters more than losing the API view, so recover.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A registry that records every call in `store`.
+    pub fn with_store(store: Store) -> Self {
+        CallRegistry {
+            store: Some(store),
+            ..Default::default()
+        }
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    /// Records a call refused before it became one (404, 488, 503 ...):
+    /// its record is written whole at once.
+    pub fn record_rejected(&self, info: CallInfo, end: &CallEnd) {
+        if let Some(store) = &self.store {
+            store.call_started(info.cdr_start());
+            store.call_ended(info.cdr_end(end, unix_ms()));
+        }
+    }
+
+    /// The call was answered now.
+    pub fn answered(&self, id: &str) {
+        let at = unix_ms();
+        let mut found = false;
+        self.update(id, |c| {
+            c.answered_at_unix_ms = Some(at);
+            found = true;
+        });
+        if let (true, Some(store)) = (found, &self.store) {
+            store.call_answered(id, at as i64);
+        }
     }
 
     /// Adds a call unless `max` calls are already active.
@@ -231,6 +375,9 @@ impl CallRegistry {
         let mut map = self.lock();
         if map.len() >= max {
             return false;
+        }
+        if let Some(store) = &self.store {
+            store.call_started(info.cdr_start());
         }
         map.insert(
             info.id.clone(),
@@ -256,20 +403,20 @@ impl CallRegistry {
         }
     }
 
-    pub fn remove(&self, id: &str) {
-        self.end(id, None);
-    }
-
-    /// Removes a call from the active set and keeps its last view, with
-    /// `reason`, among the recent calls.
-    pub fn end(&self, id: &str, reason: Option<&str>) {
+    /// Removes a call from the active set, completes its record and keeps
+    /// its last view, with why it ended, among the recent calls.
+    pub fn end(&self, id: &str, end: &CallEnd) {
         let Some(e) = self.lock().remove(id) else {
             return;
         };
         let mut info = e.info;
+        let at = unix_ms();
         info.state = CallState::Ended;
-        info.end_reason = reason.map(str::to_string);
-        info.ended_at_unix_ms = Some(unix_ms());
+        info.end_reason = Some(end.reason.clone());
+        info.ended_at_unix_ms = Some(at);
+        if let Some(store) = &self.store {
+            store.call_ended(info.cdr_end(end, at));
+        }
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         if recent.len() >= RECENT_CALLS {
             recent.pop_front();

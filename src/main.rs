@@ -28,6 +28,8 @@ enum Cmd {
     /// Validate a profile and exit: 0 when valid, 1 with the bad key named.
     #[command(args_override_self = true)]
     CheckConfig(ProfileArgs),
+    /// List call records (newest first) from the profile's store, or show one.
+    Cdrs(CdrsArgs),
     /// Write a self-signed development certificate and key for SIP over TLS
     /// (certs/agentline.crt, certs/agentline.key).
     GenCert(GenCertArgs),
@@ -45,6 +47,32 @@ struct GenCertArgs {
     /// Replace an existing pair.
     #[arg(long)]
     force: bool,
+}
+
+#[derive(Args)]
+struct CdrsArgs {
+    #[command(flatten)]
+    profile: ProfileArgs,
+    /// One record, whole (JSON).
+    id: Option<String>,
+    /// Calls that arrived at or after: Unix ms, 2026-12-03 or 2026-12-03T14:00:00Z.
+    #[arg(long)]
+    from: Option<String>,
+    /// Calls that arrived before this.
+    #[arg(long)]
+    to: Option<String>,
+    /// Only this route (its dial).
+    #[arg(long)]
+    route: Option<String>,
+    /// How many (at most 1000).
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// Print JSON (one page with next_cursor) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Continue after a previous page (its next_cursor).
+    #[arg(long)]
+    cursor: Option<String>,
 }
 
 #[derive(Args)]
@@ -120,6 +148,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Cdrs(a) => cdrs(a),
         Cmd::CheckConfig(args) => match args.load() {
             Ok(cfg) => {
                 for (i, u) in cfg.users.iter().enumerate() {
@@ -183,6 +212,84 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// `agentline cdrs`: reads the store directly (the server need not run).
+fn cdrs(a: CdrsArgs) -> ExitCode {
+    use agentline::store::{CdrFilter, Store};
+    let cfg = match a.profile.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let time = |name: &str, v: &Option<String>| -> Result<Option<i64>, String> {
+        v.as_deref()
+            .map(|s| {
+                agentline::clock::parse_time_ms(s).ok_or_else(|| {
+                    format!(
+                        "--{name}: expected Unix ms, 2026-12-03 or 2026-12-03T14:00:00Z, got `{s}`"
+                    )
+                })
+            })
+            .transpose()
+    };
+    let filter = match (time("from", &a.from), time("to", &a.to)) {
+        (Ok(from_ms), Ok(to_ms)) => CdrFilter {
+            from_ms,
+            to_ms,
+            route: a.route.clone(),
+            limit: Some(a.limit),
+            cursor: a.cursor.clone(),
+        },
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("agentline cdrs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let out = rt.block_on(async {
+        let store = Store::reader(&cfg.store, &cfg.state_dir).await?;
+        match &a.id {
+            Some(id) => Ok(store
+                .get(id)
+                .await?
+                .map(|c| serde_json::to_string_pretty(&c).unwrap_or_default())),
+            None => {
+                let page = store.list(&filter).await?;
+                Ok(Some(if a.json {
+                    serde_json::to_string_pretty(&page).unwrap_or_default()
+                } else {
+                    agentline::store::table(&page)
+                }))
+            }
+        }
+    });
+    match out {
+        Ok(Some(text)) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!("agentline cdrs: no record `{}`", a.id.unwrap_or_default());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            let e: agentline::store::StoreError = e;
+            eprintln!("agentline cdrs: {e}");
+            ExitCode::from(1)
         }
     }
 }

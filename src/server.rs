@@ -10,6 +10,7 @@ use crate::calls::CallRegistry;
 use crate::config::{prepare_credentials, store_generated, trunk_password, Config, ConfigError};
 use crate::control::{self, ApiState};
 use crate::sip::server::{self as sip_server, SipError};
+use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -17,6 +18,8 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Sip(#[from] SipError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("HTTP API on {addr}: {source}")]
     Api {
         addr: std::net::SocketAddr,
@@ -41,8 +44,24 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
             addr: cfg.api_listen,
             source,
         })?;
+    let (store, opened) =
+        Store::open(&cfg.store, &cfg.state_dir, crate::clock::unix_ms() as i64).await?;
+    if !opened.lost.is_empty() {
+        warn!(
+            calls = opened.lost.len(),
+            "calls cut short by the previous run's end (crash, kill -9, power loss) recorded as lost"
+        );
+    }
+    if opened.purged > 0 {
+        crate::store::remove_recordings(&opened.purged_recordings);
+        info!(
+            records = opened.purged,
+            keep_days = cfg.store.keep_days,
+            "old call records deleted"
+        );
+    }
     let cfg = Arc::new(cfg);
-    let calls = CallRegistry::default();
+    let calls = CallRegistry::with_store(store.clone());
     let sip = sip_server::start(cfg.clone(), &creds, trunk_passwords, calls.clone()).await?;
     if let Err(e) = store_generated(&cfg, &fresh) {
         sip.stop.cancel();
@@ -93,6 +112,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
     }
     // Let the last BYE transactions see their 200 before the sockets close.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every call's record is written before we go.
+    match tokio::time::timeout(Duration::from_secs(10), store.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "call records not all written at exit"),
+        Err(_) => warn!("call records not all written within 10 s at exit"),
+    }
     sip.stop.cancel();
     api_stop.cancel();
     let _ = api_task.await;

@@ -27,6 +27,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("sdp", 1),
     ("config", 2),
     ("agent", 3),
+    // Call records (SQLite/PostgreSQL); knows nothing of SIP or calls.
+    ("store", 3),
     ("sip", 4),
     ("calls", 4),
     // Certificate generation and rustls configs; used by sip's transports

@@ -5,6 +5,8 @@
 //! only `call_initiated` is awaited (bounded by the timeout), because its
 //! answer may override the call's agent settings.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -42,28 +44,25 @@ impl std::fmt::Debug for Webhooks {
 }
 
 fn timestamp() -> String {
-    // RFC 3339 / ISO-8601 UTC with milliseconds, without a date crate.
-    let ms = crate::clock::unix_ms();
-    let secs = (ms / 1000) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
+    crate::clock::rfc3339_ms(crate::clock::unix_ms() as i64)
+}
+
+/// One call's webhook deliveries: sent, and known to have failed (after
+/// the retries).
+#[derive(Debug, Default)]
+pub struct DeliveryTally {
+    pub sent: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl DeliveryTally {
+    /// (sent, failed) now.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Webhooks {
@@ -123,13 +122,17 @@ impl Webhooks {
         }
     }
 
-    /// Fire and forget (with retries in the background).
-    pub fn send(&self, uuid: &str, kind: &str, payload: Value) {
+    /// Fire and forget (with retries in the background); `tally` counts
+    /// the call's deliveries and failures.
+    pub fn send(&self, uuid: &str, kind: &str, payload: Value, tally: &Arc<DeliveryTally>) {
         let this = self.clone();
         let body = Self::body(uuid, kind, payload);
         let kind = kind.to_string();
+        let tally = tally.clone();
+        tally.sent.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             if let Err(e) = this.post(body).await {
+                tally.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(event = %kind, error = %e, "webhook not delivered");
                 metrics::counter!("agentline_webhook_failures_total").increment(1);
             }

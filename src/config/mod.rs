@@ -18,6 +18,7 @@ mod routes;
 mod rtp;
 mod service;
 mod sip;
+mod store;
 mod trunks;
 mod users;
 mod webhooks;
@@ -28,6 +29,7 @@ pub use routes::RouteConfig;
 pub use rtp::{PortRange, PortRangeError};
 pub use service::{ApiToken, LogFormat, LogFormatError};
 pub use sip::{DigestAlgorithm, ListenAddr, ListenAddrError, SipTransport, UnsupportedAlgorithm};
+pub use store::{redact_url, StoreConfig};
 pub use trunks::{trunk_password, TrunkConfig};
 pub use users::{
     prepare_credentials, resolve_credentials, store_generated, Credential, PasswordSource,
@@ -80,6 +82,8 @@ struct RawProfile {
     #[serde(default)]
     trunks: Vec<trunks::RawTrunk>,
     webhooks: Option<webhooks::RawWebhooks>,
+    #[serde(default)]
+    store: store::RawStore,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +130,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub trunks: Vec<TrunkConfig>,
     pub webhooks: Option<WebhookConfig>,
+    /// Where call records go, and for how long.
+    pub store: StoreConfig,
 }
 
 /// Command-line values that win over the profile.
@@ -249,6 +255,7 @@ impl Config {
         let routes = routes::validate(raw.routes, &cx)?;
         let trunks = trunks::validate(raw.trunks, &cx)?;
         let webhooks = raw.webhooks.map(|w| w.validate(&cx)).transpose()?;
+        let store = raw.store.validate(&cx)?;
         check_tls_files(&sip, &trunks, &cx)?;
         Ok(Config {
             origin: origin.to_string(),
@@ -283,6 +290,7 @@ impl Config {
             routes,
             trunks,
             webhooks,
+            store,
         })
     }
 

@@ -1,7 +1,9 @@
-//! HTTP control API: `GET /health`, `GET /calls`, `GET /calls/{id}`.
+//! HTTP control API: `GET /health`, `GET /calls`, `GET /calls/{id}`,
+//! `GET /cdrs` and the rest (README, "API").
 
 pub mod ami;
 mod auth;
+mod cdrs;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -33,6 +35,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/calls/{id}/dtmf", post(dtmf))
         .route("/calls/{id}/transfer", post(transfer))
         .merge(ami::routes())
+        .merge(cdrs::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

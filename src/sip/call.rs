@@ -86,6 +86,39 @@ fn header_text(req: &rsipstack::sip::Request, which: &str) -> String {
 }
 
 /// Takes the call or rejects it (503 when full or out of ports).
+/// Records an INVITE refused before it became a call (no route, no
+/// acceptable codec, no capacity): a whole record with its final status.
+pub fn record_rejected(
+    shared: &Shared,
+    req: &rsipstack::sip::Request,
+    route: &str,
+    trunk: Option<String>,
+    code: u16,
+    why: &str,
+) {
+    let call_id = req
+        .call_id_header()
+        .map(|c| c.value().to_string())
+        .unwrap_or_default();
+    let mut info = CallInfo::new(
+        format!("{call_id}-rejected"),
+        call_id,
+        header_text(req, "from"),
+        header_text(req, "to"),
+        route.to_string(),
+        String::new(),
+        0,
+    );
+    info.trunk = trunk;
+    info.caller_id = caller_id(req);
+    let end = crate::calls::CallEnd {
+        reason: format!("rejected {code}: {why}"),
+        hung_up_by: "error",
+        sip_code: Some(code),
+    };
+    shared.calls.record_rejected(info, &end);
+}
+
 pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
     let req = tx.original.clone();
     let call_id = req
@@ -96,6 +129,14 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
         Ok(p) => p,
         Err(e) => {
             warn!(error = %e, "no RTP ports: 503");
+            record_rejected(
+                &shared,
+                &req,
+                &setup.route.dial,
+                setup.trunk.clone(),
+                503,
+                "no RTP ports",
+            );
             reply_and_finish(tx, StatusCode::ServiceUnavailable, vec![]);
             return;
         }
@@ -134,6 +175,14 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
         .try_insert(info, hangup.clone(), cmd_tx, shared.cfg.max_calls)
     {
         info!(call_id, "max_calls reached: 503");
+        record_rejected(
+            &shared,
+            &req,
+            &setup.route.dial,
+            setup.trunk.clone(),
+            503,
+            "max_calls reached",
+        );
         dialog
             .reject(Some(StatusCode::ServiceUnavailable), None)
             .ok();
@@ -187,6 +236,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
                 core,
                 pending: Default::default(),
                 next_tx: 0,
+                webhook_tally: Default::default(),
             };
             let end = driver.run_and_summarize().await;
             shared.dialogs.remove_dialog(&dialog_id);
@@ -194,7 +244,11 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
                 shared.nat.forget(&hp);
             }
             call_metrics::call_ended(&shared.calls, &id, "inbound", &end);
-            shared.calls.end(&id, Some(&end.to_string()));
+            let answered = shared
+                .calls
+                .get(&id)
+                .is_some_and(|c| c.answered_at_unix_ms.is_some());
+            shared.calls.end(&id, &end.call_end(answered));
         }
         .instrument(span),
     );
@@ -229,6 +283,8 @@ struct Driver {
     /// Requests waiting for the core's answer, by the id it knows them by.
     pending: std::collections::HashMap<TxId, TransactionHandle>,
     next_tx: TxId,
+    /// This call's webhook deliveries, for its record.
+    webhook_tally: Arc<agent::webhooks::DeliveryTally>,
 }
 
 /// Sleeps until `t`, or for ever.
@@ -531,8 +587,11 @@ impl Driver {
                     c.state = CallState::Active;
                     c.codec = Some(codec.to_string());
                     c.remote_rtp = remote_rtp.map(|a| a.to_string());
-                    c.answered_at_unix_ms = Some(unix_ms());
+                    if c.agents_used.is_empty() {
+                        c.agents_used.push(agent.to_string());
+                    }
                 });
+                calls.answered(id);
                 self.webhook(
                     "call_started",
                     serde_json::json!({ "codec": codec, "agent": agent }),
@@ -543,7 +602,12 @@ impl Driver {
                 call_metrics::agent_event(&ev);
                 self.on_agent_event(ev)
             }
-            CallEvent::AgentKind(kind) => calls.update(id, |c| c.agent = kind.to_string()),
+            CallEvent::AgentKind(kind) => calls.update(id, |c| {
+                c.agent = kind.to_string();
+                if c.agents_used.last().map(String::as_str) != Some(kind) {
+                    c.agents_used.push(kind.to_string());
+                }
+            }),
             CallEvent::Dtmf(digit) => {
                 self.webhook(
                     "dtmf_digit",
@@ -572,8 +636,11 @@ impl Driver {
                     c.srtp_rejected = s.srtp_rejected;
                     c.media = s.media;
                     c.jitter = Some(s.jitter);
+                    if s.quality.packets_received > 0 {
+                        c.add_mos_sample(s.quality.mos);
+                    }
                     c.quality = Some(s.quality);
-                })
+                });
             }
         }
     }
@@ -624,7 +691,10 @@ impl Driver {
             }
             E::Provider { kind } => {
                 info!(agent = %kind, "fallback agent took over");
-                calls.update(id, |c| c.agent = kind);
+                calls.update(id, |c| {
+                    c.agents_used.push(kind.clone());
+                    c.agent = kind;
+                });
             }
             E::ToolCall { name, arguments } => {
                 info!(%name, "agent tool call");
@@ -639,7 +709,7 @@ impl Driver {
 
     fn webhook(&self, kind: &str, payload: serde_json::Value) {
         if let Some(w) = &self.shared.webhooks {
-            w.send(&self.uuid, kind, payload);
+            w.send(&self.uuid, kind, payload, &self.webhook_tally);
         }
     }
 
@@ -689,6 +759,10 @@ impl Driver {
         if !self.uuid.is_empty() {
             self.webhook("call_ended", serde_json::json!({"reason": end.to_string()}));
         }
+        let (sent, failed) = self.webhook_tally.counts();
+        self.shared.calls.update(&self.id, |c| {
+            c.webhooks = crate::calls::WebhookTally { sent, failed }
+        });
     }
 }
 
@@ -1108,6 +1182,7 @@ pub fn originate_leg(
         ports.port,
     );
     info.trunk = Some(trunk.name.clone());
+    info.direction = crate::calls::Direction::Outbound;
     if !shared
         .calls
         .try_insert(info, hangup.clone(), cmd_tx, shared.cfg.max_calls)
@@ -1221,6 +1296,7 @@ pub fn originate_leg(
                                 setup,
                                 pending: Default::default(),
                                 next_tx: 0,
+                                webhook_tally: Default::default(),
                             };
                             return_summarized = true;
                             driver.run_and_summarize().await
@@ -1251,7 +1327,11 @@ pub fn originate_leg(
             }
             shared.dialogs.remove_dialog(&dialog.id());
             call_metrics::call_ended(&shared.calls, &id, "outbound", &end);
-            shared.calls.end(&id, Some(&end.to_string()));
+            let answered = shared
+                .calls
+                .get(&id)
+                .is_some_and(|c| c.answered_at_unix_ms.is_some());
+            shared.calls.end(&id, &end.call_end(answered));
         }
         .instrument(span),
     );

@@ -114,7 +114,43 @@ pub enum HungUpBy {
     Callee,
 }
 
+impl HungUpBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HungUpBy::Caller => "caller",
+            HungUpBy::Agent => "agent",
+            HungUpBy::Api => "api",
+            HungUpBy::Timeout => "timeout",
+            HungUpBy::Error => "error",
+            HungUpBy::Callee => "callee",
+        }
+    }
+}
+
 impl EndReason {
+    /// The INVITE's final status as the caller (or, outbound, the callee)
+    /// saw it: 200 once answered, else the failure.
+    pub fn sip_code(&self, answered: bool) -> Option<u16> {
+        use EndReason as E;
+        match self {
+            E::CallFailed { code, .. } => Some(*code),
+            E::NoFinalResponse | E::InviteFailed(_) => None,
+            _ if answered => Some(200),
+            E::CallerCancelled => Some(487),
+            E::HangupBeforeAnswer => Some(503),
+            _ => None,
+        }
+    }
+
+    /// The record's view of this end.
+    pub fn call_end(&self, answered: bool) -> crate::calls::CallEnd {
+        crate::calls::CallEnd {
+            reason: self.to_string(),
+            hung_up_by: self.hung_up_by().as_str(),
+            sip_code: self.sip_code(answered),
+        }
+    }
+
     pub fn hung_up_by(&self) -> HungUpBy {
         use EndReason as E;
         match self {

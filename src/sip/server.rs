@@ -450,25 +450,15 @@ async fn handle_register(shared: &Arc<Shared>, mut tx: Transaction) {
 
 /// RFC 7231 IMF-fixdate, without pulling in a date crate.
 fn httpdate_now() -> String {
-    let secs = now_unix();
-    let days = secs / 86400;
-    let rem = secs % 86400;
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
-    // Civil-from-days (H. Hinnant).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
+    let c = crate::clock::civil(now_unix() as i64 * 1000);
+    let weekday = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"][c.weekday as usize % 7];
     let month = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(mo - 1) as usize];
-    format!("{weekday}, {d:02} {month} {y} {h:02}:{m:02}:{s:02} GMT")
+    ][(c.month as usize).clamp(1, 12) - 1];
+    format!(
+        "{weekday}, {:02} {month} {} {:02}:{:02}:{:02} GMT",
+        c.day, c.year, c.hour, c.minute, c.second
+    )
 }
 
 fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
@@ -520,6 +510,7 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
     };
     let Some(route) = route.cloned() else {
         info!(dialled, to = ?to_user, trunk = ?trunk, %source, "no route: 404");
+        call::record_rejected(shared, req, &dialled, trunk, 404, "no route");
         reply_and_finish(tx, StatusCode::NotFound, vec![]);
         return;
     };
@@ -535,6 +526,7 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
             Ok(n) => Some(n),
             Err(reason) => {
                 info!(dialled, %source, reason, "offer not acceptable: 488");
+                call::record_rejected(shared, req, &route.dial, trunk.clone(), 488, &reason);
                 reply_and_finish(tx, StatusCode::NotAcceptableHere, vec![]);
                 return;
             }
@@ -559,6 +551,14 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
         super::timer::TimerDecision::Granted(t) => Some(t),
         super::timer::TimerDecision::TooSmall { min_se } => {
             info!(dialled, %source, min_se, "Session-Expires too small: 422");
+            call::record_rejected(
+                shared,
+                req,
+                &route.dial,
+                trunk.clone(),
+                422,
+                "Session-Expires too small",
+            );
             reply_and_finish(
                 tx,
                 StatusCode::SessionIntervalTooSmall,
