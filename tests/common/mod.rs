@@ -5,6 +5,7 @@
 pub mod audio;
 pub mod baresip;
 pub mod fakes;
+pub mod pg;
 pub mod sipp;
 
 use std::io::{Read, Write};
@@ -264,4 +265,12 @@ pub fn data_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(name)
+}
+
+/// Wall-clock Unix milliseconds, as the server stamps its records.
+pub fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
