@@ -15,6 +15,7 @@ pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/cdrs", get(list))
         .route("/cdrs/{id}", get(one))
+        .route("/cdrs/{id}/recording", get(recording))
 }
 
 /// `?from=&to=&route=&limit=&cursor=`; times as Unix ms, a date or RFC 3339.
@@ -100,4 +101,53 @@ async fn one(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
         Ok(None) => error(StatusCode::NOT_FOUND, "no such call record".into()),
         Err(e) => store_error(e),
     }
+}
+
+/// The call's recording (`audio/wav`), streamed from the file its record
+/// names: the path comes from the store, never from the request.
+async fn recording(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    let Some(store) = s.sip.shared.calls.store() else {
+        return error(StatusCode::NOT_FOUND, "no call store".into());
+    };
+    let (path, ended) = match store.get(&id).await {
+        Ok(Some(c)) => match c.recording {
+            Some(p) => (p, c.end_at_unix_ms.is_some()),
+            None => return error(StatusCode::NOT_FOUND, "this call was not recorded".into()),
+        },
+        Ok(None) => return error(StatusCode::NOT_FOUND, "no such call record".into()),
+        Err(e) => return store_error(e),
+    };
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return error(StatusCode::GONE, "the recording file is gone".into())
+        }
+        Err(e) => {
+            tracing::warn!(file = %path, error = %e, "cannot open a recording");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot open the recording".into());
+        }
+    };
+    // A call still up is still writing: no length for a growing file.
+    let len = match ended {
+        true => file.metadata().await.ok().map(|m| m.len()),
+        false => None,
+    };
+    let name = std::path::Path::new(&path)
+        .file_name()
+        .map(|n| n.to_string_lossy().replace('"', ""))
+        .unwrap_or_else(|| "recording.wav".into());
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("audio/wav"),
+    );
+    if let Some(len) = len {
+        h.insert(axum::http::header::CONTENT_LENGTH, len.into());
+    }
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        h.insert(axum::http::header::CONTENT_DISPOSITION, v);
+    }
+    resp
 }
