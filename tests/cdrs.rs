@@ -182,7 +182,10 @@ fn records_every_kind_of_call_end(store_section: &str) {
     assert_eq!(c["hung_up_by"], "caller", "{c}");
     assert_eq!(c["sip_code"], 200, "{c}");
     assert_eq!(c["codec"], "PCMU", "{c}");
-    assert_eq!(c["caller_id"], "sipp", "the From user without a P-Asserted-Identity: {c}");
+    assert_eq!(
+        c["caller_id"], "sipp",
+        "the From user without a P-Asserted-Identity: {c}"
+    );
     assert!(c["uuid"].as_str().is_some_and(|u| u.len() == 36), "{c}");
     let answer = c["answer_at_unix_ms"].as_i64().unwrap();
     let invite = c["invite_at_unix_ms"].as_i64().unwrap();
@@ -229,7 +232,10 @@ fn records_every_kind_of_call_end(store_section: &str) {
 
     let c = finished_cdr(&server, &id_of(&server, &api_cid));
     assert_eq!(c["hung_up_by"], "api", "{c}");
-    assert_eq!(c["caller_id"], "+41445550000", "from P-Asserted-Identity: {c}");
+    assert_eq!(
+        c["caller_id"], "+41445550000",
+        "from P-Asserted-Identity: {c}"
+    );
     assert_eq!(c["end_reason"], "hangup by server", "{c}");
     assert_eq!(c["sip_code"], 200, "{c}");
     assert!(c["duration_ms"].as_i64().unwrap() >= 1000, "{c}");

@@ -124,7 +124,10 @@ async fn recording(State(s): State<ApiState>, Path(id): Path<String>) -> Respons
         }
         Err(e) => {
             tracing::warn!(file = %path, error = %e, "cannot open a recording");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot open the recording".into());
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot open the recording".into(),
+            );
         }
     };
     // A call still up is still writing: no length for a growing file.
