@@ -56,6 +56,11 @@ pub struct CallInfo {
     pub variables: std::collections::BTreeMap<String, String>,
     /// The last transfer asked for, and how it went.
     pub transfer: Option<TransferInfo>,
+    /// The call's recording (stereo WAV, caller left, agent right) when
+    /// its route records; set when media starts.
+    pub recording: Option<String>,
+    /// Recorded frames (20 ms) dropped because the disk fell behind.
+    pub recording_dropped_frames: u64,
     /// Why the call ended (e.g. "caller hung up", "call failed: 486 Busy Here").
     pub end_reason: Option<String>,
     pub ended_at_unix_ms: Option<u64>,
@@ -103,6 +108,8 @@ impl CallInfo {
             last_agent_error: None,
             variables: Default::default(),
             transfer: None,
+            recording: None,
+            recording_dropped_frames: 0,
             end_reason: None,
             ended_at_unix_ms: None,
         }

@@ -35,6 +35,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
     let trunk_passwords = (0..cfg.trunks.len())
         .map(|i| trunk_password(&cfg, i))
         .collect::<Result<Vec<_>, _>>()?;
+    // Recordings a crash left with a stale header, fixed before new calls.
+    crate::sip::recorder::repair_at_startup(cfg.record_dir.clone()).await;
     let api_listener = control::bind(cfg.api_listen)
         .await
         .map_err(|source| ServerError::Api {
