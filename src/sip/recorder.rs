@@ -3,9 +3,11 @@
 //!
 //! The call's driver never waits on the disk: it hands each stereo tick to
 //! a bounded channel with `try_send` (a full channel drops the frame and
-//! counts it), and a task of its own writes the file through a buffer,
-//! flushing and rewriting the WAV header's sizes every second, so a
-//! `kill -9` leaves a playable file at most about a second short. At the
+//! counts it), and a task of its own writes the file through a small
+//! buffer, rewriting the WAV header's sizes every second, so a `kill -9`
+//! leaves a playable file whose header is at most about a second behind
+//! its samples; the next start-up's [`repair_dir`] makes the header cover
+//! them. At the
 //! end the driver closes the channel and waits for the final header.
 //! The WAV format itself (header, interleave, repair plan) is
 //! `media::recording`, sans-IO.
@@ -29,6 +31,10 @@ use crate::media::recording::{
 const QUEUE_FRAMES: usize = 250;
 /// The writer flushes and rewrites the header this often.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Samples reach the file in writes of this size (1/8 s at 8 kHz stereo),
+/// so a crash loses little more than this: the header lags by up to
+/// [`FLUSH_EVERY`], and [`repair`] recovers what is past it.
+const WRITE_BUFFER: usize = 4096;
 /// How long the end of a call waits for the last write and header.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Counter of frames dropped because the writer fell behind.
@@ -248,7 +254,7 @@ async fn write_file(
     let (file, path) = create_unique(path).await?;
     let _ = opened.send(path.clone());
     let err = io_err(&path);
-    let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, file);
+    let mut w = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut data_len: u64 = 0;
     let mut stated: u64 = 0;
     let mut skipped: u64 = 0;
