@@ -381,3 +381,84 @@ fn a_crash_leaves_playable_recordings_and_start_up_repairs_them() {
         );
     }
 }
+
+/// A call we place (`POST /calls`) with a recorded route: the far end
+/// (sipp's UAS, echoing RTP) is on the left, the demo greeting we send on
+/// the right, and the far end's echo of it on the left after.
+#[test]
+fn an_outbound_call_on_a_recorded_route_is_recorded_too() {
+    let (Some(sipp), Some(_)) = (require_peer("sipp"), require_peer("sox")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let uas = common::free_port();
+    let mut u = Command::new(&sipp)
+        .arg("-sf")
+        .arg(common::sipp::scenario_path("uas_echo.xml"))
+        .args(["-i", "127.0.0.1", "-p", &uas.to_string()])
+        .args(["-mp", &common::free_port().to_string(), "-rtp_echo"])
+        .args([
+            "-m",
+            "1",
+            "-timeout",
+            "40s",
+            "-timeout_error",
+            "-nostdin",
+            "-bg",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ = u.wait();
+    let server = Server::start(&format!(
+        "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.1:{uas}\"\nregister = false\n\
+         [[routes]]\ndial = \"demo\"\nagent = {{ kind = \"demo\" }}\nrecord = true\n"
+    ));
+    let (code, body) = common::http_post(
+        server.api_port,
+        "/calls",
+        r#"{"trunk":"carrier","to":"echo","route":"demo"}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 202, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The greeting (5 s) and its echo, then hang up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call_view(&server, &id)["state"] != "active" {
+        assert!(Instant::now() < deadline, "{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(6000));
+    let (code, _) =
+        common::http_post(server.api_port, &format!("/calls/{id}/hangup"), "{}").unwrap();
+    assert_eq!(code, 200);
+    server.wait_idle(Duration::from_secs(10));
+    let view = call_view(&server, &id);
+    let ctx = format!("{view:#}\n{}", server.log_text());
+    let path = PathBuf::from(
+        view["recording"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{ctx}")),
+    );
+    assert_eq!(sox_info(&path, "-c"), "2");
+    assert_eq!(sox_info(&path, "-r"), "8000");
+    let rec = Stereo::read(&path);
+    assert_eq!(u64::from(rec.data_size) + 44, rec.file_len, "{ctx}");
+    let greeting =
+        audio::read_wav(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/greeting.wav"))
+            .unwrap();
+    let (at_r, corr_r) = audio::find_segment(&rec.right, &greeting).unwrap();
+    assert!(corr_r >= 0.9, "greeting on the right: {corr_r:.3}\n{ctx}");
+    let (at_l, corr_l) = audio::find_segment(&rec.left, &greeting).unwrap();
+    assert!(corr_l >= 0.8, "its echo on the left: {corr_l:.3}\n{ctx}");
+    assert!(
+        at_l >= at_r,
+        "the echo comes after: {at_l:.0} ms vs {at_r:.0} ms"
+    );
+    eprintln!("outbound recording: right corr {corr_r:.3} at {at_r:.0} ms, left corr {corr_l:.3} at {at_l:.0} ms");
+}
