@@ -116,8 +116,12 @@ impl CallRecording {
                     self.writer.insert(Writer::spawn(path, frame.rate))
                 }
             };
-            if w.tx.try_send(frame).is_err() {
-                w.dropped += 1;
+            match w.tx.try_send(frame) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => w.dropped += 1,
+                // The writer failed (its error shows at the end): nothing
+                // is recorded any more, which is not the disk falling behind.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
         let Some(w) = &mut self.writer else {
@@ -483,6 +487,65 @@ mod tests {
         let second = first.with_file_name("same-2.wav");
         assert_eq!(std::fs::metadata(&first).unwrap().len(), 44 + 1280);
         assert_eq!(std::fs::metadata(&second).unwrap().len(), 44 + 1280);
+    }
+
+    fn registered_call(calls: &CallRegistry, id: &str) {
+        let (hangup, (tx, _rx)) = (
+            tokio_util::sync::CancellationToken::new(),
+            tokio::sync::mpsc::unbounded_channel(),
+        );
+        let info = crate::calls::CallInfo::new(
+            id.into(),
+            "cid".into(),
+            "a".into(),
+            "b".into(),
+            "r".into(),
+            "echo".into(),
+            1,
+        );
+        assert!(calls.try_insert(info, hangup, tx, 10));
+    }
+
+    #[tokio::test]
+    async fn frames_the_writer_has_no_room_for_are_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let calls = CallRegistry::default();
+        registered_call(&calls, "c1");
+        let mut rec = CallRecording::new(dir.path().to_path_buf(), "cid");
+        // A single-threaded runtime: the writer cannot run while the driver
+        // feeds, as if the disk stalled for 6 s.
+        rec.feed((0..300).map(|i| frame(8000, i, 0, 160)), &calls, "c1");
+        rec.finish(&calls, "c1").await;
+        let info = calls.get("c1").unwrap();
+        assert_eq!(info.recording_dropped_frames, (300 - QUEUE_FRAMES) as u64);
+        let path = PathBuf::from(info.recording.unwrap());
+        let w = Wav::parse(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(
+            w.samples.len(),
+            QUEUE_FRAMES * 320,
+            "the queued frames written"
+        );
+        assert_eq!(w.samples[(QUEUE_FRAMES - 1) * 320], QUEUE_FRAMES as i16 - 1);
+    }
+
+    #[tokio::test]
+    async fn a_recording_that_cannot_be_written_leaves_the_call_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        // The recording folder is a file: nothing can be created under it.
+        let blocked = dir.path().join("blocked");
+        std::fs::write(&blocked, b"x").unwrap();
+        let calls = CallRegistry::default();
+        registered_call(&calls, "c1");
+        let mut rec = CallRecording::new(blocked.clone(), "cid");
+        rec.feed(std::iter::once(frame(8000, 1, 1, 160)), &calls, "c1");
+        assert!(calls.get("c1").unwrap().recording.is_some(), "set at start");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        rec.feed((0..300).map(|_| frame(8000, 1, 1, 160)), &calls, "c1");
+        rec.finish(&calls, "c1").await;
+        let info = calls.get("c1").unwrap();
+        assert_eq!(info.recording, None);
+        assert_eq!(info.recording_dropped_frames, 0, "a failure is not a drop");
+        assert_eq!(std::fs::read(&blocked).unwrap(), b"x");
     }
 
     #[test]
