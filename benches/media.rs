@@ -405,6 +405,18 @@ fn bench_ticks(c: &mut Criterion) {
         let mut call = EchoCall::new(codec, agent_rate, dsp);
         g.bench_function(name, |b| b.iter(|| call.tick()));
     }
+    // The call recording's tap on: one stereo frame per tick drained (what
+    // the driver hands to the writer task).
+    let mut call = EchoCall::new(Codec::Pcmu, 8000, None);
+    call.session.set_recording(true);
+    g.bench_function("pcmu_echo_recorded", |b| {
+        b.iter(|| {
+            call.tick();
+            while let Some(f) = call.session.poll_recording() {
+                black_box(f);
+            }
+        })
+    });
     g.finish();
 }
 

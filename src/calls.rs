@@ -59,6 +59,11 @@ pub struct CallInfo {
     pub variables: std::collections::BTreeMap<String, String>,
     /// The last transfer asked for, and how it went.
     pub transfer: Option<TransferInfo>,
+    /// The call's recording (stereo WAV, caller left, agent right) when
+    /// its route records; set when media starts.
+    pub recording: Option<String>,
+    /// Recorded frames (20 ms) dropped because the disk fell behind.
+    pub recording_dropped_frames: u64,
     /// Why the call ended (e.g. "caller hung up", "call failed: 486 Busy Here").
     pub end_reason: Option<String>,
     pub ended_at_unix_ms: Option<u64>,
@@ -124,6 +129,8 @@ impl CallInfo {
             last_agent_error: None,
             variables: Default::default(),
             transfer: None,
+            recording: None,
+            recording_dropped_frames: 0,
             end_reason: None,
             ended_at_unix_ms: None,
             direction: Direction::Inbound,
@@ -188,6 +195,7 @@ impl CallInfo {
             "last_agent_error": self.last_agent_error,
             "webhooks": self.webhooks,
             "variables": self.variables,
+            "recording_dropped_frames": self.recording_dropped_frames,
         });
         CdrEnd {
             id: self.id.clone(),
@@ -200,7 +208,7 @@ impl CallInfo {
             sip_code: end.sip_code,
             codec: self.codec.clone(),
             srtp: self.srtp.clone(),
-            recording: None,
+            recording: self.recording.clone(),
             detail,
         }
     }
@@ -361,6 +369,18 @@ impl CallRegistry {
         });
         if let (true, Some(store)) = (found, &self.store) {
             store.call_answered(id, at as i64);
+        }
+    }
+
+    /// The call records to this file (its record names it at once).
+    pub fn set_recording(&self, id: &str, path: String) {
+        let mut found = false;
+        self.update(id, |c| {
+            c.recording = Some(path.clone());
+            found = true;
+        });
+        if let (true, Some(store)) = (found, &self.store) {
+            store.call_recording(id, &path);
         }
     }
 

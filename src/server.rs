@@ -52,6 +52,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
             "calls cut short by the previous run's end (crash, kill -9, power loss) recorded as lost"
         );
     }
+    // Recordings a crash left with a stale header, fixed before new calls.
+    let lost_recordings = opened
+        .lost
+        .iter()
+        .filter_map(|l| l.recording.as_ref().map(std::path::PathBuf::from))
+        .collect();
+    crate::sip::recorder::repair_at_startup(cfg.record_dir.clone(), lost_recordings).await;
     if opened.purged > 0 {
         crate::store::remove_recordings(&opened.purged_recordings);
         info!(

@@ -120,6 +120,8 @@ pub struct Config {
     pub api_token: Option<ApiToken>,
     pub log_format: LogFormat,
     pub state_dir: PathBuf,
+    /// Call recordings (`[state] record_dir`, default `<state_dir>/recordings`).
+    pub record_dir: PathBuf,
     /// Certificate chain and key (PEM) for `tls:` listeners.
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
@@ -250,7 +252,7 @@ impl Config {
         let rtp = raw.rtp.validate(ov.rtp_ports, &cx)?;
         let api = raw.api.validate(ov.api_listen, &cx)?;
         let log_format = raw.log.validate(ov.log_format, &cx)?;
-        let state_dir = raw.state.resolve(ov.state_dir.clone());
+        let (state_dir, record_dir) = raw.state.resolve(ov.state_dir.clone());
         let users = users::validate(raw.users, &cx)?;
         let routes = routes::validate(raw.routes, &cx)?;
         let trunks = trunks::validate(raw.trunks, &cx)?;
@@ -283,6 +285,7 @@ impl Config {
             api_token: api.token,
             log_format,
             state_dir,
+            record_dir,
             tls_cert: sip.tls_cert,
             tls_key: sip.tls_key,
             tls_ca: sip.tls_ca,
@@ -485,6 +488,25 @@ mod tests {
         assert!(cfg.is_trusted("10.1.2.3".parse().unwrap()));
         assert!(cfg.is_trusted("192.0.2.7".parse().unwrap()));
         assert!(!cfg.is_trusted("192.0.2.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn recordings_go_under_the_state_dir_unless_record_dir_says() {
+        let ov = Overrides {
+            state_dir: Some(PathBuf::from("/var/lib/x")),
+            ..Default::default()
+        };
+        let cfg = Config::parse(
+            "[[routes]]\ndial = \"1\"\nagent = { kind = \"echo\" }\nrecord = true\n",
+            "x",
+            &ov,
+        )
+        .unwrap();
+        assert_eq!(cfg.record_dir, Path::new("/var/lib/x/recordings"));
+        assert!(cfg.routes[0].record);
+        let cfg = Config::parse("[state]\nrecord_dir = \"/srv/rec\"\n", "x", &ov).unwrap();
+        assert_eq!(cfg.record_dir, Path::new("/srv/rec"));
+        assert_eq!(cfg.state_dir, Path::new("/var/lib/x"));
     }
 
     #[test]

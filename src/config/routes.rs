@@ -33,6 +33,9 @@ pub(super) struct RawRoute {
     answer_delay_ms: u64,
     #[serde(default)]
     dsp: RawDsp,
+    /// Record each call to a stereo WAV in `state.record_dir`.
+    #[serde(default)]
+    record: bool,
 }
 
 /// `dsp = { denoise = true, vad = true, agc = true }` on a route: caller-side
@@ -69,6 +72,8 @@ pub struct RouteConfig {
     pub answer_delay_ms: u64,
     /// Caller-side denoise / VAD / gain.
     pub dsp: DspConfig,
+    /// Record each call (stereo WAV: caller left, agent right).
+    pub record: bool,
 }
 
 impl RouteConfig {
@@ -85,6 +90,7 @@ impl RouteConfig {
             ambient: None,
             answer_delay_ms: 0,
             dsp: DspConfig::off(),
+            record: false,
         }
     }
 }
@@ -158,6 +164,7 @@ impl RawRoute {
             ambient,
             answer_delay_ms: self.answer_delay_ms,
             dsp,
+            record: self.record,
         })
     }
 }

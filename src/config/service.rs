@@ -82,6 +82,8 @@ pub(super) struct RawLog {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawState {
     dir: Option<PathBuf>,
+    /// Where call recordings go (default `<dir>/recordings`).
+    record_dir: Option<PathBuf>,
 }
 
 impl RawApi {
@@ -157,9 +159,14 @@ impl RawLog {
 impl RawState {
     /// The flag's folder, else the profile's, else systemd's
     /// `STATE_DIRECTORY`, else `state` in the working directory.
-    pub(super) fn resolve(self, cli: Option<PathBuf>) -> PathBuf {
-        cli.or(self.dir)
+    /// The second path is the recordings folder: `record_dir`, else
+    /// `recordings` in the state folder.
+    pub(super) fn resolve(self, cli: Option<PathBuf>) -> (PathBuf, PathBuf) {
+        let state = cli
+            .or(self.dir)
             .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("state"))
+            .unwrap_or_else(|| PathBuf::from("state"));
+        let records = self.record_dir.unwrap_or_else(|| state.join("recordings"));
+        (state, records)
     }
 }

@@ -66,6 +66,7 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("agentline_circuit_breaker_open", "1 while a provider's circuit breaker is open (skipped for new calls)."),
     ("agentline_circuit_breakers_open", "Providers whose circuit breaker is open."),
     ("agentline_webhook_failures_total", "Webhooks not delivered (after retries) or call_initiated answers missing."),
+    ("agentline_recording_dropped_frames_total", "Call recording frames (20 ms) dropped because the disk writer fell behind."),
 ];
 
 /// Turn-latency stages, initialised to zero so dashboards see them at once.

@@ -9,6 +9,7 @@ pub mod g711;
 pub mod jitter;
 pub mod pcm;
 pub mod plc;
+pub mod recording;
 pub mod resample;
 pub mod rtcp;
 pub mod rtp;

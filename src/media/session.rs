@@ -17,6 +17,7 @@ use super::dsp::{CallerDsp, DspConfig, TurnEvent};
 use super::dtmf::DtmfReceiver;
 use super::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
 use super::plc::Concealer;
+use super::recording::{self, StereoFrame};
 use super::resample::Resampler;
 use super::rtcp::{self, CallQuality, RtcpSession};
 use super::rtp::{looks_like_rtcp, PayloadType, RtpPacket, SeqNo, Ssrc};
@@ -296,6 +297,24 @@ pub struct Session {
     dtmf: DtmfReceiver,
     stats: MediaStats,
     scratch: Vec<u8>,
+    /// The call recording's tap, when the route records (`None`: no
+    /// copy, no allocation).
+    recording: Option<Box<RecordTap>>,
+}
+
+/// Most stereo frames kept for [`Session::poll_recording`] before the
+/// oldest are dropped (a driver that stopped draining): 2 s at 20 ms.
+const MAX_RECORDING_BACKLOG: usize = 100;
+
+/// Pairs each tick's caller frame with the frame sent in the same tick.
+struct RecordTap {
+    /// Caller samples of ticks played but not yet paired (one frame per
+    /// tick, silence when nothing was there to play).
+    caller: Vec<i16>,
+    /// Interleaved frames for the driver.
+    ready: VecDeque<StereoFrame>,
+    /// Frames dropped because the driver did not drain them.
+    dropped: u64,
 }
 
 impl Session {
@@ -341,6 +360,7 @@ impl Session {
             dtmf: DtmfReceiver::default(),
             stats: MediaStats::default(),
             scratch: Vec::with_capacity(200),
+            recording: None,
         })
     }
 
@@ -380,6 +400,9 @@ impl Session {
             self.playout.clear();
             self.marker_next = true;
             self.jitter = JitterBuffer::new(jitter_config(&params));
+            if let Some(tap) = &mut self.recording {
+                tap.caller.clear();
+            }
         }
         self.params = params;
         Ok(())
@@ -588,8 +611,19 @@ impl Session {
     }
 
     /// One caller frame per tick out of the jitter buffer, decoded (or
-    /// concealed) and resampled to the agent's rate.
+    /// concealed) and resampled to the agent's rate; the recording gets
+    /// silence for a tick without one.
     fn play_caller_frame(&mut self, now: Instant) {
+        if !self.decode_caller_frame(now) {
+            let n = self.params.agent_frame_samples();
+            if let Some(tap) = &mut self.recording {
+                tap.caller.resize(tap.caller.len() + n, 0);
+            }
+        }
+    }
+
+    /// [`Self::play_caller_frame`]'s work; false when the tick has no audio.
+    fn decode_caller_frame(&mut self, now: Instant) -> bool {
         let mut pcm = Vec::new();
         let ok = match self.jitter.pop(now) {
             Playout::Frame { payload, .. } => {
@@ -619,19 +653,23 @@ impl Session {
                         .is_ok()
                 }
             },
-            Playout::Empty => return,
+            Playout::Empty => return false,
         };
         if !ok {
             self.stats.codec_errors += 1;
-            return;
+            return false;
         }
         if let Some(r) = &mut self.codec.rx_resample {
             let mut out = Vec::with_capacity(pcm.len());
             if r.process(&pcm, &mut out).is_err() {
                 self.stats.codec_errors += 1;
-                return;
+                return false;
             }
             pcm = out;
+        }
+        if let Some(tap) = &mut self.recording {
+            // What the caller said, before our DSP changes it.
+            tap.caller.extend_from_slice(&pcm);
         }
         if let Some((_, dsp)) = &mut self.dsp {
             let n = dsp.frame_len();
@@ -645,6 +683,7 @@ impl Session {
             }
         }
         self.events.push_back(MediaEvent::Audio(pcm));
+        true
     }
 
     fn latch(&mut self, now: Instant, from: SocketAddr) {
@@ -729,6 +768,7 @@ impl Session {
                 // the queue keeps its timing.
                 let drop = n.min(self.playout.len());
                 self.playout.drain(..drop);
+                self.record_tick(&[]);
                 if self.params.direction.sends() {
                     self.push_rtp(now, to, te, first, event_ts, &payload);
                     self.stats.tx_dtmf_packets += 1;
@@ -744,6 +784,7 @@ impl Session {
             if !self.params.send_silence && self.ambient.is_none() {
                 // A gap: the next packet starts a talk spurt (RFC 3551 section 4.1).
                 self.marker_next = true;
+                self.record_tick(&[]);
                 return;
             }
         }
@@ -757,6 +798,7 @@ impl Session {
                 *pos = (*pos + 1) % amb.len();
             }
         }
+        self.record_tick(&frame);
         let (Some(to), true) = (self.remote(), self.params.direction.sends()) else {
             return;
         };
@@ -832,6 +874,56 @@ impl Session {
     pub fn poll_event(&mut self) -> Option<MediaEvent> {
         self.events.pop_front()
     }
+
+    /// Starts (or stops) the recording tap: from the next tick on, each
+    /// tick yields one [`StereoFrame`] from [`Session::poll_recording`],
+    /// the caller's decoded frame on the left and the frame we sent on the
+    /// right, silence where there was none.
+    pub fn set_recording(&mut self, on: bool) {
+        self.recording = on.then(|| {
+            Box::new(RecordTap {
+                caller: Vec::with_capacity(self.params.agent_frame_samples() * 2),
+                ready: VecDeque::new(),
+                dropped: 0,
+            })
+        });
+    }
+
+    /// The next recorded tick, if recording.
+    pub fn poll_recording(&mut self) -> Option<StereoFrame> {
+        self.recording.as_mut()?.ready.pop_front()
+    }
+
+    /// Recorded frames dropped because nobody drained them.
+    pub fn recording_backlog_dropped(&self) -> u64 {
+        self.recording.as_ref().map_or(0, |t| t.dropped)
+    }
+
+    /// Pairs the tick's agent frame (`agent`, at the agent's rate; empty
+    /// for silence) with the caller frame of the same tick.
+    fn record_tick(&mut self, agent: &[i16]) {
+        let Some(tap) = &mut self.recording else {
+            return;
+        };
+        let n = self.params.agent_frame_samples();
+        let take = n.min(tap.caller.len());
+        let mut samples = Vec::with_capacity(n * 2);
+        recording::interleave(&tap.caller[..take], agent, n, &mut samples);
+        tap.caller.drain(..take);
+        // A resampler that ran ahead must not shift the channels apart.
+        if tap.caller.len() > n * 2 {
+            let excess = tap.caller.len() - n;
+            tap.caller.drain(..excess);
+        }
+        if tap.ready.len() >= MAX_RECORDING_BACKLOG {
+            tap.ready.pop_front();
+            tap.dropped += 1;
+        }
+        tap.ready.push_back(StereoFrame {
+            rate: self.params.agent_rate,
+            samples,
+        });
+    }
 }
 
 fn jitter_config(p: &MediaParams) -> JitterConfig {
@@ -891,6 +983,81 @@ mod tests {
             .filter(|t| t.socket == Socket::Rtp)
             .map(|t| (t.to, t.bytes))
             .collect()
+    }
+
+    #[test]
+    fn recording_pairs_each_ticks_caller_frame_with_the_frame_sent() {
+        let t0 = Instant::now();
+        let mut s = session(t0, params(), 100, 0);
+        // Off by default: no frames, nothing kept.
+        s.handle_timeout(t0 + Duration::from_millis(20));
+        drain(&mut s);
+        assert_eq!(s.poll_recording(), None);
+        s.set_recording(true);
+        let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        // The caller sends a ramp per packet (value k*100 in packet k); the
+        // agent speaks a constant 3000 for three frames, then nothing.
+        s.handle_agent_audio(&[3000i16; 160 * 3]);
+        let mut frames = Vec::new();
+        for k in 0..10u16 {
+            let now = t0 + Duration::from_millis(40 + 20 * k as u64);
+            if k < 6 {
+                let level = i16::try_from(k * 100 + 1000).unwrap();
+                let payload: Vec<u8> = (0..160).map(|_| g711::linear_to_ulaw(level)).collect();
+                s.handle_rtp(now, from, &rtp(0, k, 160 * k as u32, &payload));
+            }
+            s.handle_timeout(now);
+            while s.poll_event().is_some() {}
+            drain(&mut s);
+            while let Some(f) = s.poll_recording() {
+                frames.push(f);
+            }
+        }
+        assert_eq!(frames.len(), 10, "one stereo frame per tick");
+        assert!(frames
+            .iter()
+            .all(|f| f.rate == 8000 && f.samples.len() == 320));
+        let left: Vec<i16> = frames.iter().map(|f| f.samples[0]).collect();
+        let right: Vec<i16> = frames.iter().map(|f| f.samples[1]).collect();
+        assert_eq!(&right[..3], &[3000, 3000, 3000], "agent frames as sent");
+        assert!(
+            right[3..].iter().all(|&r| r == 0),
+            "silence after: {right:?}"
+        );
+        // The caller's frames come out of the jitter buffer in order, with
+        // silence before the first one and concealment fading after the
+        // last; every frame is whole (one level across the tick).
+        let played: Vec<i16> = left.iter().copied().filter(|&l| l != 0).collect();
+        assert!(played.len() >= 6, "{left:?}");
+        for w in played.windows(2).take(5) {
+            assert!(w[1] > w[0], "caller frames in order: {left:?}");
+        }
+        let decoded: Vec<&StereoFrame> = frames.iter().filter(|f| f.samples[0] != 0).collect();
+        for f in decoded.iter().take(6) {
+            let l: Vec<i16> = f.samples.iter().step_by(2).copied().collect();
+            assert!(l.iter().all(|&x| x == l[0]), "caller frame whole: {l:?}");
+        }
+        for f in &frames {
+            let r: Vec<i16> = f.samples.iter().skip(1).step_by(2).copied().collect();
+            assert!(r.iter().all(|&x| x == r[0]), "agent frame whole");
+        }
+        assert_eq!(s.recording_backlog_dropped(), 0);
+    }
+
+    #[test]
+    fn an_undrained_recording_keeps_a_bounded_backlog() {
+        let t0 = Instant::now();
+        let mut s = session(t0, params(), 100, 0);
+        s.set_recording(true);
+        for k in 1..=(MAX_RECORDING_BACKLOG as u64 + 30) {
+            s.handle_timeout(t0 + Duration::from_millis(20 * k));
+            drain(&mut s);
+        }
+        assert_eq!(s.recording_backlog_dropped(), 30);
+        assert_eq!(
+            std::iter::from_fn(|| s.poll_recording()).count(),
+            MAX_RECORDING_BACKLOG
+        );
     }
 
     #[test]

@@ -217,6 +217,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
     });
     let span = tracing::info_span!("call", call_id = %call_id,
         from = %header_text(&req, "from"), to = %setup.route.dial);
+    let recording = recording_for(&shared, &setup.route, &call_id);
     tokio::spawn(
         async move {
             let dialog_id = dialog.id();
@@ -237,6 +238,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
                 pending: Default::default(),
                 next_tx: 0,
                 webhook_tally: Default::default(),
+                recording,
             };
             let end = driver.run_and_summarize().await;
             shared.dialogs.remove_dialog(&dialog_id);
@@ -252,6 +254,17 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
         }
         .instrument(span),
     );
+}
+
+/// The recording of a call on `route`, if it records.
+fn recording_for(
+    shared: &Shared,
+    route: &RouteConfig,
+    call_id: &str,
+) -> Option<super::recorder::CallRecording> {
+    route
+        .record
+        .then(|| super::recorder::CallRecording::new(shared.cfg.record_dir.clone(), call_id))
 }
 
 /// What the driver's helper tasks report back to the call's loop.
@@ -280,6 +293,8 @@ struct Driver {
     /// An agent handed in by whoever placed the call (a bridge leg).
     agent_override: Option<Box<dyn agent::Agent>>,
     core: CallCore,
+    /// The call's recording, when its route records.
+    recording: Option<super::recorder::CallRecording>,
     /// Requests waiting for the core's answer, by the id it knows them by.
     pending: std::collections::HashMap<TxId, TransactionHandle>,
     next_tx: TxId,
@@ -312,12 +327,21 @@ impl Driver {
             jitter_max_ms: shared.cfg.jitter_max_ms,
             srtp_key: crate::media::srtp::random_master_key(),
             sdp_session_id: rand::random::<u32>() as u64,
+            record: setup.route.record,
         }
     }
 
     /// Runs the call to its end, then logs its summary.
     async fn run_and_summarize(mut self) -> EndReason {
         let end = self.run().await;
+        if let Some(mut rec) = self.recording.take() {
+            rec.feed(
+                std::iter::from_fn(|| self.core.poll_recording()),
+                &self.shared.calls,
+                &self.id,
+            );
+            rec.finish(&self.shared.calls, &self.id).await;
+        }
         info!(reason = %end, "call ended");
         self.summarize(&end);
         end
@@ -339,6 +363,14 @@ impl Driver {
             }
             while let Some(t) = self.core.poll_transmit() {
                 self.send(t).await;
+            }
+            if let Some(rec) = &mut self.recording {
+                let core = &mut self.core;
+                rec.feed(
+                    std::iter::from_fn(|| core.poll_recording()),
+                    &self.shared.calls,
+                    &self.id,
+                );
             }
             let wake = self.core.poll_timeout();
             tokio::select! {
@@ -1199,6 +1231,7 @@ pub fn originate_leg(
         ..req.route
     };
     let call_key = id.clone();
+    let recording = recording_for(&shared, &route, &dialog.id().call_id);
     tokio::spawn(
         async move {
             let id = call_key;
@@ -1297,6 +1330,7 @@ pub fn originate_leg(
                                 pending: Default::default(),
                                 next_tx: 0,
                                 webhook_tally: Default::default(),
+                                recording,
                             };
                             return_summarized = true;
                             driver.run_and_summarize().await

@@ -23,6 +23,7 @@ use crate::calls::{
 };
 use crate::config::SipTransport;
 use crate::media::dsp::{DspConfig, TurnEvent};
+use crate::media::recording::StereoFrame;
 use crate::media::session::{natural_rate, MediaEvent, MediaParams, Session, Transmit};
 use crate::media::srtp::{SrtpSession, MASTER_KEY_LEN};
 use crate::sdp::{self, Codec, LocalCaps, LocalMedia, Negotiated};
@@ -377,6 +378,9 @@ pub struct CoreConfig {
     pub srtp_key: [u8; MASTER_KEY_LEN],
     /// SDP `o=` session id.
     pub sdp_session_id: u64,
+    /// Record the call: the media session's stereo frames come out of
+    /// [`CallCore::poll_recording`] from the answer to the end.
+    pub record: bool,
 }
 
 /// Random starting points of the RTP stream and the wall clock for RTCP.
@@ -455,6 +459,8 @@ pub struct CallCore {
     /// The RTCP BYE of a call that just ended, still to be sent.
     last_transmit: Option<Transmit>,
     final_stats: Option<StatsSnapshot>,
+    /// The recording's last frames, taken from the session as it ended.
+    recording_tail: std::collections::VecDeque<StereoFrame>,
 }
 
 impl CallCore {
@@ -471,6 +477,7 @@ impl CallCore {
             actions: Default::default(),
             last_transmit: None,
             final_stats: None,
+            recording_tail: Default::default(),
         }
     }
 
@@ -485,6 +492,7 @@ impl CallCore {
             actions: Default::default(),
             last_transmit: None,
             final_stats: None,
+            recording_tail: Default::default(),
         };
         core.start_agent(answer);
         core
@@ -515,6 +523,15 @@ impl CallCore {
                     }
                 }
             }
+        }
+    }
+
+    /// The next recorded tick (caller left, sent audio right), while the
+    /// call records and until its last frame after the end.
+    pub fn poll_recording(&mut self) -> Option<StereoFrame> {
+        match &mut self.phase {
+            Phase::Active(a) => a.session.poll_recording(),
+            _ => self.recording_tail.pop_front(),
         }
     }
 
@@ -773,6 +790,7 @@ impl CallCore {
         if let Err(e) = session.set_dsp(self.cfg.dsp.clone()) {
             warn!(error = %e, "caller DSP unavailable for this call");
         }
+        session.set_recording(self.cfg.record);
         let mut srtp = None;
         self.apply_srtp(&mut srtp, &neg);
         info!(codec = neg.codec.encoding_name(), pt = neg.pt, remote = ?neg.remote_rtp,
@@ -1311,6 +1329,8 @@ impl CallCore {
                 }
             }
             self.final_stats = Some(Self::snapshot(a));
+            self.recording_tail
+                .extend(std::iter::from_fn(|| a.session.poll_recording()));
             if let Some(leg) = a.bridged_leg.take() {
                 self.actions.push_back(Action::HangupLeg(leg));
             }
@@ -1358,6 +1378,7 @@ mod tests {
             jitter_max_ms: 200,
             srtp_key: [7; MASTER_KEY_LEN],
             sdp_session_id: 42,
+            record: false,
         }
     }
 
@@ -1482,6 +1503,10 @@ mod tests {
             // Only the session timer may end these calls.
             cfg.rtp_timeout = Duration::ZERO;
         }
+        answered_with(cfg)
+    }
+
+    fn answered_with(cfg: CoreConfig) -> Call {
         let t0 = Instant::now();
         let mut core = CallCore::inbound(t0, cfg, Some(negotiated(&offer("a=sendrecv"))));
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -1517,6 +1542,38 @@ mod tests {
             "{a:?}"
         );
         call
+    }
+
+    #[test]
+    fn a_recorded_call_yields_a_frame_per_tick_and_keeps_the_last_ones_past_the_end() {
+        let mut cfg = config(None);
+        cfg.record = true;
+        let mut call = answered_with(cfg);
+        // 200 ms drained as they come, then 300 ms left in the session.
+        let mut frames = 0;
+        for seq in 0..10 {
+            call.rtp(seq);
+            call.advance(Duration::from_millis(20));
+            while let Some(f) = call.core.poll_recording() {
+                assert_eq!((f.rate, f.samples.len()), (8000, 320));
+                frames += 1;
+            }
+        }
+        assert!((9..=11).contains(&frames), "{frames} frames in 200 ms");
+        call.advance(Duration::from_millis(300));
+        call.core.handle_hangup(call.now);
+        let a = drain(&mut call.core);
+        assert_eq!(end(&a), Some(EndReason::HangupByServer));
+        let tail = std::iter::from_fn(|| call.core.poll_recording()).count();
+        assert!(
+            (14..=16).contains(&tail),
+            "{tail} frames kept after the end"
+        );
+        // Off by default: nothing.
+        let mut plain = answered(None);
+        plain.rtp(0);
+        plain.advance(Duration::from_millis(200));
+        assert!(plain.core.poll_recording().is_none());
     }
 
     #[test]

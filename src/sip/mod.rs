@@ -9,6 +9,7 @@ pub mod call_metrics;
 pub mod core;
 pub mod digest;
 pub mod ports;
+pub mod recorder;
 pub mod registrar;
 pub mod server;
 pub mod shared;

@@ -180,6 +180,10 @@ enum Write {
         at_ms: i64,
     },
     End(Box<CdrEnd>),
+    Recording {
+        id: String,
+        path: String,
+    },
     /// Answered when everything queued before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -328,6 +332,13 @@ impl Store {
         });
     }
 
+    pub fn call_recording(&self, id: &str, path: &str) {
+        self.enqueue(Write::Recording {
+            id: id.to_string(),
+            path: path.to_string(),
+        });
+    }
+
     pub fn call_ended(&self, e: CdrEnd) {
         self.enqueue(Write::End(Box::new(e)));
     }
@@ -466,6 +477,13 @@ impl Store {
                 .bind(&e.id)
                 .execute(pool)
                 .await?;
+            }
+            Write::Recording { id, path } => {
+                sqlx::query("UPDATE cdrs SET recording = $1 WHERE id = $2")
+                    .bind(path)
+                    .bind(id)
+                    .execute(pool)
+                    .await?;
             }
             Write::Flush(_) => {}
         }
