@@ -226,7 +226,10 @@ fn a_crash_leaves_playable_recordings_and_start_up_repairs_them() {
          [[routes]]\ndial = \"echo\"\nrecord = true\nagent = {{ kind = \"echo\" }}\n",
         records.path().display()
     );
-    let mut server = Server::start(&profile);
+    // The same state dir (and call store) across the crash.
+    let state = tempfile::tempdir().unwrap();
+    let state_arg = state.path().to_str().unwrap().to_string();
+    let mut server = Server::start_with_args(&profile, &["--state-dir", &state_arg]);
     // Speech for longer than the calls will last (three times the clip).
     let clip = audio::read_wav(&common::data_path("speech_8k.wav")).unwrap();
     let mut long = clip.clone();
@@ -253,8 +256,15 @@ fn a_crash_leaves_playable_recordings_and_start_up_repairs_them() {
     }
     // Let every call record a few seconds, then crash the server.
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ids: Vec<String>;
     let answered: Vec<(String, u64)> = loop {
         let calls = server.calls();
+        ids = calls
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| Some(c["id"].as_str()?.to_string()))
+            .collect();
         let up: Vec<(String, u64)> = calls
             .as_array()
             .unwrap()
@@ -348,7 +358,7 @@ fn a_crash_leaves_playable_recordings_and_start_up_repairs_them() {
     assert!(!stale.is_empty(), "no header was stale: nothing to repair");
 
     // The next start repairs every header before taking calls.
-    let restarted = Server::start(&profile);
+    let restarted = Server::start_with_args(&profile, &["--state-dir", &state_arg]);
     let log = restarted.log_text();
     for (path, answered_ms) in &answered {
         let path = PathBuf::from(path);
@@ -372,6 +382,35 @@ fn a_crash_leaves_playable_recordings_and_start_up_repairs_them() {
         assert!((secs - rec.stated_s()).abs() < 0.01, "sox says {secs} s");
     }
     assert!(log.contains("recordings checked"), "{log}");
+    // Each call's record: lost, naming its recording, which the API serves
+    // as repaired.
+    assert_eq!(ids.len(), CALLS);
+    for id in &ids {
+        let (code, body) = common::http_get(
+            restarted.api_port,
+            &format!("/cdrs/{}", id.replace('@', "%40")),
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{body}");
+        let cdr: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(cdr["end_reason"], "lost", "{cdr}");
+        let path = cdr["recording"].as_str().unwrap_or_else(|| panic!("{cdr}"));
+        assert!(answered.iter().any(|(p, _)| p == path), "{cdr}");
+        let (head, bytes) = get_bytes(
+            restarted.api_port,
+            &format!("/cdrs/{}/recording", id.replace('@', "%40")),
+        );
+        assert!(
+            head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: audio/wav"),
+            "{head}"
+        );
+        assert_eq!(bytes, std::fs::read(path).unwrap(), "the file as repaired");
+    }
     for path in &stale {
         assert!(
             log.lines().any(|l| l.contains("recording header repaired")
@@ -461,4 +500,22 @@ fn an_outbound_call_on_a_recorded_route_is_recorded_too() {
         "the echo comes after: {at_l:.0} ms vs {at_r:.0} ms"
     );
     eprintln!("outbound recording: right corr {corr_r:.3} at {at_r:.0} ms, left corr {corr_l:.3} at {at_l:.0} ms");
+}
+
+/// GET returning the head and the raw body (a WAV is not text).
+fn get_bytes(port: u16, path: &str) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    (
+        String::from_utf8_lossy(&all[..split]).to_string(),
+        all[split + 4..].to_vec(),
+    )
 }
