@@ -71,8 +71,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
         api_token = cfg.api_token.is_some(),
         "agentline ready"
     );
+    let notify_stop = CancellationToken::new();
+    crate::systemd::ready(&calls);
+    crate::systemd::spawn(
+        calls.clone(),
+        sip.shared.draining.clone(),
+        notify_stop.clone(),
+    );
 
     shutdown.cancelled().await;
+    crate::systemd::stopping(&calls);
     let grace = Duration::from_secs(cfg.shutdown_grace_s);
     info!(active = calls.len(), grace_s = grace.as_secs(), "draining");
     sip.shared.draining.cancel();
@@ -95,6 +103,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
     tokio::time::sleep(Duration::from_millis(200)).await;
     sip.stop.cancel();
     api_stop.cancel();
+    notify_stop.cancel();
     let _ = api_task.await;
     info!("stopped");
     Ok(())

@@ -269,7 +269,10 @@ mod tests {
         use std::io::{Error, ErrorKind};
         let lost = ProviderError::tcp_send(Error::from(ErrorKind::ConnectionReset));
         assert!(matches!(lost, ProviderError::Lost(_)), "{lost:?}");
-        assert!(lost.to_string().starts_with("connection lost: send:"), "{lost}");
+        assert!(
+            lost.to_string().starts_with("connection lost: send:"),
+            "{lost}"
+        );
         let pipe = ProviderError::tcp_send(Error::from(ErrorKind::BrokenPipe));
         assert!(matches!(pipe, ProviderError::Lost(_)), "{pipe:?}");
         let other = ProviderError::tcp_send(Error::from(ErrorKind::OutOfMemory));
