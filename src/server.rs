@@ -58,9 +58,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
         );
     }
     let api_stop = CancellationToken::new();
+    let readiness = control::ready::Readiness::default();
     let api_task = tokio::spawn(control::serve_on(
         api_listener,
-        ApiState { sip: sip.clone() },
+        ApiState {
+            sip: sip.clone(),
+            readiness: readiness.clone(),
+        },
         api_stop.clone(),
     ));
     info!(
@@ -72,6 +76,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
         "agentline ready"
     );
     let notify_stop = CancellationToken::new();
+    readiness.set_listeners_up();
     crate::systemd::ready(&calls);
     crate::systemd::spawn(
         calls.clone(),

@@ -1,8 +1,9 @@
-//! HTTP control API: `GET /health`, `GET /calls`, `GET /calls/{id}`.
+//! HTTP control API: `GET /health`, `GET /ready`, `GET /calls`, `GET /calls/{id}`.
 
 pub mod ami;
 mod auth;
 pub mod metrics;
+pub mod ready;
 
 use std::net::SocketAddr;
 
@@ -18,6 +19,8 @@ use crate::sip::server::SipHandle;
 #[derive(Clone)]
 pub struct ApiState {
     pub sip: SipHandle,
+    /// What `GET /ready` checks (add the lead's store check here).
+    pub readiness: ready::Readiness,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -25,6 +28,7 @@ pub fn router(state: ApiState) -> Router {
     metrics::handle();
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready::ready))
         .route("/metrics", get(metrics::scrape))
         .route("/calls", get(calls).post(originate))
         .route("/trunks", get(trunks))
