@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use crate::calls::CallRegistry;
 use crate::config::{prepare_credentials, store_generated, trunk_password, Config, ConfigError};
 use crate::control::{self, ApiState};
+use crate::sip::reload::{Loader, Reloader};
 use crate::sip::server::{self as sip_server, SipError};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,15 @@ pub enum ServerError {
 /// calls, hangs up the active ones, waits for them (up to the configured
 /// grace) and returns.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
+    run_reloadable(cfg, None, shutdown).await
+}
+
+/// [`run`], with `load` re-reading the profile on SIGHUP and `POST /reload`.
+pub async fn run_reloadable(
+    cfg: Config,
+    load: Option<Loader>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     // Generated passwords are stored and shown only once every listener is
     // bound: a start that fails (a busy port) must not announce passwords
     // the running server does not know.
@@ -59,11 +69,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
     }
     let api_stop = CancellationToken::new();
     let readiness = control::ready::Readiness::default();
+    let reloader = Arc::new(Reloader::new(sip.clone(), load));
     let api_task = tokio::spawn(control::serve_on(
         api_listener,
         ApiState {
             sip: sip.clone(),
             readiness: readiness.clone(),
+            reloader: reloader.clone(),
         },
         api_stop.clone(),
     ));
@@ -78,6 +90,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
     let notify_stop = CancellationToken::new();
     readiness.set_listeners_up();
     crate::systemd::ready(&calls);
+    crate::sip::reload::reload_on_sighup(reloader, notify_stop.clone());
     crate::systemd::spawn(
         calls.clone(),
         sip.shared.draining.clone(),
@@ -86,7 +99,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
 
     shutdown.cancelled().await;
     crate::systemd::stopping(&calls);
-    let grace = Duration::from_secs(cfg.shutdown_grace_s);
+    let grace = Duration::from_secs(sip.shared.cfg().shutdown_grace_s);
     info!(active = calls.len(), grace_s = grace.as_secs(), "draining");
     sip.shared.draining.cancel();
     calls.hangup_all();
@@ -102,7 +115,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
     let tasks: Vec<_> =
         std::mem::take(&mut *sip.trunk_tasks.lock().unwrap_or_else(|p| p.into_inner()));
     for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(6), t).await;
+        let _ = tokio::time::timeout(Duration::from_secs(6), t.handle).await;
     }
     // Let the last BYE transactions see their 200 before the sockets close.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -17,7 +17,8 @@ const OPEN_PATHS: &[&str] = &["/health", "/ready", "/metrics"];
 /// Lets the request through when no token is configured, the path is open,
 /// or it carries the right token; else 401 with `WWW-Authenticate: Bearer`.
 pub(super) async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
-    let Some(token) = &s.sip.shared.cfg.api_token else {
+    let cfg = s.sip.shared.cfg();
+    let Some(token) = &cfg.api_token else {
         return next.run(req).await;
     };
     if OPEN_PATHS.contains(&req.uri().path()) {

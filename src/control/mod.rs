@@ -4,6 +4,7 @@ pub mod ami;
 mod auth;
 pub mod metrics;
 pub mod ready;
+mod reload;
 
 use std::net::SocketAddr;
 
@@ -21,6 +22,8 @@ pub struct ApiState {
     pub sip: SipHandle,
     /// What `GET /ready` checks (add the lead's store check here).
     pub readiness: ready::Readiness,
+    /// `POST /reload` (and SIGHUP) re-read the profile through this.
+    pub reloader: std::sync::Arc<crate::sip::reload::Reloader>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -32,6 +35,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics::scrape))
         .route("/calls", get(calls).post(originate))
         .route("/trunks", get(trunks))
+        .route("/reload", post(reload::reload))
         .route("/calls/{id}", get(call))
         .route("/calls/{id}/hangup", post(hangup))
         .route("/calls/{id}/dtmf", post(dtmf))
@@ -119,7 +123,7 @@ async fn originate(
         Ok(r) => r,
         Err(e) => return bad_request(format!("{ORIGINATE_SHAPE}: {e}")),
     };
-    let cfg = &s.sip.shared.cfg;
+    let cfg = s.sip.shared.cfg();
     let Some(route) = cfg.route(&req.route).or_else(|| cfg.did_route(&req.route)) else {
         return (
             StatusCode::NOT_FOUND,

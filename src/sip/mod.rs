@@ -10,6 +10,7 @@ pub mod core;
 pub mod digest;
 pub mod ports;
 pub mod registrar;
+pub mod reload;
 pub mod server;
 pub mod shared;
 pub mod timer;
