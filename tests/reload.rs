@@ -185,3 +185,66 @@ fn sighup_reloads_and_start_settings_are_reported() {
     rejected_404(&server, "delta").expect("delta removed");
     call_answered(&server, "alpha").expect("alpha on the running RTP ports");
 }
+
+/// A REGISTER with this user and password, by a real phone (baresip).
+fn registers(server: &Server, user: &str, password: &str) -> common::baresip::Registration {
+    use common::baresip::{Account, Baresip, Options};
+    let mut phone = Baresip::start(Options::new(
+        Account::new(user, Some(password), server.sip_port).regint(60),
+    ));
+    let reg = phone.wait_registration(Duration::from_secs(10));
+    let out = phone.stop();
+    eprintln!(
+        "{user}/{password}: {reg:?} {:?}",
+        out.facts.register_statuses()
+    );
+    reg
+}
+
+#[test]
+fn reload_applies_users_to_new_registrations() {
+    use common::baresip::Registration;
+    if require_peer("baresip").is_none() {
+        return;
+    }
+    let users = |pw: &str| {
+        format!(
+            "[[users]]\nname = \"2000\"\npassword = \"{pw}\"\n[[routes]]\ndial = \"echo\"\nagent = {{ kind = \"echo\" }}\n"
+        )
+    };
+    let server = Server::start(&users("first-pass"));
+    assert_eq!(
+        registers(&server, "2000", "first-pass"),
+        Registration::Registered
+    );
+    write_profile(
+        &server,
+        &format!(
+            "{}[[users]]\nname = \"2001\"\npassword = \"other-pass\"\n",
+            users("second-pass")
+        ),
+    );
+    let (code, v) = reload(&server);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["users"], 2, "{v}");
+    assert_eq!(
+        registers(&server, "2000", "second-pass"),
+        Registration::Registered,
+        "the new password"
+    );
+    assert!(
+        matches!(
+            registers(&server, "2000", "first-pass"),
+            Registration::Failed {
+                code: Some(401),
+                ..
+            }
+        ),
+        "the old password still works"
+    );
+    assert_eq!(
+        registers(&server, "2001", "other-pass"),
+        Registration::Registered,
+        "the added user"
+    );
+}
