@@ -219,7 +219,8 @@ impl SipHandle {
     /// Starts `t`'s registration (when it registers), stopped at shutdown or
     /// when a reload removes or changes the trunk.
     pub fn start_trunk(&self, t: &TrunkConfig, password: &str) {
-        if !t.register {
+        // Nothing registers once shutdown has stopped the trunks.
+        if !t.register || self.trunks_stop.is_cancelled() {
             return;
         }
         let stop = self.trunks_stop.child_token();
