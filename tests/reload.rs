@@ -242,9 +242,31 @@ fn reload_applies_users_to_new_registrations() {
         ),
         "the old password still works"
     );
+    // The added user registers; removing it drops its registration at once.
+    let mut phone = common::baresip::Baresip::start(common::baresip::Options::new(
+        common::baresip::Account::new("2001", Some("other-pass"), server.sip_port).regint(60),
+    ));
     assert_eq!(
-        registers(&server, "2001", "other-pass"),
+        phone.wait_registration(Duration::from_secs(10)),
         Registration::Registered,
         "the added user"
+    );
+    assert_eq!(server.health()["registrations"], 1);
+    write_profile(&server, &users("second-pass"));
+    let (code, v) = reload(&server);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["users"], 1, "{v}");
+    assert_eq!(v["registrations_dropped"], 1, "{v}");
+    assert_eq!(server.health()["registrations"], 0);
+    phone.stop();
+    assert!(
+        matches!(
+            registers(&server, "2001", "other-pass"),
+            Registration::Failed {
+                code: Some(401),
+                ..
+            }
+        ),
+        "the removed user still registers"
     );
 }

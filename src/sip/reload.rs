@@ -41,6 +41,8 @@ pub struct ReloadSummary {
     pub routes: usize,
     pub trunks: usize,
     pub webhooks: bool,
+    /// Registrations of users the new profile no longer has, dropped.
+    pub registrations_dropped: usize,
     pub trunks_added: Vec<String>,
     pub trunks_removed: Vec<String>,
     pub trunks_changed: Vec<String>,
@@ -152,6 +154,9 @@ impl Reloader {
 
         // Apply: new calls see the new profile from here on.
         shared.auth.set_users(&creds);
+        let registrations_dropped = shared
+            .registrar
+            .retain_users(|u| creds.iter().any(|c| c.name == u));
         shared.webhooks.store(webhooks.map(Arc::new));
         let new = Arc::new(new);
         shared.config.store(new.clone());
@@ -190,6 +195,7 @@ impl Reloader {
             routes: new.routes.len(),
             trunks: new.trunks.len(),
             webhooks: new.webhooks.is_some(),
+            registrations_dropped,
             trunks_added: added,
             trunks_removed: removed,
             trunks_changed: changed,
@@ -200,6 +206,7 @@ impl Reloader {
             users = summary.users,
             routes = summary.routes,
             trunks = summary.trunks,
+            registrations_dropped = summary.registrations_dropped,
             trunks_added = ?summary.trunks_added,
             trunks_removed = ?summary.trunks_removed,
             trunks_changed = ?summary.trunks_changed,
