@@ -10,4 +10,5 @@ pub mod sdp;
 pub mod server;
 pub mod sip;
 pub mod store;
+pub mod systemd;
 pub mod tls;

@@ -75,7 +75,7 @@ struct CdrsArgs {
     cursor: Option<String>,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ProfileArgs {
     /// Profile TOML (e.g. sip-profiles/default.toml). Default: the embedded one.
     #[arg(long, env = "AGENTLINE_PROFILE")]
@@ -195,6 +195,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            // SIGHUP and POST /reload read the same file with the same flags.
+            let reload_args = args.clone();
+            let load: agentline::sip::reload::Loader =
+                std::sync::Arc::new(move || reload_args.load());
             let result = rt.block_on(async move {
                 let shutdown = CancellationToken::new();
                 let s = shutdown.clone();
@@ -202,7 +206,7 @@ fn main() -> ExitCode {
                     wait_for_signal().await;
                     s.cancel();
                 });
-                agentline::server::run(cfg, shutdown).await
+                agentline::server::run_reloadable(cfg, Some(load), shutdown).await
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use crate::calls::CallRegistry;
 use crate::config::{prepare_credentials, store_generated, trunk_password, Config, ConfigError};
 use crate::control::{self, ApiState};
+use crate::sip::reload::{Loader, Reloader};
 use crate::sip::server::{self as sip_server, SipError};
 use crate::store::Store;
 
@@ -31,6 +32,15 @@ pub enum ServerError {
 /// calls, hangs up the active ones, waits for them (up to the configured
 /// grace) and returns.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
+    run_reloadable(cfg, None, shutdown).await
+}
+
+/// [`run`], with `load` re-reading the profile on SIGHUP and `POST /reload`.
+pub async fn run_reloadable(
+    cfg: Config,
+    load: Option<Loader>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     // Generated passwords are stored and shown only once every listener is
     // bound: a start that fails (a busy port) must not announce passwords
     // the running server does not know.
@@ -84,9 +94,26 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
         );
     }
     let api_stop = CancellationToken::new();
+    let readiness = control::ready::Readiness::default();
+    {
+        // A node that cannot write call records takes no new calls.
+        let store = store.clone();
+        readiness.add_check(
+            "call store",
+            Arc::new(move || match store.writable() {
+                true => Ok(()),
+                false => Err("the last write failed".to_string()),
+            }),
+        );
+    }
+    let reloader = Arc::new(Reloader::new(sip.clone(), load));
     let api_task = tokio::spawn(control::serve_on(
         api_listener,
-        ApiState { sip: sip.clone() },
+        ApiState {
+            sip: sip.clone(),
+            readiness: readiness.clone(),
+            reloader: reloader.clone(),
+        },
         api_stop.clone(),
     ));
     info!(
@@ -97,9 +124,19 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
         api_token = cfg.api_token.is_some(),
         "agentline ready"
     );
+    let notify_stop = CancellationToken::new();
+    readiness.set_listeners_up();
+    crate::systemd::ready(&calls);
+    crate::sip::reload::reload_on_sighup(reloader, notify_stop.clone());
+    crate::systemd::spawn(
+        calls.clone(),
+        sip.shared.draining.clone(),
+        notify_stop.clone(),
+    );
 
     shutdown.cancelled().await;
-    let grace = Duration::from_secs(cfg.shutdown_grace_s);
+    crate::systemd::stopping(&calls);
+    let grace = Duration::from_secs(sip.shared.cfg().shutdown_grace_s);
     info!(active = calls.len(), grace_s = grace.as_secs(), "draining");
     sip.shared.draining.cancel();
     calls.hangup_all();
@@ -115,7 +152,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
     let tasks: Vec<_> =
         std::mem::take(&mut *sip.trunk_tasks.lock().unwrap_or_else(|p| p.into_inner()));
     for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(6), t).await;
+        let _ = tokio::time::timeout(Duration::from_secs(6), t.handle).await;
     }
     // Let the last BYE transactions see their 200 before the sockets close.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -127,6 +164,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerE
     }
     sip.stop.cancel();
     api_stop.cancel();
+    notify_stop.cancel();
     let _ = api_task.await;
     info!("stopped");
     Ok(())

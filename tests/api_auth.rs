@@ -28,6 +28,7 @@ const PROTECTED: &[(&str, &str, &str)] = &[
         r#"{"trunk":"carrier","to":"123","route":"echo"}"#,
     ),
     ("POST", "/calls/nope/hangup", "{}"),
+    ("POST", "/reload", ""),
     ("POST", "/calls/nope/dtmf", r#"{"digits":"1"}"#),
     ("POST", "/calls/nope/transfer", r#"{"to":"123"}"#),
     ("POST", "/transfer", r#"{"uuid":"x","exten":"123"}"#),

@@ -123,8 +123,8 @@ fn sipp_ok(what: &str, run: SippRun, server: &Server) {
     );
 }
 
-/// Every kind of end, checked in the records.
-fn records_every_kind_of_call_end(store_section: &str) {
+/// Every kind of end, checked in the records; returns the server.
+fn records_every_kind_of_call_end(store_section: &str) -> Server {
     let server = Server::start(&profile(store_section));
 
     // Answered, 3 s of audio both ways, the caller hangs up.
@@ -316,6 +316,7 @@ fn records_every_kind_of_call_end(store_section: &str) {
     }
     let (code, _) = get_json(&server, "/cdrs/no-such-call");
     assert_eq!(code, 404);
+    server
 }
 
 #[test]
@@ -323,7 +324,7 @@ fn sqlite_records_every_kind_of_call_end() {
     if require_peer("sipp").is_none() {
         return;
     }
-    records_every_kind_of_call_end("");
+    let _server = records_every_kind_of_call_end("");
 }
 
 #[test]
@@ -332,11 +333,31 @@ fn postgres_records_every_kind_of_call_end() {
         return;
     }
     let Some(pg) = Postgres::start() else { return };
-    records_every_kind_of_call_end(&format!(
+    let server = records_every_kind_of_call_end(&format!(
         "[store]\nurl = \"{}\"\nnode = \"pg-test\"",
         pg.url()
     ));
+    // The database goes away: the node stops saying it is ready (its
+    // records could not be written), while /health still answers.
+    let (code, _) = get_json(&server, "/ready");
+    assert_eq!(code, 200);
     drop(pg);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (code, v) = loop {
+        let (code, v) = get_json(&server, "/ready");
+        if code == 503 || Instant::now() > deadline {
+            break (code, v);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, 503, "{v}\n{}", server.log_text());
+    assert!(
+        v["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("call store")),
+        "{v}"
+    );
+    assert_eq!(server.health()["status"], "ok");
 }
 
 /// `kill -9` with calls up; the restarted server (same store) has closed

@@ -835,3 +835,75 @@ fn outbound_proxy_carries_registration_and_calls() {
     assert_eq!(code, 200);
     server.wait_idle(Duration::from_secs(10));
 }
+
+/// A call from the provider's side to our trunk number, through kamailio:
+/// it reaches us only while the trunk is registered there.
+fn call_through_provider(kam: &Kamailio) -> common::sipp::SippOutcome {
+    common::sipp::run_scenario("invite_bye.xml", kam.port, "trunkuser", &["-d", "300"])
+}
+
+#[test]
+fn reload_reregisters_a_changed_trunk_and_unregisters_a_removed_one() {
+    if require_peer("sipp").is_none() {
+        return;
+    }
+    let Some(kam) = Kamailio::start() else {
+        return;
+    };
+    let mut server = Server::start(&profile(kam.port, "not-the-password"));
+    let t = wait_trunk(&server, Duration::from_secs(10), |t| t["state"] == "failed");
+    assert_eq!(t["state"], "failed", "{t}");
+    let profile_path = server.dir.path().join("profile.toml");
+
+    // The password fixed: the trunk is changed, registers again, and calls
+    // from the provider reach us.
+    std::fs::write(&profile_path, profile(kam.port, "trunkpass")).unwrap();
+    let (code, body) = common::http_post(server.api_port, "/reload", "").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["trunks_changed"], serde_json::json!(["carrier"]), "{v}");
+    let t = wait_trunk(&server, Duration::from_secs(10), |t| {
+        t["state"] == "registered"
+    });
+    assert_eq!(t["state"], "registered", "{t}\n{}", server.log_text());
+    let out = call_through_provider(&kam);
+    assert!(out.success, "registered trunk: {}", out.report());
+
+    // The trunk removed: it un-REGISTERs, so the provider no longer finds us
+    // (kamailio's lookup fails and it challenges the call instead).
+    let no_trunk = profile(kam.port, "trunkpass").replace(
+        &format!(
+            "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.1:{}\"\nusername = \"trunkuser\"\npassword = \"trunkpass\"\nexpires = 10\n",
+            kam.port
+        ),
+        "",
+    );
+    assert!(!no_trunk.contains("[[trunks]]"), "{no_trunk}");
+    std::fs::write(&profile_path, no_trunk).unwrap();
+    let (code, body) = common::http_post(server.api_port, "/reload", "").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["trunks_removed"], serde_json::json!(["carrier"]), "{v}");
+    assert_eq!(v["trunks"], 0, "{v}");
+    let (_, body) = common::http_get(server.api_port, "/trunks").unwrap();
+    assert_eq!(body, "[]");
+    assert!(
+        server.log_text().contains("trunk unregistered"),
+        "{}",
+        server.log_text()
+    );
+    let out = call_through_provider(&kam);
+    assert!(!out.success, "the call still reached us: {}", out.report());
+    assert!(
+        out.messages()
+            .iter()
+            .any(|m| !m.sent && m.start_line.contains(" 407 ")),
+        "the provider no longer has our binding: {}",
+        out.report()
+    );
+    // Our server took no call from it.
+    assert_eq!(server.health()["active_calls"], 0);
+    server
+        .terminate(Duration::from_secs(15))
+        .expect("exits on SIGTERM");
+}

@@ -36,6 +36,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("tls", 4),
     ("control", 5),
     ("server", 6),
+    // sd_notify messages for systemd; started by `server`.
+    ("systemd", 6),
     ("main", 6),
     ("lib", 6),
 ];

@@ -152,10 +152,8 @@ async fn originate(
             "channel: expected PJSIP/<number>@<trunk>, SIP/<trunk>/<number> or <trunk>/<number>",
         )
     })?;
-    let route = s
-        .sip
-        .shared
-        .cfg
+    let cfg = s.sip.shared.cfg();
+    let route = cfg
         .route(exten)
         .ok_or_else(|| msg(StatusCode::NOT_FOUND, format!("no route `{exten}`")))?;
     let caller = v["callerid"].as_str().map(|c| {

@@ -1,6 +1,6 @@
 //! Bearer-token access control for the HTTP API (`[api] token_env` /
-//! `token_file`): with a token configured, every route but `/health` and
-//! `/metrics` (probes and scrapers) needs `Authorization: Bearer <token>`.
+//! `token_file`): with a token configured, every route but `/health`, `/ready`
+//! and `/metrics` (probes and scrapers) needs `Authorization: Bearer <token>`.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -12,12 +12,13 @@ use serde_json::json;
 use super::ApiState;
 
 /// Paths open without a token.
-const OPEN_PATHS: &[&str] = &["/health", "/metrics"];
+const OPEN_PATHS: &[&str] = &["/health", "/ready", "/metrics"];
 
 /// Lets the request through when no token is configured, the path is open,
 /// or it carries the right token; else 401 with `WWW-Authenticate: Bearer`.
 pub(super) async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
-    let Some(token) = &s.sip.shared.cfg.api_token else {
+    let cfg = s.sip.shared.cfg();
+    let Some(token) = &cfg.api_token else {
         return next.run(req).await;
     };
     if OPEN_PATHS.contains(&req.uri().path()) {

@@ -1,10 +1,12 @@
-//! HTTP control API: `GET /health`, `GET /calls`, `GET /calls/{id}`,
+//! HTTP control API: `GET /health`, `GET /ready`, `GET /calls`, `GET /calls/{id}`,
 //! `GET /cdrs` and the rest (README, "API").
 
 pub mod ami;
 mod auth;
 mod cdrs;
 pub mod metrics;
+pub mod ready;
+mod reload;
 
 use std::net::SocketAddr;
 
@@ -20,6 +22,10 @@ use crate::sip::server::SipHandle;
 #[derive(Clone)]
 pub struct ApiState {
     pub sip: SipHandle,
+    /// What `GET /ready` checks (add the lead's store check here).
+    pub readiness: ready::Readiness,
+    /// `POST /reload` (and SIGHUP) re-read the profile through this.
+    pub reloader: std::sync::Arc<crate::sip::reload::Reloader>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -27,9 +33,11 @@ pub fn router(state: ApiState) -> Router {
     metrics::handle();
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready::ready))
         .route("/metrics", get(metrics::scrape))
         .route("/calls", get(calls).post(originate))
         .route("/trunks", get(trunks))
+        .route("/reload", post(reload::reload))
         .route("/calls/{id}", get(call))
         .route("/calls/{id}/hangup", post(hangup))
         .route("/calls/{id}/dtmf", post(dtmf))
@@ -118,7 +126,7 @@ async fn originate(
         Ok(r) => r,
         Err(e) => return bad_request(format!("{ORIGINATE_SHAPE}: {e}")),
     };
-    let cfg = &s.sip.shared.cfg;
+    let cfg = s.sip.shared.cfg();
     let Some(route) = cfg.route(&req.route).or_else(|| cfg.did_route(&req.route)) else {
         return (
             StatusCode::NOT_FOUND,

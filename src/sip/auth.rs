@@ -15,9 +15,17 @@ pub enum AuthOutcome {
     Challenge { stale: bool, reason: &'static str },
 }
 
+fn users_of(creds: &[Credential]) -> HashMap<String, String> {
+    creds
+        .iter()
+        .map(|c| (c.name.clone(), c.password.clone()))
+        .collect()
+}
+
 pub struct Authenticator {
     realm: String,
-    users: HashMap<String, String>,
+    /// Swapped by a reload ([`Authenticator::set_users`]).
+    users: arc_swap::ArcSwap<HashMap<String, String>>,
     nonces: NonceIssuer,
     algorithms: Vec<Algorithm>,
 }
@@ -33,13 +41,15 @@ impl Authenticator {
     ) -> Self {
         Authenticator {
             realm: realm.to_string(),
-            users: creds
-                .iter()
-                .map(|c| (c.name.clone(), c.password.clone()))
-                .collect(),
+            users: arc_swap::ArcSwap::from_pointee(users_of(creds)),
             nonces: NonceIssuer::random(nonce_lifetime_s),
             algorithms: algorithms.to_vec(),
         }
+    }
+
+    /// Replaces the users (a reload); nonces already issued stay valid.
+    pub fn set_users(&self, creds: &[Credential]) {
+        self.users.store(std::sync::Arc::new(users_of(creds)));
     }
 
     pub fn realm(&self) -> &str {
@@ -47,7 +57,7 @@ impl Authenticator {
     }
 
     pub fn has_user(&self, name: &str) -> bool {
-        self.users.contains_key(name)
+        self.users.load().contains_key(name)
     }
 
     /// Header values for a 401/407, one per configured algorithm (RFC 8760).
@@ -94,7 +104,8 @@ impl Authenticator {
                 reason: "wrong realm",
             };
         }
-        let Some(password) = self.users.get(&resp.username) else {
+        let users = self.users.load();
+        let Some(password) = users.get(&resp.username) else {
             return AuthOutcome::Challenge {
                 stale: false,
                 reason: "unknown user",

@@ -172,7 +172,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
     info.caller_id = caller_id(&req);
     if !shared
         .calls
-        .try_insert(info, hangup.clone(), cmd_tx, shared.cfg.max_calls)
+        .try_insert(info, hangup.clone(), cmd_tx, shared.cfg().max_calls)
     {
         info!(call_id, "max_calls reached: 503");
         record_rejected(
@@ -264,7 +264,7 @@ fn recording_for(
 ) -> Option<super::recorder::CallRecording> {
     route
         .record
-        .then(|| super::recorder::CallRecording::new(shared.cfg.record_dir.clone(), call_id))
+        .then(|| super::recorder::CallRecording::new(shared.cfg().record_dir.clone(), call_id))
 }
 
 /// What the driver's helper tasks report back to the call's loop.
@@ -312,6 +312,7 @@ async fn sleep_until(t: Option<Instant>) {
 
 impl Driver {
     fn core_config(shared: &Shared, setup: &CallSetup, rtp_port: u16) -> CoreConfig {
+        let cfg = shared.cfg();
         CoreConfig {
             transport: setup.transport,
             advertised_ip: shared.advertised_ip,
@@ -321,10 +322,10 @@ impl Driver {
             barge_in: setup.route.barge_in,
             interrupt_listening: setup.route.interrupt_listening,
             dsp: setup.route.dsp.clone(),
-            rtp_timeout: Duration::from_secs(shared.cfg.rtp_timeout_s),
-            send_silence: shared.cfg.rtp_send_silence,
-            jitter_min_ms: shared.cfg.jitter_min_ms,
-            jitter_max_ms: shared.cfg.jitter_max_ms,
+            rtp_timeout: Duration::from_secs(cfg.rtp_timeout_s),
+            send_silence: cfg.rtp_send_silence,
+            jitter_min_ms: cfg.jitter_min_ms,
+            jitter_max_ms: cfg.jitter_max_ms,
             srtp_key: crate::media::srtp::random_master_key(),
             sdp_session_id: rand::random::<u32>() as u64,
             record: setup.route.record,
@@ -740,7 +741,7 @@ impl Driver {
     }
 
     fn webhook(&self, kind: &str, payload: serde_json::Value) {
-        if let Some(w) = &self.shared.webhooks {
+        if let Some(w) = self.shared.webhooks() {
             w.send(&self.uuid, kind, payload, &self.webhook_tally);
         }
     }
@@ -861,7 +862,7 @@ async fn build_agent(
     };
     let mut chain = vec![route.agent.clone()];
     chain.extend(route.fallback.iter().cloned());
-    if let Some(w) = &shared.webhooks {
+    if let Some(w) = shared.webhooks() {
         let payload = serde_json::json!({
             "from": ctx.caller, "to": ctx.called, "agent": chain[0].kind(),
         });
@@ -929,7 +930,7 @@ pub fn transfer_target(
             shared
                 .trunks
                 .account(n)
-                .map(|(t, _)| t.clone())
+                .map(|(t, _)| t)
                 .ok_or_else(|| UnknownTrunk(n.to_string()))?,
         ),
         None => None,
@@ -961,7 +962,7 @@ pub fn transfer_target(
         let host = trunk
             .as_ref()
             .map(|t| format!("{}{}", t.host, t.transport.uri_param()))
-            .unwrap_or_else(|| shared.cfg.domain.clone());
+            .unwrap_or_else(|| shared.cfg().domain.clone());
         Ok(TransferRequest {
             refer_to: format!("sip:{to}@{host}"),
             bridge: trunk.map(|t| (t.name.clone(), to.to_string())),
@@ -1109,7 +1110,6 @@ pub fn originate_leg(
     let (trunk, password) = shared
         .trunks
         .account(&req.trunk)
-        .cloned()
         .ok_or_else(|| OriginateError::UnknownTrunk(req.trunk.clone()))?;
     let valid = |s: &str| {
         !s.is_empty()
@@ -1217,7 +1217,7 @@ pub fn originate_leg(
     info.direction = crate::calls::Direction::Outbound;
     if !shared
         .calls
-        .try_insert(info, hangup.clone(), cmd_tx, shared.cfg.max_calls)
+        .try_insert(info, hangup.clone(), cmd_tx, shared.cfg().max_calls)
     {
         let d = dialog.clone();
         tokio::spawn(async move { d.cancel().await.ok() });

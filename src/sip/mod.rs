@@ -11,6 +11,7 @@ pub mod digest;
 pub mod ports;
 pub mod recorder;
 pub mod registrar;
+pub mod reload;
 pub mod server;
 pub mod shared;
 pub mod timer;

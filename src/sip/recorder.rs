@@ -429,7 +429,7 @@ pub fn repair_recent(dir: &Path, days: usize) -> RepairSummary {
 }
 
 fn repair_one(path: &Path, summary: &mut RepairSummary) {
-    if !path.extension().is_some_and(|e| e == "wav") {
+    if path.extension().is_none_or(|e| e != "wav") {
         return;
     }
     summary.checked += 1;

@@ -96,6 +96,15 @@ impl Registrar {
         Ok(out)
     }
 
+    /// Drops the bindings of users `keep` rejects (a reload removed them);
+    /// returns how many went.
+    pub fn retain_users(&self, keep: impl Fn(&str) -> bool) -> usize {
+        let mut map = self.lock();
+        let before: usize = map.values().map(Vec::len).sum();
+        map.retain(|user, _| keep(user));
+        before - map.values().map(Vec::len).sum::<usize>()
+    }
+
     /// Bindings still valid at `now`, per user.
     pub fn count(&self, now: Instant) -> usize {
         let mut map = self.lock();
@@ -151,6 +160,33 @@ mod tests {
             contact: c.into(),
             expires: e,
         }
+    }
+
+    #[test]
+    fn removed_users_lose_their_bindings() {
+        let r = Registrar::default();
+        let t0 = Instant::now();
+        let src: SocketAddr = "198.51.100.1:5062".parse().unwrap();
+        for (user, c) in [
+            ("1000", "<sip:1000@10.0.0.5>"),
+            ("1001", "<sip:1001@10.0.0.6>"),
+        ] {
+            r.apply(
+                t0,
+                user,
+                &[up(c, 60)],
+                false,
+                src,
+                SipTransport::Udp,
+                user,
+                1,
+            )
+            .unwrap();
+        }
+        assert_eq!(r.retain_users(|u| u == "1000"), 1);
+        assert_eq!(r.count(t0), 1);
+        assert_eq!(r.source_for_contact_hostport(t0, "10.0.0.6:5060"), None);
+        assert!(r.source_for_contact_hostport(t0, "10.0.0.5:5060").is_some());
     }
 
     #[test]

@@ -47,7 +47,10 @@ pub struct SipHandle {
     pub stop: CancellationToken,
     /// Stops trunk registrations (they un-REGISTER) before the endpoint goes.
     pub trunks_stop: CancellationToken,
-    pub trunk_tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    pub trunk_tasks: Arc<std::sync::Mutex<Vec<super::trunk::TrunkTask>>>,
+    /// What a trunk registration started later (a reload) needs.
+    pub(super) endpoint: rsipstack::transaction::endpoint::EndpointInnerRef,
+    pub(super) first_udp: Option<UdpConnection>,
 }
 
 impl SipHandle {
@@ -205,7 +208,7 @@ pub async fn start(
         None => None,
     };
     let shared = Arc::new(Shared {
-        webhooks,
+        webhooks: arc_swap::ArcSwapOption::new(webhooks.map(Arc::new)),
         breakers: crate::agent::fallback::CircuitBreakers::new(),
         auth: Authenticator::new(
             &cfg.domain,
@@ -222,7 +225,7 @@ pub async fn start(
         draining: CancellationToken::new(),
         nat: nat.clone(),
         trunks: Arc::new(super::trunk::Trunks::new(&cfg.trunks, &trunk_passwords)),
-        cfg,
+        config: arc_swap::ArcSwap::new(cfg),
     });
     let _ = nat.registrar.set(shared.clone());
 
@@ -233,26 +236,24 @@ pub async fn start(
         }
         debug!("SIP dispatcher stopped");
     });
-    let trunks_stop = CancellationToken::new();
-    let mut tasks = Vec::new();
-    for (t, pw) in shared.cfg.trunks.iter().zip(trunk_passwords.iter()) {
-        if t.register {
-            tasks.push(super::trunk::spawn_registration(
-                ep.inner.clone(),
-                first_udp.clone(),
-                t.clone(),
-                pw.clone(),
-                shared.trunks.clone(),
-                trunks_stop.clone(),
-            ));
-        }
-    }
-    Ok(SipHandle {
+    let handle = SipHandle {
         shared,
         stop,
-        trunks_stop,
-        trunk_tasks: Arc::new(std::sync::Mutex::new(tasks)),
-    })
+        trunks_stop: CancellationToken::new(),
+        trunk_tasks: Arc::default(),
+        endpoint: ep.inner.clone(),
+        first_udp,
+    };
+    for (t, pw) in handle
+        .shared
+        .cfg()
+        .trunks
+        .iter()
+        .zip(trunk_passwords.iter())
+    {
+        handle.start_trunk(t, pw);
+    }
+    Ok(handle)
 }
 
 fn to_tag(req: &Request) -> Option<String> {
@@ -397,7 +398,7 @@ async fn handle_register(shared: &Arc<Shared>, mut tx: Transaction) {
             }
         }
     };
-    let cfg = &shared.cfg;
+    let cfg = shared.cfg();
     let mut updates = Vec::new();
     for c in &typed {
         let asked = c.expires().or(default_expires).unwrap_or(3600);
@@ -476,8 +477,9 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
     // Asterisk does): a source address alone proves nothing over UDP.
     // A trunk's INVITEs (from its host or allow-list) are not challenged:
     // providers authenticate by address towards us.
-    let trunk = shared.trunks.trunk_for(source.ip()).map(str::to_string);
-    let caller_user = if trunk.is_some() || shared.cfg.is_trusted(source.ip()) {
+    let trunk = shared.trunks.trunk_for(source.ip());
+    let cfg = shared.cfg();
+    let caller_user = if trunk.is_some() || cfg.is_trusted(source.ip()) {
         None
     } else {
         let cred = header_value(req, "Proxy-Authorization");
@@ -501,12 +503,11 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
         .and_then(|t| t.uri().ok())
         .and_then(|u| u.user().map(str::to_string));
     let route = match &trunk {
-        Some(_) => shared
-            .cfg
+        Some(_) => cfg
             .did_route(&dialled)
-            .or_else(|| to_user.as_deref().and_then(|u| shared.cfg.did_route(u)))
-            .or_else(|| shared.cfg.route(&dialled)),
-        None => shared.cfg.route(&dialled),
+            .or_else(|| to_user.as_deref().and_then(|u| cfg.did_route(u)))
+            .or_else(|| cfg.route(&dialled)),
+        None => cfg.route(&dialled),
     };
     let Some(route) = route.cloned() else {
         info!(dialled, to = ?to_user, trunk = ?trunk, %source, "no route: 404");
@@ -544,8 +545,8 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
     let timer = match super::timer::decide(
         req.session_expires_header().map(|h| h.value()),
         &supported,
-        shared.cfg.min_se_s,
-        shared.cfg.session_expires_s,
+        cfg.min_se_s,
+        cfg.session_expires_s,
     ) {
         super::timer::TimerDecision::None => None,
         super::timer::TimerDecision::Granted(t) => Some(t),

@@ -22,7 +22,8 @@ use crate::config::{Config, SipTransport};
 
 /// State shared by the dispatcher and every call task.
 pub struct Shared {
-    pub cfg: Arc<Config>,
+    /// The profile in force; swapped whole by a reload ([`Shared::cfg`]).
+    pub config: arc_swap::ArcSwap<Config>,
     pub auth: Authenticator,
     pub registrar: Registrar,
     pub calls: CallRegistry,
@@ -36,12 +37,24 @@ pub struct Shared {
     pub draining: CancellationToken,
     pub nat: Arc<NatLocator>,
     pub trunks: Arc<super::trunk::Trunks>,
-    pub webhooks: Option<crate::agent::webhooks::Webhooks>,
+    /// Swapped by a reload ([`Shared::webhooks`]).
+    pub webhooks: arc_swap::ArcSwapOption<crate::agent::webhooks::Webhooks>,
     /// Provider circuit breakers, shared by this server's calls.
     pub breakers: crate::agent::fallback::CircuitBreakers,
 }
 
 impl Shared {
+    /// The profile in force now. A call takes what it needs at its start
+    /// (its route is cloned), so a reload does not change calls in progress.
+    pub fn cfg(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The webhooks in force now, if any.
+    pub fn webhooks(&self) -> Option<Arc<crate::agent::webhooks::Webhooks>> {
+        self.webhooks.load_full()
+    }
+
     pub fn contact_for(&self, t: SipTransport) -> Option<&str> {
         self.contacts
             .iter()

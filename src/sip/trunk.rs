@@ -116,62 +116,100 @@ pub fn next_hop(t: &TrunkConfig) -> Option<SocketAddr> {
 
 pub struct Trunks {
     pub status: Mutex<Vec<TrunkStatus>>,
-    sources: Vec<(String, Vec<ipnet::IpNet>)>,
+    /// Swapped whole by a reload ([`Trunks::replace`]).
+    sources: arc_swap::ArcSwap<Vec<(String, Vec<ipnet::IpNet>)>>,
     /// Each trunk's config and password, for outbound calls.
-    accounts: Vec<(TrunkConfig, String)>,
+    accounts: arc_swap::ArcSwap<Vec<(TrunkConfig, String)>>,
+}
+
+fn fresh_status(t: &TrunkConfig) -> TrunkStatus {
+    TrunkStatus {
+        name: t.name.clone(),
+        state: if t.register {
+            TrunkState::Registering
+        } else {
+            TrunkState::Static
+        },
+        last_code: None,
+        last_error: None,
+        granted_expires_s: None,
+        registrations: 0,
+        failures: 0,
+        next_attempt_in_ms: None,
+        keepalives_sent: 0,
+    }
+}
+
+fn accounts_of(trunks: &[TrunkConfig], passwords: &[String]) -> Vec<(TrunkConfig, String)> {
+    trunks
+        .iter()
+        .cloned()
+        .zip(
+            passwords
+                .iter()
+                .cloned()
+                .chain(std::iter::repeat(String::new())),
+        )
+        .collect()
+}
+
+fn sources_of(trunks: &[TrunkConfig]) -> Vec<(String, Vec<ipnet::IpNet>)> {
+    trunks
+        .iter()
+        .map(|t| (t.name.clone(), trunk_sources(t)))
+        .collect()
 }
 
 impl Trunks {
     pub fn new(trunks: &[TrunkConfig], passwords: &[String]) -> Self {
         Trunks {
-            accounts: trunks
-                .iter()
-                .cloned()
-                .zip(
-                    passwords
-                        .iter()
-                        .cloned()
-                        .chain(std::iter::repeat(String::new())),
-                )
-                .collect(),
-            status: Mutex::new(
-                trunks
-                    .iter()
-                    .map(|t| TrunkStatus {
-                        name: t.name.clone(),
-                        state: if t.register {
-                            TrunkState::Registering
-                        } else {
-                            TrunkState::Static
-                        },
-                        last_code: None,
-                        last_error: None,
-                        granted_expires_s: None,
-                        registrations: 0,
-                        failures: 0,
-                        next_attempt_in_ms: None,
-                        keepalives_sent: 0,
-                    })
-                    .collect(),
-            ),
-            sources: trunks
-                .iter()
-                .map(|t| (t.name.clone(), trunk_sources(t)))
-                .collect(),
+            accounts: arc_swap::ArcSwap::from_pointee(accounts_of(trunks, passwords)),
+            status: Mutex::new(trunks.iter().map(fresh_status).collect()),
+            sources: arc_swap::ArcSwap::from_pointee(sources_of(trunks)),
         }
     }
 
+    /// Takes a reloaded trunk list: accounts and sources are replaced; a
+    /// trunk in `restarted` (added or changed) starts with a fresh status,
+    /// the others keep theirs; removed trunks' statuses go.
+    pub fn replace(&self, trunks: &[TrunkConfig], passwords: &[String], restarted: &[String]) {
+        self.accounts
+            .store(Arc::new(accounts_of(trunks, passwords)));
+        self.sources.store(Arc::new(sources_of(trunks)));
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::take(&mut *st);
+        *st = trunks
+            .iter()
+            .map(|t| {
+                old.iter()
+                    .find(|s| s.name == t.name && !restarted.contains(&t.name))
+                    .cloned()
+                    .unwrap_or_else(|| fresh_status(t))
+            })
+            .collect();
+    }
+
+    /// Every trunk's config and password.
+    pub fn accounts(&self) -> Arc<Vec<(TrunkConfig, String)>> {
+        self.accounts.load_full()
+    }
+
     /// A trunk's config and password by name.
-    pub fn account(&self, name: &str) -> Option<&(TrunkConfig, String)> {
-        self.accounts.iter().find(|(t, _)| t.name == name)
+    pub fn account(&self, name: &str) -> Option<(TrunkConfig, String)> {
+        self.accounts
+            .load()
+            .iter()
+            .find(|(t, _)| t.name == name)
+            .cloned()
     }
 
     /// The trunk an INVITE from `ip` belongs to, if any.
-    pub fn trunk_for(&self, ip: IpAddr) -> Option<&str> {
+    pub fn trunk_for(&self, ip: IpAddr) -> Option<String> {
         self.sources
+            .load()
             .iter()
             .find(|(_, nets)| nets.iter().any(|n| n.contains(&ip)))
-            .map(|(name, _)| name.as_str())
+            .map(|(name, _)| name.clone())
     }
 
     pub fn snapshot(&self) -> Vec<TrunkStatus> {
@@ -209,6 +247,14 @@ fn header_u64(resp: &rsipstack::sip::Response, pick: fn(&Header) -> Option<Strin
                 .map(str::to_string)
         })
         .and_then(|v| v.parse().ok())
+}
+
+/// A running trunk registration: stopping it (`stop`) un-REGISTERs, and
+/// `handle` ends after that.
+pub struct TrunkTask {
+    pub name: String,
+    pub stop: CancellationToken,
+    pub handle: tokio::task::JoinHandle<()>,
 }
 
 /// Registers `t` until `stop`, then un-registers.
@@ -476,7 +522,7 @@ mod tests {
         let trunks = Trunks::new(std::slice::from_ref(&t), &[]);
         assert_eq!(
             trunks.trunk_for("127.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))),
-            Some("c")
+            Some("c".to_string())
         );
         assert_eq!(trunks.trunk_for(IpAddr::from([192, 0, 2, 1])), None);
     }
