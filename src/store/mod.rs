@@ -233,6 +233,13 @@ impl Store {
                 source,
             })?;
         MIGRATOR.run(&pool).await?;
+        if !cfg.is_postgres() {
+            // Readers (the API, `agentline cdrs`) never block the writer;
+            // the setting stays with the file.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .fetch_optional(&pool)
+                .await?;
+        }
         let node = cfg.node.clone();
         let last_seen = last_seen_of(&pool, &node).await?;
         let mut opened = Opened {
@@ -790,6 +797,13 @@ mod tests {
         assert_eq!(c.detail["dtmf"], "12#");
         assert_eq!(c.node, "test-node");
         assert!(store.get("nope").await.unwrap().is_none());
+        let mode: String = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&store.inner.pool)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(mode, "wal");
     }
 
     #[tokio::test]
