@@ -23,6 +23,7 @@ trusted = ["127.0.0.1/32"]
 [[routes]]
 dial = "echo"
 agent = {{ kind = "echo" }}
+record = true
 
 [[routes]]
 dial = "ring"
@@ -360,14 +361,18 @@ fn postgres_records_every_kind_of_call_end() {
     assert_eq!(server.health()["status"], "ok");
 }
 
-/// `kill -9` with calls up; the restarted server (same store) has closed
-/// every one of them as `lost`, at most a heartbeat (5 s) before the kill.
+/// Calls up when the server is killed.
+const CALLS: usize = 5;
+
+/// `kill -9` with recorded calls up; the restarted server (same store) has
+/// closed every one of them as `lost`, at most a heartbeat (1 s) before the
+/// kill, and each names its recording, which `sox` opens as repaired.
 fn kill9_calls_are_lost_after_restart(store_section: &str) {
     let state = tempfile::tempdir().unwrap();
     let state_arg = state.path().to_str().unwrap().to_string();
     let prof = profile(store_section);
     let server = Server::start_with_args(&prof, &["--state-dir", &state_arg]);
-    let runs: Vec<SippRun> = (0..3)
+    let runs: Vec<SippRun> = (0..CALLS)
         .map(|_| spawn_scenario("server_bye.xml", server.sip_port, "echo", &[]))
         .collect();
     let cids: Vec<String> = runs.iter().map(|r| r.call_id(1)).collect();
@@ -400,10 +405,30 @@ fn kill9_calls_are_lost_after_restart(store_section: &str) {
         let end = c["end_at_unix_ms"].as_i64().unwrap();
         let answer = c["answer_at_unix_ms"].as_i64().expect("answer time kept");
         assert!(
-            end >= answer && end <= killed_at && killed_at - end <= 6000,
+            end >= answer && end <= killed_at && killed_at - end <= 2500,
             "killed at {killed_at}: {c}"
         );
         assert_eq!(c["duration_ms"].as_i64().unwrap(), end - answer, "{c}");
+        // The recording, its header repaired at start: sox reads the
+        // stereo file, as long as the call was up (within a second).
+        let path = c["recording"].as_str().unwrap_or_else(|| panic!("{c}"));
+        let sox = |flag: &str| {
+            let out = std::process::Command::new("sox")
+                .args(["--i", flag, path])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "sox --i {path}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        assert_eq!(sox("-c"), "2", "{c}");
+        assert_eq!(sox("-r"), "8000", "{c}");
+        let secs: f64 = sox("-D").parse().unwrap();
+        let up = (killed_at - answer) as f64 / 1000.0;
+        assert!((secs - up).abs() < 1.5, "{secs} s recorded, {up} s up: {c}");
     }
     // The command line reads the same records (the server still runs).
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentline"))
@@ -424,7 +449,7 @@ fn kill9_calls_are_lost_after_restart(store_section: &str) {
         .iter()
         .filter(|c| c["end_reason"] == "lost")
         .count();
-    assert_eq!(lost, 3, "{page}");
+    assert_eq!(lost, CALLS, "{page}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentline"))
         .args(["cdrs", "--profile"])
         .arg(server.dir.path().join("profile.toml"))
@@ -442,14 +467,14 @@ fn kill9_calls_are_lost_after_restart(store_section: &str) {
     }
     assert_eq!(
         table.lines().filter(|l| l.contains(" lost ")).count(),
-        3,
+        CALLS,
         "{table}"
     );
 }
 
 #[test]
 fn sqlite_kill9_calls_are_found_lost_after_restart() {
-    if require_peer("sipp").is_none() {
+    if require_peer("sipp").is_none() || require_peer("sox").is_none() {
         return;
     }
     kill9_calls_are_lost_after_restart("");
@@ -457,7 +482,7 @@ fn sqlite_kill9_calls_are_found_lost_after_restart() {
 
 #[test]
 fn postgres_kill9_calls_are_found_lost_after_restart() {
-    if require_peer("sipp").is_none() {
+    if require_peer("sipp").is_none() || require_peer("sox").is_none() {
         return;
     }
     let Some(pg) = Postgres::start() else { return };

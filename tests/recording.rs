@@ -219,7 +219,7 @@ fn a_crash_leaves_playable_recordings_and_start_up_repairs_them() {
     if require_peer("baresip").is_none() || require_peer("sox").is_none() {
         return;
     }
-    const CALLS: usize = 5;
+    const CALLS: usize = 4;
     let records = tempfile::tempdir().unwrap();
     let profile = format!(
         "[sip]\ntrusted = [\"127.0.0.1/32\"]\n[state]\nrecord_dir = \"{}\"\n\

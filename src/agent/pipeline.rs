@@ -255,6 +255,12 @@ fn lock(s: &Mutex<Speaking>) -> std::sync::MutexGuard<'_, Speaking> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A turn's input kept until the agent speaks (see `pending`).
+enum Carry {
+    Audio(Vec<i16>),
+    Text(String),
+}
+
 /// What starts a turn.
 pub enum TurnInput {
     /// An utterance to transcribe (agent rate).
@@ -450,6 +456,14 @@ pub async fn conversation(
     // ASR answers before our VAD's end of turn.
     let mut last_loud: Option<Instant> = None;
     let mut turn: Option<Turn> = None;
+    // What the turn in flight was started from, while the agent has not
+    // said anything yet: if the caller goes on talking (a pause
+    // mid-sentence ended the turn too early), the next turn starts from
+    // this and what follows, so no word of the question is lost.
+    let mut pending: Option<Carry> = None;
+    // Text of a turn cut short that way, for the streaming ASR's next
+    // transcript.
+    let mut resumed_text: Option<String> = None;
     let mut failures = 0u32;
     let mut asr_failures = 0u32;
 
@@ -558,11 +572,22 @@ pub async fn conversation(
                 let asr_ms = now.duration_since(ended).as_millis() as u64;
                 speech_ended = Some(ended);
                 if !text.trim().is_empty() {
+                    let unheard = turn.is_some() && !lock(&speaking).first_audio;
+                    let before = match (resumed_text.take(), &pending) {
+                        (Some(t), _) => Some(t),
+                        (None, Some(Carry::Text(t))) if unheard => Some(t.clone()),
+                        _ => None,
+                    };
+                    let text = match before {
+                        Some(b) => format!("{} {}", b.trim_end(), text.trim_start()),
+                        None => text,
+                    };
                     start = Some(TurnInput::Text(text, Some(asr_ms)));
                 }
             }
             Ev::TurnDone(r) => {
                 turn = None;
+                pending = None;
                 let (user, agent) = {
                     let mut s = lock(&speaking);
                     (s.user_text.take(), std::mem::take(&mut s.agent_text))
@@ -596,8 +621,31 @@ pub async fn conversation(
         match turn_event {
             Some(TurnEvent::SpeechStarted) => {
                 let now = Instant::now();
-                let playing = lock(&speaking).play_until.is_some_and(|u| u > now);
-                if turn.is_some() || playing {
+                let (playing, heard) = {
+                    let s = lock(&speaking);
+                    (s.play_until.is_some_and(|u| u > now), s.first_audio)
+                };
+                let mut carried: Vec<i16> = Vec::new();
+                if turn.is_some() && !heard && !playing {
+                    // The caller goes on before the agent said a word: the
+                    // last turn ended mid-sentence. Start over from its
+                    // input plus what follows.
+                    if let Some(t) = turn.take() {
+                        t.task.abort();
+                    }
+                    {
+                        let mut s = lock(&speaking);
+                        s.user_text = None;
+                        s.agent_text.clear();
+                    }
+                    match pending.take() {
+                        Some(Carry::Audio(a)) => carried = a,
+                        Some(Carry::Text(t)) => resumed_text = Some(t),
+                        None => {}
+                    }
+                    tracing::debug!("caller went on talking: the turn continues");
+                } else if turn.is_some() || playing {
+                    pending = None;
                     // Barge-in: stop the turn (its requests are dropped)
                     // and the audio the call still holds.
                     if let Some(t) = turn.take() {
@@ -617,7 +665,8 @@ pub async fn conversation(
                     io.send(Output::Clear);
                 }
                 if cfg.collect_utterances {
-                    utterance = Some(preroll.drain(..).collect());
+                    carried.extend(preroll.drain(..));
+                    utterance = Some(carried);
                 }
             }
             Some(TurnEvent::SpeechEnded) => {
@@ -644,10 +693,11 @@ pub async fn conversation(
                 s.user_text = None;
                 s.agent_text.clear();
             }
-            let t0 = match &input {
-                TurnInput::Audio(_) => speech_ended.unwrap_or_else(Instant::now),
-                TurnInput::Text(..) => speech_ended.unwrap_or_else(Instant::now),
-            };
+            pending = Some(match &input {
+                TurnInput::Audio(a) => Carry::Audio(a.clone()),
+                TurnInput::Text(t, _) => Carry::Text(t.clone()),
+            });
+            let t0 = speech_ended.unwrap_or_else(Instant::now);
             let task = tokio::spawn(run_turn(
                 backend.clone(),
                 history.clone(),
@@ -806,6 +856,166 @@ mod tests {
             Vec::<String>::new()
         );
         assert_eq!(split_all(&["a < b."]), vec!["a < b."]);
+    }
+
+    /// A provider double that records what the loop asks of it: each
+    /// utterance it is given, and the messages of each LLM request.
+    #[derive(Default)]
+    struct Recorder {
+        utterances: Mutex<Vec<Vec<i16>>>,
+        llm_requests: Mutex<Vec<Vec<Msg>>>,
+        llm_delay: Duration,
+    }
+
+    impl Backend for Recorder {
+        fn transcribe(&self, pcm: Vec<i16>) -> BoxFut<'_, Result<String, ProviderError>> {
+            Box::pin(async move {
+                let mut u = self.utterances.lock().unwrap();
+                u.push(pcm);
+                Ok(format!("utterance {}", u.len()))
+            })
+        }
+        fn llm(
+            &self,
+            messages: Vec<Msg>,
+            tx: mpsc::UnboundedSender<String>,
+        ) -> BoxFut<'_, Result<(), ProviderError>> {
+            Box::pin(async move {
+                self.llm_requests.lock().unwrap().push(messages);
+                tokio::time::sleep(self.llm_delay).await;
+                let _ = tx.send("Sure. ".into());
+                Ok(())
+            })
+        }
+        fn tts(
+            &self,
+            _text: String,
+            tx: mpsc::UnboundedSender<Vec<i16>>,
+        ) -> BoxFut<'_, Result<(), ProviderError>> {
+            Box::pin(async move {
+                let _ = tx.send(vec![100; 1600]);
+                Ok(())
+            })
+        }
+    }
+
+    const FRAME: usize = 160;
+
+    async fn speak(tx: &mpsc::Sender<Input>, level: i16, frames: usize) {
+        for _ in 0..frames {
+            tx.send(Input::Audio(vec![level; FRAME])).await.unwrap();
+        }
+    }
+
+    /// One utterance as the route's VAD reports it: speech, the VAD's
+    /// late start, more speech, trailing silence, the end.
+    async fn utterance(tx: &mpsc::Sender<Input>, level: i16) {
+        speak(tx, level, 10).await;
+        tx.send(Input::Turn(TurnEvent::SpeechStarted))
+            .await
+            .unwrap();
+        speak(tx, level, 10).await;
+        speak(tx, 0, 10).await;
+        tx.send(Input::Turn(TurnEvent::SpeechEnded)).await.unwrap();
+    }
+
+    /// Runs the loop on `backend`; returns the caller's input channel and
+    /// the outputs.
+    fn start(backend: Arc<Recorder>) -> (mpsc::Sender<Input>, mpsc::UnboundedReceiver<Output>) {
+        let (in_tx, in_rx) = mpsc::channel(1000);
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let io = Io {
+            inputs: in_rx,
+            outputs: out_tx,
+        };
+        let cfg = LoopConfig {
+            rate: 8000,
+            system: None,
+            collect_utterances: true,
+        };
+        tokio::spawn(conversation(io, backend, cfg, None, None, None));
+        (in_tx, out_rx)
+    }
+
+    async fn first_audio(out: &mut mpsc::UnboundedReceiver<Output>) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(o) = out.recv().await {
+                if matches!(o, Output::Audio(_)) {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Where in `u` the frames of `level` are (first, last frame index).
+    fn span(u: &[i16], level: i16) -> Option<(usize, usize)> {
+        let hits: Vec<usize> = u
+            .chunks(FRAME)
+            .enumerate()
+            .filter(|(_, f)| f.iter().all(|&x| x == level))
+            .map(|(i, _)| i)
+            .collect();
+        Some((*hits.first()?, *hits.last()?))
+    }
+
+    #[tokio::test]
+    async fn a_pause_mid_question_does_not_lose_its_first_half() {
+        let backend = Arc::new(Recorder {
+            llm_delay: Duration::from_millis(400),
+            ..Default::default()
+        });
+        let (tx, mut out) = start(backend.clone());
+        // The route's VAD drives turns from here on.
+        tx.send(Input::Turn(TurnEvent::SpeechEnded)).await.unwrap();
+        // "What is the" ... pause long enough to end the turn ...
+        utterance(&tx, 3000).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // ... "capital of France?", before the agent has said anything.
+        utterance(&tx, -3000).await;
+        first_audio(&mut out).await;
+        let utts = backend.utterances.lock().unwrap().clone();
+        assert_eq!(utts.len(), 2, "both ends of turn were transcribed");
+        let last = &utts[1];
+        let (a0, a1) = span(last, 3000).expect("the first half is in the second upload");
+        let (b0, b1) = span(last, -3000).expect("and the second half");
+        assert!(a1 < b0, "in order: {a0}-{a1}, {b0}-{b1}");
+        assert_eq!(
+            a1 - a0 + 1,
+            20,
+            "every frame of the first half, the pre-roll's too"
+        );
+        assert_eq!(b1 - b0 + 1, 20);
+        // The LLM answers the whole question once; the cut turn's text is
+        // not in the history.
+        let reqs = backend.llm_requests.lock().unwrap().clone();
+        let answered = reqs.last().unwrap();
+        let users: Vec<&str> = answered
+            .iter()
+            .filter(|m| m.role == "user")
+            .map(|m| m.content.as_str())
+            .collect();
+        assert_eq!(users, ["utterance 2"], "{reqs:?}");
+    }
+
+    #[tokio::test]
+    async fn once_the_agent_has_spoken_a_new_utterance_stands_alone() {
+        let backend = Arc::new(Recorder::default());
+        let (tx, mut out) = start(backend.clone());
+        tx.send(Input::Turn(TurnEvent::SpeechEnded)).await.unwrap();
+        utterance(&tx, 3000).await;
+        first_audio(&mut out).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        utterance(&tx, -3000).await;
+        first_audio(&mut out).await;
+        let utts = backend.utterances.lock().unwrap().clone();
+        assert_eq!(utts.len(), 2);
+        assert!(
+            span(&utts[1], 3000).is_none(),
+            "the answered question is not re-sent"
+        );
+        assert!(span(&utts[1], -3000).is_some());
     }
 
     #[test]

@@ -26,8 +26,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Writes waiting for the writer task; beyond this they are dropped (and
 /// counted) rather than slowing calls down.
 const QUEUE: usize = 10_000;
-/// How often a node records that it is alive.
-const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often a node records that it is alive: a crash's lost calls end at
+/// most this long before it.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How often old records are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// The most rows one `GET /cdrs` page returns.
