@@ -359,6 +359,13 @@ impl CallRegistry {
         }
     }
 
+    /// Whether the active call `id` has been answered.
+    pub fn is_answered(&self, id: &str) -> bool {
+        self.lock()
+            .get(id)
+            .is_some_and(|e| e.info.answered_at_unix_ms.is_some())
+    }
+
     /// The call was answered now.
     pub fn answered(&self, id: &str) {
         let at = unix_ms();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::pg::Postgres;
 use common::sipp::{spawn_scenario, SippRun};
-use common::{http_get, http_post, require_peer, Server};
+use common::{finished_cdr, http_get, http_post, require_peer, urlencode, Server};
 use serde_json::Value;
 
 fn profile(store: &str) -> String {
@@ -45,34 +45,6 @@ fallback = [ {{ kind = "echo" }} ]
 fn get_json(server: &Server, path: &str) -> (u16, Value) {
     let (code, body) = http_get(server.api_port, path).unwrap();
     (code, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
-/// The record of `id` once it is complete (the writer is asynchronous).
-fn finished_cdr(server: &Server, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, v) = get_json(server, &format!("/cdrs/{}", urlencode(id)));
-        if code == 200 && !v["end_at_unix_ms"].is_null() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no finished record for {id}: {code} {v}\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The id of the call whose SIP Call-ID is `call_id` (active or ended).

@@ -425,7 +425,7 @@ fn outbound_call_answers_the_407_and_reaches_the_uas() {
         "the UAS got the INVITE:\n{log}"
     );
     assert!(log.contains("BYE sip:"), "and our BYE:\n{log}");
-    let cdr = finished_cdr(&server, &id);
+    let cdr = common::finished_cdr(&server, &id);
     assert_eq!(cdr["direction"], "outbound", "{cdr}");
     assert_eq!(cdr["trunk"], "carrier", "{cdr}");
     assert_eq!(cdr["sip_code"], 200, "{cdr}");
@@ -538,31 +538,13 @@ fn refused_outbound_call_reports_the_final_code() {
     let idle = server.wait_idle(Duration::from_secs(10));
     assert_eq!(idle["active_calls"], 0, "{idle}");
     // Its record: outbound through the trunk, the callee's final code.
-    let cdr = finished_cdr(&server, &id);
+    let cdr = common::finished_cdr(&server, &id);
     assert_eq!(cdr["direction"], "outbound", "{cdr}");
     assert_eq!(cdr["trunk"], "carrier", "{cdr}");
     assert_eq!(cdr["to"], "nobody", "{cdr}");
     assert_eq!(cdr["sip_code"], 404, "{cdr}");
     assert_eq!(cdr["hung_up_by"], "callee", "{cdr}");
     assert!(cdr["answer_at_unix_ms"].is_null(), "{cdr}");
-}
-
-/// The call's record once complete (the store writes asynchronously).
-fn finished_cdr(server: &Server, id: &str) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let path = format!("/cdrs/{}", id.replace('@', "%40"));
-        let (code, body) = common::http_get(server.api_port, &path).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        if code == 200 && !v["end_at_unix_ms"].is_null() {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no finished record for {id}: {code} {body}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Transfer to a caller that refuses REFER (sipp answers 501): mode `auto`

@@ -246,10 +246,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
                 shared.nat.forget(&hp);
             }
             call_metrics::call_ended(&shared.calls, &id, "inbound", &end);
-            let answered = shared
-                .calls
-                .get(&id)
-                .is_some_and(|c| c.answered_at_unix_ms.is_some());
+            let answered = shared.calls.is_answered(&id);
             shared.calls.end(&id, &end.call_end(answered));
         }
         .instrument(span),
@@ -1361,10 +1358,7 @@ pub fn originate_leg(
             }
             shared.dialogs.remove_dialog(&dialog.id());
             call_metrics::call_ended(&shared.calls, &id, "outbound", &end);
-            let answered = shared
-                .calls
-                .get(&id)
-                .is_some_and(|c| c.answered_at_unix_ms.is_some());
+            let answered = shared.calls.is_answered(&id);
             shared.calls.end(&id, &end.call_end(answered));
         }
         .instrument(span),

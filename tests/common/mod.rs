@@ -274,3 +274,35 @@ pub fn unix_ms_now() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// `s` percent-encoded for a URL path segment (call ids hold `@`).
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The call record of `id` once it is complete (the store writes
+/// asynchronously): polls `GET /cdrs/{id}` for up to 10 s.
+pub fn finished_cdr(server: &Server, id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) =
+            http_get(server.api_port, &format!("/cdrs/{}", urlencode(id))).expect("GET /cdrs/{id}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if code == 200 && !v["end_at_unix_ms"].is_null() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no finished record for {id}: {code} {body}\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
