@@ -665,8 +665,23 @@ pub async fn conversation(
                     io.send(Output::Clear);
                 }
                 if cfg.collect_utterances {
-                    carried.extend(preroll.drain(..));
-                    utterance = Some(carried);
+                    match utterance.as_mut() {
+                        // Already collecting: the route's VAD confirms
+                        // what the energy VAD started at the call's
+                        // beginning (before the route's first event).
+                        // Keep all of it.
+                        Some(u) if carried.is_empty() => {
+                            let _ = u;
+                        }
+                        Some(u) => {
+                            carried.append(u);
+                            *u = carried;
+                        }
+                        None => {
+                            carried.extend(preroll.drain(..));
+                            utterance = Some(carried);
+                        }
+                    }
                 }
             }
             Some(TurnEvent::SpeechEnded) => {
@@ -997,6 +1012,24 @@ mod tests {
             .map(|m| m.content.as_str())
             .collect();
         assert_eq!(users, ["utterance 2"], "{reqs:?}");
+    }
+
+    #[tokio::test]
+    async fn the_first_words_of_a_call_are_kept_when_the_route_vad_reports_late() {
+        // At the start of a call the route's VAD has said nothing yet, so
+        // the loop's own energy VAD starts the utterance on the first loud
+        // frame; the route's SpeechStarted comes 200 ms later. Its
+        // utterance must not start over there.
+        let backend = Arc::new(Recorder::default());
+        let (tx, mut out) = start(backend.clone());
+        speak(&tx, 0, 25).await;
+        utterance(&tx, 3000).await;
+        first_audio(&mut out).await;
+        let utts = backend.utterances.lock().unwrap().clone();
+        assert_eq!(utts.len(), 1);
+        let (a0, a1) = span(&utts[0], 3000).expect("speech uploaded");
+        assert_eq!(a1 - a0 + 1, 20, "every loud frame, from the first");
+        assert!(a0 >= 5, "with silence before it: {a0}");
     }
 
     #[tokio::test]
