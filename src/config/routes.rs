@@ -22,6 +22,9 @@ pub(super) struct RawRoute {
     response_timeout_ms: Option<u64>,
     /// Caller speech (route VAD) drops the agent's queued audio.
     barge_in: Option<bool>,
+    /// Caller speech over the agent must last this long to cut it; shorter
+    /// is a backchannel ("mm-hm") and the agent goes on. Default 400.
+    barge_in_min_ms: Option<u32>,
     /// Ignore caller speech while the agent talks (AVR INTERRUPT_LISTENING).
     #[serde(default)]
     interrupt_listening: bool,
@@ -54,6 +57,9 @@ struct RawDsp {
     speech_start_ms: Option<u32>,
 }
 
+/// Caller speech over the agent shorter than this is a backchannel.
+pub const DEFAULT_BARGE_IN_MIN_MS: u32 = 400;
+
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
     /// The dialled request-URI user part this route answers (for a `did`
@@ -66,6 +72,7 @@ pub struct RouteConfig {
     pub fallback: Vec<AgentConfig>,
     pub response_timeout_ms: u64,
     pub barge_in: bool,
+    pub barge_in_min_ms: u32,
     pub interrupt_listening: bool,
     /// Background sound mixed under the agent and its volume.
     pub ambient: Option<(PathBuf, f32)>,
@@ -86,6 +93,7 @@ impl RouteConfig {
             fallback: Vec::new(),
             response_timeout_ms: 8000,
             barge_in: true,
+            barge_in_min_ms: DEFAULT_BARGE_IN_MIN_MS,
             interrupt_listening: false,
             ambient: None,
             answer_delay_ms: 0,
@@ -138,6 +146,13 @@ impl RawRoute {
             ));
         }
         let dsp = self.dsp.validate(key, cx)?;
+        let barge_in_min_ms = self.barge_in_min_ms.unwrap_or(DEFAULT_BARGE_IN_MIN_MS);
+        if barge_in_min_ms > 5000 {
+            return Err(cx.invalid(
+                format!("{key}.barge_in_min_ms"),
+                format!("expected at most 5000, got {barge_in_min_ms}"),
+            ));
+        }
         for (j, a) in std::iter::once(&self.agent)
             .chain(&self.fallback)
             .enumerate()
@@ -160,6 +175,7 @@ impl RawRoute {
             fallback: self.fallback,
             response_timeout_ms: self.response_timeout_ms.unwrap_or(8000).clamp(500, 120_000),
             barge_in: self.barge_in.unwrap_or(true),
+            barge_in_min_ms,
             interrupt_listening: self.interrupt_listening,
             ambient,
             answer_delay_ms: self.answer_delay_ms,

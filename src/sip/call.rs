@@ -317,6 +317,7 @@ impl Driver {
             timer: setup.timer,
             answer_delay: Duration::from_millis(setup.route.answer_delay_ms),
             barge_in: setup.route.barge_in,
+            barge_in_min_ms: setup.route.barge_in_min_ms,
             interrupt_listening: setup.route.interrupt_listening,
             dsp: setup.route.dsp.clone(),
             rtp_timeout: Duration::from_secs(cfg.rtp_timeout_s),
@@ -653,6 +654,10 @@ impl Driver {
                         c.caller_turns += 1;
                     }
                 });
+            }
+            CallEvent::Backchannel => {
+                metrics::counter!("agentline_backchannels_total").increment(1);
+                calls.update(id, |c| c.backchannels += 1);
             }
             CallEvent::Latched(addr) => calls.update(id, |c| c.remote_rtp = Some(addr.to_string())),
             CallEvent::MediaUpdated { codec, held } => calls.update(id, |c| {

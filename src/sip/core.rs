@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
+use super::barge::{BargeIn, Decision, Verdict};
 use super::timer::SessionTimer;
 use crate::agent::{self, Agent, AgentEvent, AgentOutput};
 use crate::calls::{
@@ -285,6 +286,9 @@ pub enum CallEvent {
     AgentKind(&'static str),
     Dtmf(char),
     CallerTurn(TurnEvent),
+    /// The caller said something short over the agent ("mm-hm") that did
+    /// not interrupt it.
+    Backchannel,
     Latched(SocketAddr),
     /// A re-INVITE/UPDATE changed the media.
     MediaUpdated {
@@ -367,6 +371,9 @@ pub struct CoreConfig {
     pub timer: Option<SessionTimer>,
     pub answer_delay: Duration,
     pub barge_in: bool,
+    /// Caller speech over the agent shorter than this is a backchannel,
+    /// not a barge-in (see [`super::barge`]).
+    pub barge_in_min_ms: u32,
     pub interrupt_listening: bool,
     pub dsp: DspConfig,
     /// Hang up after this long without RTP (zero: never).
@@ -444,6 +451,7 @@ struct Active {
     bridged_leg: Option<String>,
     /// BYE at this time, ending for this reason (after a transfer's NOTIFY).
     bye_at: Option<(Instant, EndReason)>,
+    barge: BargeIn,
 }
 
 /// One call's signalling and media decisions.
@@ -814,6 +822,7 @@ impl CallCore {
             transfer: None,
             bridged_leg: None,
             bye_at: None,
+            barge: BargeIn::new(self.cfg.barge_in_min_ms, self.cfg.dsp.speech_start_ms),
         });
         Self::apply_output(&mut a);
         self.phase = Phase::Active(a);
@@ -1208,6 +1217,18 @@ impl CallCore {
         }
     }
 
+    /// A caller turn event for the agent; with `cut`, the agent's queued
+    /// audio is dropped first (a barge-in).
+    fn caller_turn(a: &mut Active, events: &mut Vec<CallEvent>, ev: TurnEvent, cut: bool) {
+        events.push(CallEvent::CallerTurn(ev));
+        if cut && a.session.queued_ms() > 0 {
+            a.out.clear = true;
+            a.out.events.push(AgentEvent::Interruption);
+        }
+        a.agent.on_turn(ev, &mut a.out);
+        Self::apply_output(a);
+    }
+
     /// After every input while the call is up: media events to the agent,
     /// the agent's requests, statistics and the RTP timeout.
     fn after_input(&mut self, now: Instant) {
@@ -1217,6 +1238,7 @@ impl CallCore {
             return;
         };
         let mut events = Vec::new();
+        let cut_in = barge_in && !interrupt_listening;
         while let Some(ev) = a.session.poll_event() {
             match ev {
                 MediaEvent::Audio(pcm) => {
@@ -1236,17 +1258,31 @@ impl CallCore {
                     Self::apply_output(a);
                 }
                 MediaEvent::Turn(ev) => {
-                    let speaking = matches!(ev, TurnEvent::SpeechStarted);
                     info!(event = ?ev, "caller turn");
-                    events.push(CallEvent::CallerTurn(ev));
-                    // Barge-in from our VAD: drop what the agent queued.
-                    if speaking && barge_in && !interrupt_listening && a.session.queued_ms() > 0 {
-                        a.out.clear = true;
-                        a.out.events.push(AgentEvent::Interruption);
+                    let verdict = match (cut_in, ev) {
+                        (false, _) => Verdict::Pass,
+                        (true, TurnEvent::SpeechStarted) => {
+                            a.barge.speech_started(now, a.session.queued_ms() > 0)
+                        }
+                        (true, TurnEvent::SpeechEnded) => a.barge.speech_ended(),
+                    };
+                    match verdict {
+                        Verdict::Hold => {}
+                        Verdict::Pass => Self::caller_turn(a, &mut events, ev, false),
+                        Verdict::Interrupt => Self::caller_turn(a, &mut events, ev, true),
                     }
-                    a.agent.on_turn(ev, &mut a.out);
-                    Self::apply_output(a);
                 }
+                MediaEvent::Voice(voiced) => match a.barge.frame(now, voiced) {
+                    None => {}
+                    Some(Decision::BargeIn) => {
+                        info!("caller speech over the agent: barge-in");
+                        Self::caller_turn(a, &mut events, TurnEvent::SpeechStarted, true);
+                    }
+                    Some(Decision::Backchannel) => {
+                        info!("backchannel: the agent goes on");
+                        events.push(CallEvent::Backchannel);
+                    }
+                },
                 MediaEvent::Latched(addr) => {
                     info!(%addr, "RTP latched");
                     events.push(CallEvent::Latched(addr));
@@ -1370,6 +1406,7 @@ mod tests {
             timer,
             answer_delay: Duration::from_millis(1000),
             barge_in: true,
+            barge_in_min_ms: 400,
             interrupt_listening: false,
             dsp: DspConfig::off(),
             rtp_timeout: Duration::from_secs(30),

@@ -4,6 +4,7 @@
 //! ([`call`]). rsipstack carries the transactions and
 //! dialogs; this module adds what it does not have.
 pub mod auth;
+pub mod barge;
 pub mod call;
 pub mod call_metrics;
 pub mod core;
