@@ -39,6 +39,13 @@ pub(super) struct RawRoute {
     /// Record each call to a stereo WAV in `state.record_dir`.
     #[serde(default)]
     record: bool,
+    /// A WAV played the moment the call is answered, before the agent says
+    /// anything (every agent kind).
+    greeting_file: Option<PathBuf>,
+    /// A text the agent speaks first, with its own voice (agents with a
+    /// TTS or a speaking model: openai_compat, avr_pipeline,
+    /// openai_realtime).
+    greeting: Option<String>,
 }
 
 /// `dsp = { denoise = true, vad = true, agc = true }` on a route: caller-side
@@ -81,6 +88,17 @@ pub struct RouteConfig {
     pub dsp: DspConfig,
     /// Record each call (stereo WAV: caller left, agent right).
     pub record: bool,
+    /// Played the moment the call is answered (loaded with the profile).
+    pub greeting_audio: Option<std::sync::Arc<Prompt>>,
+    /// Spoken first by the agent itself.
+    pub greeting_text: Option<String>,
+}
+
+/// Audio loaded with the profile: mono PCM at its own rate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    pub pcm: Vec<i16>,
+    pub rate: u32,
 }
 
 impl RouteConfig {
@@ -99,6 +117,8 @@ impl RouteConfig {
             answer_delay_ms: 0,
             dsp: DspConfig::off(),
             record: false,
+            greeting_audio: None,
+            greeting_text: None,
         }
     }
 }
@@ -164,6 +184,20 @@ impl RawRoute {
             };
             a.validate().map_err(|e| cx.invalid(k, e))?;
         }
+        let greeting_audio = match self.greeting_file {
+            None => None,
+            Some(f) => Some(std::sync::Arc::new(prompt(f, &format!("{key}.greeting_file"), cx)?)),
+        };
+        let greeting_text = self.greeting.filter(|t| !t.trim().is_empty());
+        if greeting_text.is_some() && !self.agent.speaks_text() {
+            return Err(cx.invalid(
+                format!("{key}.greeting"),
+                format!(
+                    "a `{}` agent has no voice of its own to speak a text greeting: use greeting_file",
+                    self.agent.kind()
+                ),
+            ));
+        }
         let ambient = match self.ambient_file {
             None => None,
             Some(f) => Some(ambient(f, self.ambient_level, key, cx)?),
@@ -181,6 +215,8 @@ impl RawRoute {
             answer_delay_ms: self.answer_delay_ms,
             dsp,
             record: self.record,
+            greeting_audio,
+            greeting_text,
         })
     }
 }
@@ -204,6 +240,20 @@ impl RawDsp {
             speech_start_ms: self.speech_start_ms.unwrap_or(defaults.speech_start_ms),
         })
     }
+}
+
+/// A WAV named by the profile, read and parsed now (a bad file fails the
+/// profile, not a call).
+fn prompt(file: PathBuf, key: &str, cx: &Ctx) -> Result<Prompt, ConfigError> {
+    let file = cx.path(Some(file), "");
+    let wav = std::fs::read(&file)
+        .map_err(|e| e.to_string())
+        .and_then(|b| Wav::parse(&b).map_err(|e| e.to_string()))
+        .map_err(|e| cx.invalid(key.to_string(), format!("{}: {e}", file.display())))?;
+    Ok(Prompt {
+        pcm: wav.mono(),
+        rate: wav.sample_rate,
+    })
 }
 
 /// The ambient sound file (read and parsed now, so a bad file fails the

@@ -327,6 +327,7 @@ impl Driver {
             srtp_key: crate::media::srtp::random_master_key(),
             sdp_session_id: rand::random::<u32>() as u64,
             record: setup.route.record,
+            greeting: setup.route.greeting_audio.clone(),
         }
     }
 
@@ -861,6 +862,7 @@ async fn build_agent(
         called: route.dial.clone(),
         codec: Some(neg.codec),
         overrides: Default::default(),
+        greeting: route.greeting_text.clone(),
     };
     let mut chain = vec![route.agent.clone()];
     chain.extend(route.fallback.iter().cloned());

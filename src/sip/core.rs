@@ -388,6 +388,8 @@ pub struct CoreConfig {
     /// Record the call: the media session's stereo frames come out of
     /// [`CallCore::poll_recording`] from the answer to the end.
     pub record: bool,
+    /// Played the moment media starts, ahead of anything the agent says.
+    pub greeting: Option<std::sync::Arc<crate::config::Prompt>>,
 }
 
 /// Random starting points of the RTP stream and the wall clock for RTCP.
@@ -809,6 +811,13 @@ impl CallCore {
             agent: agent.kind(),
         }));
         let mut out = AgentOutput::default();
+        if let Some(g) = &self.cfg.greeting {
+            let rate = session.params().agent_rate;
+            match crate::media::resample::resample_once(&g.pcm, g.rate, rate) {
+                Ok(pcm) => out.audio = pcm,
+                Err(e) => warn!(error = %e, "greeting not played"),
+            }
+        }
         agent.start(&mut out);
         let mut a = Box::new(Active {
             session,
@@ -1407,6 +1416,7 @@ mod tests {
             answer_delay: Duration::from_millis(1000),
             barge_in: true,
             barge_in_min_ms: 400,
+            greeting: None,
             interrupt_listening: false,
             dsp: DspConfig::off(),
             rtp_timeout: Duration::from_secs(30),
