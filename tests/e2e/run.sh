@@ -3,12 +3,15 @@
 # runs on three real local AI engines (installed by setup.sh), all on 127.0.0.1:
 #
 #   baresip --(SIP/RTP, PCMU)--> agentline --(HTTP)--> faster-whisper-server (ASR)
-#   "What is the capital       (VAD turn)            llama.cpp SmolLM2-135M  (LLM, SSE)
+#   "What is the capital       (VAD turn)            llama.cpp Qwen2.5-Coder-0.5B-Instruct (LLM, SSE)
 #    of France?"  <---- spoken answer ----------     piper en_US-joe-medium  (TTS)
 #
 # Then what the phone heard is transcribed with the same ASR server, and the
-# script checks it is English words (>= 3) and that agentline reported a turn
-# latency (GET /calls/{id} `turns`, else the log's "turn latency" line).
+# script checks it is English words (>= 3) holding the answer ("paris"), that
+# the agent understood the whole question (a `user` entry of GET /calls/{id}
+# `transcript` holds "what is the capital of/on france", normalised), and that
+# agentline reported a turn latency (GET /calls/{id} `turns`, else the log's
+# "turn latency" line).
 # Prints the latency (total and per stage), the latency the caller measured
 # (end of its speech -> first answer audio), and the words heard. It also
 # checks the answer plays at the right speed: the agent's sentences (from
@@ -22,6 +25,10 @@
 #   E2E_DIR         where setup.sh installed the engines (default /var/tmp/agentline-e2e)
 #   E2E_CALL_SECS   length of the call = the caller's in.wav (default 20)
 #   E2E_QUESTION    what the caller says (default "What is the capital of France?")
+#   E2E_EXPECT_UNDERSTOOD  regex over the normalised words of a user transcript entry
+#                   (default for the default question: \bwhat is the capital (of|on) france\b)
+#   E2E_EXPECT_ANSWER      word the phone must hear (default for the default question: paris)
+#                   With another E2E_QUESTION both default to empty = not checked.
 #   E2E_LEAD_SECS   silence before the question (default 0.5)
 #   E2E_KEEP=1      keep the work folder (logs, WAVs, profile) even on success
 #   E2E_SPEED_TOLERANCE  playback-speed (pitch ratio) tolerance (default 0.04)
