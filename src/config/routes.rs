@@ -186,7 +186,11 @@ impl RawRoute {
         }
         let greeting_audio = match self.greeting_file {
             None => None,
-            Some(f) => Some(std::sync::Arc::new(prompt(f, &format!("{key}.greeting_file"), cx)?)),
+            Some(f) => Some(std::sync::Arc::new(prompt(
+                f,
+                &format!("{key}.greeting_file"),
+                cx,
+            )?)),
         };
         let greeting_text = self.greeting.filter(|t| !t.trim().is_empty());
         if greeting_text.is_some() && !self.agent.speaks_text() {
