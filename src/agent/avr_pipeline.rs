@@ -318,6 +318,7 @@ pub fn spawn(s: Settings, ctx: &AgentContext) -> Result<Remote, AgentError> {
                 system,
                 collect_utterances: false,
                 greeting,
+                preroll_ms: 0,
             },
             Some(sink),
             Some(first),

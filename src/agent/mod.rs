@@ -156,6 +156,7 @@ pub fn build_for(cfg: &AgentConfig, ctx: &AgentContext) -> Result<Box<dyn Agent>
             voice,
             api_key_env,
             system,
+            preroll_ms,
         } => Box::new(openai_compat::spawn(
             openai_compat::Settings::from_config(
                 base_url.as_deref(),
@@ -168,7 +169,8 @@ pub fn build_for(cfg: &AgentConfig, ctx: &AgentContext) -> Result<Box<dyn Agent>
                 voice.as_deref(),
                 api_key_env.as_deref(),
                 system.as_deref(),
-            )?,
+            )?
+            .with_preroll(preroll_ms.unwrap_or(crate::config::DEFAULT_PREROLL_MS)),
             ctx,
         )?),
         AgentConfig::AvrPipeline {

@@ -37,9 +37,16 @@ pub struct Settings {
     pub voice: String,
     pub api_key: Option<String>,
     pub system: Option<String>,
+    /// Audio kept from before speech starts (ms).
+    pub preroll_ms: u32,
 }
 
 impl Settings {
+    pub fn with_preroll(mut self, ms: u32) -> Settings {
+        self.preroll_ms = ms;
+        self
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn from_config(
         base_url: Option<&str>,
@@ -82,6 +89,7 @@ impl Settings {
             voice: voice.unwrap_or("alloy").into(),
             api_key,
             system: system.map(str::to_string),
+            preroll_ms: crate::config::DEFAULT_PREROLL_MS,
         })
     }
 }
@@ -443,6 +451,7 @@ pub fn spawn(s: Settings, ctx: &AgentContext) -> Result<Remote, AgentError> {
     let http = pipeline::http_client()?;
     let system = s.system.clone();
     let greeting = ctx.greeting.clone();
+    let preroll_ms = s.preroll_ms;
     let backend = Arc::new(OpenaiCompat { s, http });
     Ok(Remote::spawn(KIND, RATE, move |io| async move {
         // A dead endpoint fails at once (a fallback takes over).
@@ -457,6 +466,7 @@ pub fn spawn(s: Settings, ctx: &AgentContext) -> Result<Remote, AgentError> {
                 system,
                 collect_utterances: true,
                 greeting,
+                preroll_ms,
             },
             None,
             None,

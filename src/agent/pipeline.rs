@@ -471,6 +471,8 @@ pub struct LoopConfig {
     pub collect_utterances: bool,
     /// Said first, as soon as the call starts (the route's `greeting`).
     pub greeting: Option<String>,
+    /// With `collect_utterances`: audio kept from before the VAD's start.
+    pub preroll_ms: u32,
 }
 
 /// Hands caller audio to a streaming ASR (`avr_pipeline`).
@@ -503,7 +505,7 @@ pub async fn conversation(
     // The route VAD reports speech 120-180 ms after its onset, and later at
     // the start of a call (its first 200 ms never count): keep a second of
     // audio from before, trimmed to the sound below.
-    let preroll_len = rate as usize;
+    let preroll_len = (rate as u64 * cfg.preroll_ms as u64 / 1000) as usize;
     let mut preroll: VecDeque<i16> = VecDeque::with_capacity(preroll_len);
     let mut utterance: Option<Vec<i16>> = None;
     let mut speech_ended: Option<Instant> = None;
@@ -1022,6 +1024,7 @@ mod tests {
             system: None,
             collect_utterances: true,
             greeting: None,
+            preroll_ms: 1000,
         };
         tokio::spawn(conversation(io, backend, cfg, None, None, None));
         (in_tx, out_rx)

@@ -20,6 +20,8 @@ pub enum AgentConfigError {
     HostPort(String),
     #[error("give base_url, or asr_url, llm_url and tts_url")]
     CompatUrls,
+    #[error("preroll_ms: expected 500-5000, got {0}")]
+    Preroll(u32),
 }
 
 /// What answers a routed call.
@@ -83,8 +85,15 @@ pub enum AgentConfig {
         voice: Option<String>,
         api_key_env: Option<String>,
         system: Option<String>,
+        /// Audio kept from before the VAD reports speech, so an
+        /// utterance's first syllable reaches the ASR (500-5000 ms,
+        /// default 1000; trimmed to 200 ms before the first sound).
+        preroll_ms: Option<u32>,
     },
 }
+
+/// Default pre-roll of VAD-cut utterances.
+pub const DEFAULT_PREROLL_MS: u32 = 1000;
 
 /// A tool the OpenAI Realtime model may call: its JSON arguments are
 /// POSTed to `url`, and the response body is handed back to the model.
@@ -197,8 +206,12 @@ impl AgentConfig {
                 asr_url,
                 llm_url,
                 tts_url,
+                preroll_ms,
                 ..
             } => {
+                if let Some(p) = preroll_ms.filter(|p| !(500..=5000).contains(p)) {
+                    return Err(AgentConfigError::Preroll(p));
+                }
                 for u in [base_url, asr_url, llm_url, tts_url].into_iter().flatten() {
                     url(u, &["http://", "https://"])?;
                 }

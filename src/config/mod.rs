@@ -23,7 +23,7 @@ mod trunks;
 mod users;
 mod webhooks;
 
-pub use agents::{AgentConfig, AgentConfigError, HttpTool};
+pub use agents::{AgentConfig, AgentConfigError, HttpTool, DEFAULT_PREROLL_MS};
 pub use pem::{read_pem, PemError, PemKind};
 pub use routes::{Prompt, RouteConfig};
 pub use rtp::{PortRange, PortRangeError};
@@ -396,6 +396,20 @@ mod tests {
             (
                 "[[trunks]]\nname = \"t\"\nhost = \"h\"\nregister = false\nsrtp = true\n",
                 "key `trunks[0].srtp`: SDES keys travel in the SDP: SRTP needs transport = \"tls\"",
+            ),
+            (
+                "[[routes]]\ndial = \"x\"\nagent = { kind = \"openai_compat\", \
+                 base_url = \"http://h/v1\", preroll_ms = 100 }\n",
+                "key `routes[0].agent`: preroll_ms: expected 500-5000, got 100",
+            ),
+            (
+                "[[routes]]\ndial = \"x\"\nagent = { kind = \"echo\" }\nbarge_in_min_ms = 9000\n",
+                "key `routes[0].barge_in_min_ms`: expected at most 5000, got 9000",
+            ),
+            (
+                "[[routes]]\ndial = \"x\"\nagent = { kind = \"audiosocket\", addr = \"h:1\" }\n\
+                 greeting = \"Hi\"\n",
+                "key `routes[0].greeting`: a `audiosocket` agent has no voice of its own to speak a text greeting: use greeting_file",
             ),
             (
                 "[webhooks]\nurl = \"ftp://x\"\n",
