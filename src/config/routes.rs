@@ -46,6 +46,11 @@ pub(super) struct RawRoute {
     /// TTS or a speaking model: openai_compat, avr_pipeline,
     /// openai_realtime).
     greeting: Option<String>,
+    /// A short sound (typing, "one moment") played when the agent has said
+    /// nothing `filler_after_ms` after the caller's turn ended; cut the
+    /// moment the agent speaks. Off without a file.
+    filler_file: Option<PathBuf>,
+    filler_after_ms: Option<u64>,
 }
 
 /// `dsp = { denoise = true, vad = true, agc = true }` on a route: caller-side
@@ -92,6 +97,8 @@ pub struct RouteConfig {
     pub greeting_audio: Option<std::sync::Arc<Prompt>>,
     /// Spoken first by the agent itself.
     pub greeting_text: Option<String>,
+    /// Played while the agent has not answered a turn for this long.
+    pub filler: Option<(std::sync::Arc<Prompt>, std::time::Duration)>,
 }
 
 /// Audio loaded with the profile: mono PCM at its own rate.
@@ -119,6 +126,7 @@ impl RouteConfig {
             record: false,
             greeting_audio: None,
             greeting_text: None,
+            filler: None,
         }
     }
 }
@@ -193,6 +201,20 @@ impl RawRoute {
             )?)),
         };
         let greeting_text = self.greeting.filter(|t| !t.trim().is_empty());
+        let filler_after = self.filler_after_ms.unwrap_or(800);
+        if !(100..=10_000).contains(&filler_after) {
+            return Err(cx.invalid(
+                format!("{key}.filler_after_ms"),
+                format!("expected 100-10000, got {filler_after}"),
+            ));
+        }
+        let filler = match self.filler_file {
+            None => None,
+            Some(f) => Some((
+                std::sync::Arc::new(prompt(f, &format!("{key}.filler_file"), cx)?),
+                std::time::Duration::from_millis(filler_after),
+            )),
+        };
         if greeting_text.is_some() && !self.agent.speaks_text() {
             return Err(cx.invalid(
                 format!("{key}.greeting"),
@@ -221,6 +243,7 @@ impl RawRoute {
             record: self.record,
             greeting_audio,
             greeting_text,
+            filler,
         })
     }
 }

@@ -328,6 +328,7 @@ impl Driver {
             sdp_session_id: rand::random::<u32>() as u64,
             record: setup.route.record,
             greeting: setup.route.greeting_audio.clone(),
+            filler: setup.route.filler.clone(),
         }
     }
 

@@ -390,6 +390,8 @@ pub struct CoreConfig {
     pub record: bool,
     /// Played the moment media starts, ahead of anything the agent says.
     pub greeting: Option<std::sync::Arc<crate::config::Prompt>>,
+    /// Played when the agent is silent this long after the caller's turn.
+    pub filler: Option<(std::sync::Arc<crate::config::Prompt>, Duration)>,
 }
 
 /// Random starting points of the RTP stream and the wall clock for RTCP.
@@ -454,6 +456,18 @@ struct Active {
     /// BYE at this time, ending for this reason (after a transfer's NOTIFY).
     bye_at: Option<(Instant, EndReason)>,
     barge: BargeIn,
+    filler: Filler,
+}
+
+/// The route's filler sound and when it is due.
+#[derive(Default)]
+struct Filler {
+    /// At the call's agent rate; empty when the route has none.
+    pcm: Vec<i16>,
+    after: Duration,
+    due: Option<Instant>,
+    /// In the playout queue now (dropped as soon as the agent speaks).
+    playing: bool,
 }
 
 /// One call's signalling and media decisions.
@@ -565,6 +579,9 @@ impl CallCore {
                 }
                 if let Some((at, _)) = &a.bye_at {
                     wake = wake.min(*at);
+                }
+                if let Some(at) = a.filler.due {
+                    wake = wake.min(at);
                 }
                 Some(wake)
             }
@@ -819,6 +836,17 @@ impl CallCore {
             }
         }
         agent.start(&mut out);
+        let mut filler = Filler::default();
+        if let Some((f, after)) = &self.cfg.filler {
+            let rate = session.params().agent_rate;
+            match crate::media::resample::resample_once(&f.pcm, f.rate, rate) {
+                Ok(pcm) => {
+                    filler.pcm = pcm;
+                    filler.after = *after;
+                }
+                Err(e) => warn!(error = %e, "filler not loaded"),
+            }
+        }
         let mut a = Box::new(Active {
             session,
             srtp,
@@ -832,6 +860,7 @@ impl CallCore {
             bridged_leg: None,
             bye_at: None,
             barge: BargeIn::new(self.cfg.barge_in_min_ms, self.cfg.dsp.speech_start_ms),
+            filler,
         });
         Self::apply_output(&mut a);
         self.phase = Phase::Active(a);
@@ -1217,6 +1246,11 @@ impl CallCore {
             a.agent.on_cleared(dropped);
         }
         if !out.audio.is_empty() {
+            // The agent speaks: the filler stops (and is no longer due).
+            a.filler.due = None;
+            if std::mem::take(&mut a.filler.playing) {
+                a.session.clear_playout();
+            }
             a.session.handle_agent_audio(&out.audio);
             out.audio.clear();
         }
@@ -1268,6 +1302,14 @@ impl CallCore {
                 }
                 MediaEvent::Turn(ev) => {
                     info!(event = ?ev, "caller turn");
+                    if ev == TurnEvent::SpeechStarted {
+                        // The caller talks: no filler (and the one playing
+                        // is not the agent being interrupted).
+                        a.filler.due = None;
+                        if std::mem::take(&mut a.filler.playing) {
+                            a.session.clear_playout();
+                        }
+                    }
                     let verdict = match (cut_in, ev) {
                         (false, _) => Verdict::Pass,
                         (true, TurnEvent::SpeechStarted) => {
@@ -1279,6 +1321,12 @@ impl CallCore {
                         Verdict::Hold => {}
                         Verdict::Pass => Self::caller_turn(a, &mut events, ev, false),
                         Verdict::Interrupt => Self::caller_turn(a, &mut events, ev, true),
+                    }
+                    if ev == TurnEvent::SpeechEnded
+                        && verdict == Verdict::Pass
+                        && !a.filler.pcm.is_empty()
+                    {
+                        a.filler.due = Some(now + a.filler.after);
                     }
                 }
                 MediaEvent::Voice(voiced) => match a.barge.frame(now, voiced) {
@@ -1296,6 +1344,17 @@ impl CallCore {
                     info!(%addr, "RTP latched");
                     events.push(CallEvent::Latched(addr));
                 }
+            }
+        }
+        if a.filler.playing && a.session.queued_ms() == 0 {
+            a.filler.playing = false;
+        }
+        if a.filler.due.is_some_and(|d| now >= d) {
+            a.filler.due = None;
+            if a.session.queued_ms() == 0 {
+                debug!("agent silent after the caller's turn: filler");
+                a.session.handle_agent_audio(&a.filler.pcm);
+                a.filler.playing = true;
             }
         }
         for ev in std::mem::take(&mut a.out.events) {
@@ -1417,6 +1476,7 @@ mod tests {
             barge_in: true,
             barge_in_min_ms: 400,
             greeting: None,
+            filler: None,
             interrupt_listening: false,
             dsp: DspConfig::off(),
             rtp_timeout: Duration::from_secs(30),
