@@ -46,8 +46,8 @@ clip() {
     fi
     if [ -n "$noise" ]; then
         len=$(soxi -D "$tmp/clean.wav")
-        sox -D -n -r 8000 -c 1 -b 16 "$tmp/noise.wav" synth "$len" pinknoise gain "$noise"
-        sox -D -m "$tmp/clean.wav" "$tmp/noise.wav" -b 16 "$name.wav"
+        sox -R -D -n -r 8000 -c 1 -b 16 "$tmp/noise.wav" synth "$len" pinknoise gain "$noise"
+        sox -R -D -m "$tmp/clean.wav" "$tmp/noise.wav" -b 16 "$name.wav"
     else
         cp "$tmp/clean.wav" "$name.wav"
     fi
