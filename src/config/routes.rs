@@ -36,6 +36,13 @@ pub(super) struct RawRoute {
     /// Record each call to a stereo WAV in `state.record_dir`.
     #[serde(default)]
     record: bool,
+    /// Answering-machine detection on this route's outbound calls.
+    #[serde(default)]
+    amd: bool,
+    /// What a machine gets: "agent" (default), "hangup" or "message".
+    amd_action: Option<String>,
+    /// The WAV played after the beep with `amd_action = "message"`.
+    amd_message: Option<PathBuf>,
 }
 
 /// `dsp = { denoise = true, vad = true, agc = true }` on a route: caller-side
@@ -74,6 +81,33 @@ pub struct RouteConfig {
     pub dsp: DspConfig,
     /// Record each call (stereo WAV: caller left, agent right).
     pub record: bool,
+    /// Answering-machine detection on outbound calls (`POST /calls` can
+    /// also ask for it per call).
+    pub amd: bool,
+    pub amd_action: AmdAction,
+}
+
+/// What an outbound call does once AMD hears a machine.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum AmdAction {
+    /// The agent keeps the call; AMD only reports.
+    #[default]
+    Agent,
+    /// BYE at once.
+    Hangup,
+    /// Hold the agent's audio back until the beep (or the greeting's end),
+    /// play this WAV, then BYE.
+    Message(PathBuf),
+}
+
+impl AmdAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AmdAction::Agent => "agent",
+            AmdAction::Hangup => "hangup",
+            AmdAction::Message(_) => "message",
+        }
+    }
 }
 
 impl RouteConfig {
@@ -91,6 +125,8 @@ impl RouteConfig {
             answer_delay_ms: 0,
             dsp: DspConfig::off(),
             record: false,
+            amd: false,
+            amd_action: AmdAction::Agent,
         }
     }
 }
@@ -153,6 +189,7 @@ impl RawRoute {
             None => None,
             Some(f) => Some(ambient(f, self.ambient_level, key, cx)?),
         };
+        let amd_action = amd_action(self.amd_action, self.amd_message, key, cx)?;
         Ok(RouteConfig {
             dial,
             is_did,
@@ -165,6 +202,8 @@ impl RawRoute {
             answer_delay_ms: self.answer_delay_ms,
             dsp,
             record: self.record,
+            amd: self.amd,
+            amd_action,
         })
     }
 }
@@ -217,4 +256,44 @@ fn ambient(
         ));
     }
     Ok((file, level))
+}
+
+/// `amd_action` and its `amd_message` WAV (read and parsed now, so a bad
+/// file fails the profile, not a call).
+fn amd_action(
+    action: Option<String>,
+    message: Option<PathBuf>,
+    key: &str,
+    cx: &Ctx,
+) -> Result<AmdAction, ConfigError> {
+    match (action.as_deref().unwrap_or("agent"), message) {
+        ("agent", None) => Ok(AmdAction::Agent),
+        ("hangup", None) => Ok(AmdAction::Hangup),
+        ("message", Some(file)) => {
+            let file = cx.path(Some(file), "");
+            let problem = match std::fs::read(&file) {
+                Err(e) => Some(e.to_string()),
+                Ok(bytes) => Wav::parse(&bytes).err().map(|e| e.to_string()),
+            };
+            match problem {
+                Some(e) => Err(cx.invalid(
+                    format!("{key}.amd_message"),
+                    format!("{}: {e}", file.display()),
+                )),
+                None => Ok(AmdAction::Message(file)),
+            }
+        }
+        ("message", None) => Err(cx.invalid(
+            format!("{key}.amd_message"),
+            "expected a WAV file to play after the beep (amd_action = \"message\")",
+        )),
+        ("agent" | "hangup", Some(_)) => Err(cx.invalid(
+            format!("{key}.amd_message"),
+            "only used with amd_action = \"message\"",
+        )),
+        (other, _) => Err(cx.invalid(
+            format!("{key}.amd_action"),
+            format!("expected \"agent\", \"hangup\" or \"message\", got `{other}`"),
+        )),
+    }
 }

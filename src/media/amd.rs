@@ -105,7 +105,8 @@ impl Default for AmdConfig {
 }
 
 /// Person or machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AmdResult {
     Human,
     Machine,
@@ -123,7 +124,8 @@ impl AmdResult {
 }
 
 /// Which rule decided (Asterisk's `AMDCAUSE`, plus the beep).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AmdCause {
     /// Silence after a short greeting (a person).
     AfterGreetingSilence,
@@ -152,7 +154,7 @@ impl AmdCause {
 }
 
 /// What the decision rested on. Times in ms from the first audio.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AmdDecision {
     pub result: AmdResult,
     pub cause: AmdCause,
@@ -168,7 +170,7 @@ pub struct AmdDecision {
 }
 
 /// The machine's beep.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Beep {
     /// Its start, in ms from the first audio.
     pub at_ms: u64,

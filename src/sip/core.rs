@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
+use super::amd::{AmdMode, AmdStep, CallAmd};
 use super::timer::SessionTimer;
 use crate::agent::{self, Agent, AgentEvent, AgentOutput};
 use crate::calls::{
@@ -75,6 +76,10 @@ pub enum EndReason {
     AgentHungUp,
     /// The agent ended the call after its last words were played.
     AgentFinished,
+    /// AMD heard a machine: hung up at once, or after the message.
+    AnsweringMachine {
+        message_left: bool,
+    },
     Transferred {
         target: String,
     },
@@ -156,7 +161,10 @@ impl EndReason {
         use EndReason as E;
         match self {
             E::CallerHungUp | E::CallerCancelled => HungUpBy::Caller,
-            E::AgentHungUp | E::AgentFinished | E::Transferred { .. } => HungUpBy::Agent,
+            E::AgentHungUp
+            | E::AgentFinished
+            | E::Transferred { .. }
+            | E::AnsweringMachine { .. } => HungUpBy::Agent,
             E::HangupBeforeAnswer | E::HangupByServer | E::WeHungUp => HungUpBy::Api,
             E::NoAck | E::SessionTimerExpired | E::RtpTimeout => HungUpBy::Timeout,
             E::CallFailed { .. } | E::NoFinalResponse => HungUpBy::Callee,
@@ -179,6 +187,12 @@ impl std::fmt::Display for EndReason {
             E::HangupByServer => f.write_str("hangup by server"),
             E::AgentHungUp => f.write_str("agent hung up"),
             E::AgentFinished => f.write_str("agent finished"),
+            E::AnsweringMachine { message_left: true } => {
+                f.write_str("answering machine: message left")
+            }
+            E::AnsweringMachine {
+                message_left: false,
+            } => f.write_str("answering machine"),
             E::Transferred { target } => write!(f, "transferred to {target}"),
             E::SessionTimerExpired => f.write_str("session timer expired"),
             E::SessionRefreshFailed => f.write_str("session refresh failed"),
@@ -293,6 +307,13 @@ pub enum CallEvent {
     },
     Transfer(TransferInfo),
     Stats(Box<StatsSnapshot>),
+    /// Answering-machine detection found something (`kind`: human,
+    /// machine, notsure, beep, greeting_ended).
+    Amd {
+        kind: &'static str,
+        at_ms: u64,
+        report: crate::calls::AmdReport,
+    },
 }
 
 /// Media counters and quality, as of the last stats tick.
@@ -381,6 +402,9 @@ pub struct CoreConfig {
     /// Record the call: the media session's stereo frames come out of
     /// [`CallCore::poll_recording`] from the answer to the end.
     pub record: bool,
+    /// Answering-machine detection on the callee's audio (outbound calls
+    /// that asked for it), and what a machine gets.
+    pub amd: Option<AmdMode>,
 }
 
 /// Random starting points of the RTP stream and the wall clock for RTCP.
@@ -444,6 +468,7 @@ struct Active {
     bridged_leg: Option<String>,
     /// BYE at this time, ending for this reason (after a transfer's NOTIFY).
     bye_at: Option<(Instant, EndReason)>,
+    amd: Option<Box<CallAmd>>,
 }
 
 /// One call's signalling and media decisions.
@@ -556,6 +581,9 @@ impl CallCore {
                 if let Some((at, _)) = &a.bye_at {
                     wake = wake.min(*at);
                 }
+                if let Some(t) = a.amd.as_ref().and_then(|d| d.poll_timeout()) {
+                    wake = wake.min(t);
+                }
                 Some(wake)
             }
         }
@@ -579,6 +607,9 @@ impl CallCore {
                     }
                 }
                 a.session.handle_timeout(now);
+                if let Some(d) = &mut a.amd {
+                    d.handle_timeout(now);
+                }
                 a.agent.poll(&mut a.out);
                 Self::apply_output(a);
                 if let Some(t) = self.cfg.timer {
@@ -814,7 +845,12 @@ impl CallCore {
             transfer: None,
             bridged_leg: None,
             bye_at: None,
+            amd: None,
         });
+        if let Some(mode) = self.cfg.amd.clone() {
+            let rate = a.session.params().agent_rate;
+            a.amd = Some(Box::new(CallAmd::new(mode, rate)));
+        }
         Self::apply_output(&mut a);
         self.phase = Phase::Active(a);
         self.after_input(now);
@@ -1193,6 +1229,12 @@ impl CallCore {
     /// Hands the agent's output to the media session.
     fn apply_output(a: &mut Active) {
         let out = &mut a.out;
+        if a.amd.as_ref().is_some_and(|d| d.holds_agent()) {
+            // A machine gets the route's message, not the agent.
+            out.audio.clear();
+            out.clear = false;
+            return;
+        }
         if out.clear {
             let dropped = a.session.queued_ms();
             a.session.clear_playout();
@@ -1220,6 +1262,9 @@ impl CallCore {
         while let Some(ev) = a.session.poll_event() {
             match ev {
                 MediaEvent::Audio(pcm) => {
+                    if let Some(d) = &mut a.amd {
+                        d.push(now, &pcm);
+                    }
                     // INTERRUPT_LISTENING: the agent does not hear the
                     // caller while it talks (the stream keeps its pace).
                     if interrupt_listening && a.session.queued_ms() > 0 {
@@ -1253,6 +1298,31 @@ impl CallCore {
                 }
             }
         }
+        let mut amd_end = None;
+        while let Some(step) = a.amd.as_mut().and_then(|d| d.poll_step()) {
+            match step {
+                AmdStep::Report {
+                    kind,
+                    at_ms,
+                    report,
+                } => {
+                    info!(result = kind, at_ms, "AMD");
+                    events.push(CallEvent::Amd {
+                        kind,
+                        at_ms,
+                        report,
+                    });
+                }
+                AmdStep::Hangup => amd_end = Some(false),
+                AmdStep::PlayMessage(pcm) => {
+                    a.session.clear_playout();
+                    a.session.handle_agent_audio(&pcm);
+                }
+            }
+        }
+        if a.amd.as_ref().is_some_and(|d| d.message_queued()) && a.session.queued_ms() == 0 {
+            amd_end = Some(true);
+        }
         for ev in std::mem::take(&mut a.out.events) {
             if let AgentEvent::Transfer { to } = &ev {
                 info!(%to, "agent asked for a transfer");
@@ -1262,6 +1332,9 @@ impl CallCore {
             events.push(CallEvent::Agent(ev));
         }
         self.actions.extend(events.into_iter().map(Action::Event));
+        if let Some(message_left) = amd_end {
+            return self.end_with_bye(EndReason::AnsweringMachine { message_left });
+        }
         let Phase::Active(a) = &mut self.phase else {
             return;
         };
@@ -1379,6 +1452,7 @@ mod tests {
             srtp_key: [7; MASTER_KEY_LEN],
             sdp_session_id: 42,
             record: false,
+            amd: None,
         }
     }
 
