@@ -24,6 +24,8 @@ fn profile(callee_sip_port: u16, hook_port: u16) -> String {
          [[trunks]]\nname = \"phones\"\nhost = \"127.0.0.1:{callee_sip_port}\"\nregister = false\n\
          [[routes]]\ndial = \"vm\"\nagent = {{ kind = \"echo\" }}\namd = true\n\
          amd_action = \"message\"\namd_message = \"{m}\"\n\
+         [[routes]]\ndial = \"screen\"\nagent = {{ kind = \"echo\" }}\namd = true\n\
+         amd_action = \"hangup\"\n\
          [[routes]]\ndial = \"plain\"\nagent = {{ kind = \"echo\" }}\n\
          amd_action = \"message\"\namd_message = \"{m}\"\n",
         m = message.display()
@@ -194,4 +196,39 @@ fn a_person_saying_hello_gets_human_and_the_agent() {
         msg.is_none_or(|(_, c)| c < 0.4),
         "a person must not get the machine's message: {msg:?}"
     );
+}
+
+#[test]
+fn amd_action_hangup_ends_the_call_when_the_machine_is_decided() {
+    if require_peer("baresip").is_none() {
+        return;
+    }
+    let Some(hook) = Fake::start("fake_webhook.py", &[]) else {
+        return;
+    };
+    // A long greeting: "long greeting" is decided while it still plays.
+    let mut phone = callee("vm_john_beep850.wav", 3000);
+    let server = Server::start(&profile(phone.sip_port, hook.port));
+    let id = place_call(
+        &server,
+        &format!(r#"{{"trunk":"phones","to":"{CALLEE}","route":"screen"}}"#),
+    );
+    let closed = phone.wait_call_closed(Duration::from_secs(25));
+    let out = phone.stop();
+    let ctx = format!("{}\n{}", out.summary(), server.log_text());
+    assert!(closed, "the call ended: {ctx}");
+    let call = call_view(&server, &id);
+    assert_eq!(call["amd"]["result"], "machine", "{call}\n{ctx}");
+    assert_eq!(call["end_reason"], "answering machine", "{call}\n{ctx}");
+    let decided = call["amd"]["decision"]["at_ms"].as_u64().unwrap_or(0);
+    // BYE right at the decision, long before the greeting (7.2 s) ends.
+    let duration = call["end_at_unix_ms"].as_u64().unwrap_or(0)
+        - call["answer_at_unix_ms"].as_u64().unwrap_or(0);
+    assert!(
+        decided > 0 && duration < decided + 1000,
+        "decided at {decided} ms, call lasted {duration} ms: {call}"
+    );
+    let cdr = common::finished_cdr(&server, &id);
+    assert_eq!(cdr["amd"], "machine", "{cdr}");
+    assert_eq!(cdr["end_reason"], "answering machine", "{cdr}");
 }

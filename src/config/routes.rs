@@ -297,3 +297,55 @@ fn amd_action(
         )),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::{Config, Overrides};
+    use super::AmdAction;
+
+    fn route(extra: &str) -> Result<Config, String> {
+        let text = format!("[[routes]]\ndial = \"out\"\nagent = {{ kind = \"echo\" }}\n{extra}");
+        Config::parse(&text, "test.toml", &Overrides::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn amd_options_default_to_off_and_reporting_only() {
+        let cfg = route("").unwrap();
+        let r = cfg.route("out").unwrap();
+        assert!(!r.amd);
+        assert_eq!(r.amd_action, AmdAction::Agent);
+        let cfg = route("amd = true\namd_action = \"hangup\"\n").unwrap();
+        let r = cfg.route("out").unwrap();
+        assert!(r.amd);
+        assert_eq!(r.amd_action, AmdAction::Hangup);
+    }
+
+    #[test]
+    fn amd_message_is_a_wav_read_at_load_and_only_with_the_message_action() {
+        let wav = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/speech_8k.wav");
+        let cfg = route(&format!(
+            "amd_action = \"message\"\namd_message = \"{wav}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.route("out").unwrap().amd_action,
+            AmdAction::Message(wav.into())
+        );
+        let e = route("amd_action = \"message\"\n").unwrap_err();
+        assert!(e.contains("routes[0].amd_message"), "{e}");
+        let e =
+            route("amd_action = \"message\"\namd_message = \"/nonexistent.wav\"\n").unwrap_err();
+        assert!(
+            e.contains("routes[0].amd_message") && e.contains("/nonexistent.wav"),
+            "{e}"
+        );
+        let e = route(&format!("amd_message = \"{wav}\"\n")).unwrap_err();
+        assert!(e.contains("only used with amd_action"), "{e}");
+        let e = route("amd_action = \"voicemail\"\n").unwrap_err();
+        assert!(
+            e.contains("routes[0].amd_action") && e.contains("`voicemail`"),
+            "{e}"
+        );
+    }
+}
