@@ -2165,4 +2165,96 @@ mod tests {
         assert_eq!(EndReason::RtpTimeout.hung_up_by(), HungUpBy::Timeout);
         assert_eq!(EndReason::CallerCancelled.hung_up_by(), HungUpBy::Caller);
     }
+
+    /// Answering-machine detection with `amd_action = "message"`: the
+    /// agent is heard until a machine is decided, then nothing of it; the
+    /// message plays when the beep ends, and the call ends after it.
+    #[test]
+    fn amd_message_holds_the_agent_on_a_machine_and_plays_the_message_after_the_beep() {
+        let mut cfg = config(None);
+        cfg.record = true;
+        cfg.rtp_timeout = Duration::ZERO;
+        cfg.amd = Some(AmdMode::Message(vec![3000; 8000], 8000));
+        let mut call = answered_with(cfg);
+        let buzz = |ms: u32| -> Vec<i16> {
+            (0..8 * ms)
+                .map(|i| {
+                    let t = i as f32 / 8000.0;
+                    let v: f32 = (1..20)
+                        .map(|h| {
+                            (2.0 * std::f32::consts::PI * 130.0 * h as f32 * t).sin() / h as f32
+                        })
+                        .sum();
+                    (3000.0 * v) as i16
+                })
+                .collect()
+        };
+        let beep: Vec<i16> = (0..8 * 400)
+            .map(|i| {
+                (9000.0 * (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 8000.0).sin()) as i16
+            })
+            .collect();
+        // 400 ms silence, a 3 s greeting, 400 ms, the beep (ends at 4.2 s), silence.
+        let callee = [
+            vec![0; 3200],
+            buzz(3000),
+            vec![0; 3200],
+            beep,
+            vec![0; 8 * 3000],
+        ]
+        .concat();
+        let (mut sent, mut actions) = (Vec::new(), Vec::new());
+        for (k, chunk) in callee.chunks(160).enumerate() {
+            // The agent talks all along (a constant -6000).
+            call.next.lock().unwrap().audio.extend([-6000i16; 160]);
+            let mut p = vec![0x80, 0, (k >> 8) as u8, k as u8];
+            p.extend_from_slice(&(k as u32 * 160).to_be_bytes());
+            p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+            p.extend(chunk.iter().map(|&s| crate::media::g711::linear_to_ulaw(s)));
+            call.core
+                .handle_rtp(call.now, "127.0.0.1:40000".parse().unwrap(), &p);
+            actions.extend(call.advance(Duration::from_millis(20)));
+            while let Some(f) = call.core.poll_recording() {
+                // What we sent this tick: its right channel's first sample.
+                sent.push(f.samples.get(1).copied().unwrap_or(0));
+            }
+            if call.core.is_ended() {
+                break;
+            }
+        }
+        let amd: Vec<(&str, u64)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event(CallEvent::Amd { kind, at_ms, .. }) => Some((*kind, *at_ms)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            amd.iter().map(|a| a.0).collect::<Vec<_>>(),
+            ["machine", "beep"]
+        );
+        let decided_tick = (amd[0].1 / 20) as usize;
+        let last_agent = sent.iter().rposition(|&s| s == -6000).unwrap();
+        let first_message = sent.iter().position(|&s| s == 3000).unwrap();
+        let message_ticks = sent.iter().filter(|&&s| s == 3000).count();
+        assert!(
+            last_agent <= decided_tick + 2,
+            "agent heard until tick {last_agent}, machine decided at tick {decided_tick}"
+        );
+        // The beep ends 4200 ms in (tick 210); the message follows at once.
+        assert!(
+            (210..=216).contains(&first_message),
+            "message from tick {first_message}"
+        );
+        assert_eq!(message_ticks, 50, "the whole 1 s message");
+        assert!(
+            sent[first_message..].iter().all(|&s| s != -6000),
+            "no agent audio after the message started"
+        );
+        assert_eq!(
+            end(&actions),
+            Some(EndReason::AnsweringMachine { message_left: true }),
+            "{actions:?}"
+        );
+    }
 }
