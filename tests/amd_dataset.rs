@@ -46,6 +46,8 @@ struct Outcome {
     cause: &'static str,
     decided_ms: u64,
     beep: Option<Beep>,
+    /// 20 ms frames fed (audio or silence) until the detector was done.
+    frames: u64,
 }
 
 fn classify(cfg: &AmdConfig, pcm: &[i16]) -> Outcome {
@@ -56,6 +58,7 @@ fn classify(cfg: &AmdConfig, pcm: &[i16]) -> Outcome {
         cause: "-",
         decided_ms: 0,
         beep: None,
+        frames: 0,
     };
     let mut k = 0u64;
     let mut chunks = pcm.chunks(160);
@@ -80,6 +83,7 @@ fn classify(cfg: &AmdConfig, pcm: &[i16]) -> Outcome {
         }
         k += 1;
     }
+    out.frames = k;
     out
 }
 
@@ -94,11 +98,16 @@ fn recorded_greetings_and_answers_are_classified() {
     let mut not_sure = [0u32; 2];
     let mut beeps = (0u32, 0u32);
     let mut failures = Vec::new();
+    let (mut frames, mut busy) = (0u64, Duration::ZERO);
     for clip in &clips {
         let bytes = std::fs::read(dir.join(&clip.file)).expect("clip");
         let wav = Wav::parse(&bytes).expect("a 16-bit PCM WAV");
         assert_eq!((wav.sample_rate, wav.channels), (8000, 1), "{}", clip.file);
-        let o = classify(&cfg, &wav.mono());
+        let pcm = wav.mono();
+        let t = Instant::now();
+        let o = classify(&cfg, &pcm);
+        busy += t.elapsed();
+        frames += o.frames;
         let truth = usize::from(clip.machine);
         match o.result {
             Some(AmdResult::Machine) => split[truth][1] += 1,
@@ -161,6 +170,12 @@ fn recorded_greetings_and_answers_are_classified() {
         not_sure[0]
     );
     println!("  beeps: {} found, {} missed", beeps.0, beeps.1);
+    println!(
+        "  cost: {:.1} us per 20 ms frame ({:.0} s of audio in {:.1} ms)",
+        busy.as_secs_f64() * 1e6 / frames as f64,
+        frames as f64 / 50.0,
+        busy.as_secs_f64() * 1e3
+    );
     // For comparison: Asterisk's stock amd.conf (greeting 1500 ms, 50 ms
     // between words, at most 2 words; the beep detector kept).
     let stock = AmdConfig {
