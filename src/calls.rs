@@ -45,6 +45,8 @@ pub struct CallInfo {
     pub caller_speaking: bool,
     /// Caller turns the VAD saw end (speech then end-of-turn silence).
     pub caller_turns: u64,
+    /// Short caller speech over the agent that did not interrupt it.
+    pub backchannels: u64,
     /// The UUID the agent providers and webhooks know this call by.
     pub uuid: Option<String>,
     /// What was said, as the providers transcribed it (last 100 lines).
@@ -136,6 +138,7 @@ impl CallInfo {
             on_hold: false,
             caller_speaking: false,
             caller_turns: 0,
+            backchannels: 0,
             uuid: None,
             transcript: Vec::new(),
             turns: Vec::new(),
@@ -206,6 +209,7 @@ impl CallInfo {
             "transcript": self.transcript,
             "interruptions": self.interruptions,
             "caller_turns": self.caller_turns,
+            "backchannels": self.backchannels,
             "agents_used": self.agents_used,
             "last_agent_error": self.last_agent_error,
             "webhooks": self.webhooks,

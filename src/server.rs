@@ -102,7 +102,7 @@ pub async fn run_reloadable(
             "call store",
             Arc::new(move || match store.writable() {
                 true => Ok(()),
-                false => Err("the last write failed".to_string()),
+                false => Err("the last write failed"),
             }),
         );
     }

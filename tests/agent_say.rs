@@ -127,6 +127,46 @@ fn ambient_sound_plays_under_the_agent_for_the_whole_call() {
     assert!(voiced > 10, "speech over the hum: {voiced} frames\n{ctx}");
 }
 
+/// A long `say` with the caller speaking `caller_wav` over it (after 2 s):
+/// how long the announcement was heard (ms of sound at the phone minus
+/// nothing: the phone's own speech is not in its recording) and the call's
+/// view (`interruptions`, `backchannels`).
+fn announcement_over(caller_wav: &std::path::Path, route_extra: &str) -> (f64, serde_json::Value) {
+    let text = "This is a long announcement that keeps going on and on, \
+                so that the caller has plenty of time to interrupt it before it ends.";
+    let server = Server::start(&format!(
+        "[sip]\ntrusted = [\"127.0.0.1/32\"]\n[[routes]]\ndial = \"long\"\n\
+         agent = {{ kind = \"say\", text = \"{text}\", then = \"listen\" }}\n\
+         dsp = {{ vad = true }}\n{route_extra}\n"
+    ));
+    let account = Account::new("1000", None, server.sip_port).regint(0);
+    // 2 s of silence, then the caller talks over the announcement.
+    let mut opts = Options::new(account).dial("long").play(caller_wav);
+    opts.lead_silence_ms = 2000;
+    opts.tail_silence_ms = 4000;
+    opts.max_secs = 20;
+    let mut phone = Baresip::start(opts);
+    assert!(phone.wait_call_established(std::time::Duration::from_secs(10)));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let id = loop {
+        if let Some(id) = server.calls()[0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    phone.wait_call_closed(std::time::Duration::from_secs(20));
+    let out = phone.stop();
+    server.wait_idle(std::time::Duration::from_secs(10));
+    let (_, body) = common::http_get(server.api_port, &format!("/calls/{id}")).unwrap();
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // What the phone heard: the announcement.
+    let heard = out.heard().unwrap().to_8k();
+    let speech = audio::frame_levels(&heard.samples);
+    let loud = speech.iter().filter(|&&l| l > -45.0).count() as f64 * 20.0;
+    (loud, view)
+}
+
 /// Barge-in from our own VAD (what pipeline agents rely on): the caller
 /// starts talking while a long `say` plays, and the rest of it is dropped
 /// at once; a route with `barge_in = false` plays it to the end.
@@ -135,47 +175,12 @@ fn caller_speech_cuts_the_agent_short_when_barge_in_is_on() {
     if require_peer("baresip").is_none() || require_peer("espeak-ng").is_none() {
         return;
     }
-    let text = "This is a long announcement that keeps going on and on, \
-                so that the caller has plenty of time to interrupt it before it ends.";
-    let heard_ms = |barge_in: bool| {
-        let server = Server::start(&format!(
-            "[sip]\ntrusted = [\"127.0.0.1/32\"]\n[[routes]]\ndial = \"long\"\n\
-             agent = {{ kind = \"say\", text = \"{text}\", then = \"listen\" }}\n\
-             dsp = {{ vad = true }}\nbarge_in = {barge_in}\n"
-        ));
-        let account = Account::new("1000", None, server.sip_port).regint(0);
-        // 2 s of silence, then the caller talks over the announcement.
-        let mut opts = Options::new(account)
-            .dial("long")
-            .play(&common::data_path("speech_8k.wav"));
-        opts.lead_silence_ms = 2000;
-        opts.tail_silence_ms = 4000;
-        opts.max_secs = 20;
-        let mut phone = Baresip::start(opts);
-        assert!(phone.wait_call_established(std::time::Duration::from_secs(10)));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let id = loop {
-            if let Some(id) = server.calls()[0]["id"].as_str() {
-                break id.to_string();
-            }
-            assert!(std::time::Instant::now() < deadline);
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
-        phone.wait_call_closed(std::time::Duration::from_secs(20));
-        let out = phone.stop();
-        server.wait_idle(std::time::Duration::from_secs(10));
-        let (_, body) = common::http_get(server.api_port, &format!("/calls/{id}")).unwrap();
-        let view: serde_json::Value = serde_json::from_str(&body).unwrap();
-        // What the phone heard minus what it said: the announcement.
-        let heard = out.heard().unwrap().to_8k();
-        let speech = audio::frame_levels(&heard.samples);
-        let loud = speech.iter().filter(|&&l| l > -45.0).count() as f64 * 20.0;
-        (loud, view["interruptions"].as_u64().unwrap_or(0))
-    };
-    let (cut, n_cut) = heard_ms(true);
-    let (full, n_full) = heard_ms(false);
+    let speech = common::data_path("speech_8k.wav");
+    let n = |v: &serde_json::Value| v["interruptions"].as_u64().unwrap_or(0);
+    let (cut, v_cut) = announcement_over(&speech, "barge_in = true");
+    let (full, v_full) = announcement_over(&speech, "barge_in = false");
     assert_eq!(
-        (n_cut, n_full),
+        (n(&v_cut), n(&v_full)),
         (1, 0),
         "one barge-in, only with barge_in on"
     );
@@ -184,4 +189,35 @@ fn caller_speech_cuts_the_agent_short_when_barge_in_is_on() {
         "announcement heard {cut:.0} ms with barge-in, {full:.0} ms without"
     );
     eprintln!("barge-in: announcement heard {cut:.0} ms (cut) vs {full:.0} ms (whole)");
+}
+
+/// A backchannel is not a barge-in: the caller says one short word
+/// (280 ms, "mm-hm" length) over the announcement, which goes on to its
+/// end; the call counts a backchannel and no interruption. With
+/// `barge_in_min_ms = 0` the same word cuts it (so the word is heard by
+/// the VAD, and the default is what keeps the agent going).
+#[test]
+fn a_short_backchannel_does_not_interrupt_the_agent() {
+    if require_peer("baresip").is_none() || require_peer("espeak-ng").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let speech = audio::read_wav(&common::data_path("speech_8k.wav")).unwrap();
+    // Frames 28-41 of the test phrase: one 280 ms word between pauses.
+    let word = audio::Audio::new(8000, speech.samples[28 * 160..42 * 160].to_vec());
+    let word_wav = tmp.path().join("word.wav");
+    audio::write_wav(&word_wav, &word).unwrap();
+
+    let (whole, v) = announcement_over(&word_wav, "");
+    let (cut, v_cut) = announcement_over(&word_wav, "barge_in_min_ms = 0");
+    eprintln!(
+        "backchannel: announcement heard {whole:.0} ms (backchannels {}, interruptions {}); \
+         with barge_in_min_ms = 0 heard {cut:.0} ms (interruptions {})",
+        v["backchannels"], v["interruptions"], v_cut["interruptions"]
+    );
+    assert_eq!(v["interruptions"], 0, "{v}");
+    assert_eq!(v["backchannels"], 1, "{v}");
+    assert!(whole > 5000.0, "announcement heard only {whole:.0} ms");
+    assert_eq!(v_cut["interruptions"], 1, "{v_cut}");
+    assert!(cut < whole - 2000.0, "{cut:.0} vs {whole:.0}");
 }

@@ -419,3 +419,51 @@ fn the_test_speech_file_is_8k_mono_speech() {
     let db = audio::speech_rms_dbfs(&a);
     assert!((-30.0..=-15.0).contains(&db), "speech RMS {db:.2} dBFS");
 }
+
+#[test]
+fn a_one_frame_slip_keeps_every_piece_but_distortion_or_a_hole_does_not() {
+    // 2 s of chirp (two of the 1 s chirps back to back), played after 300 ms.
+    let one = chirp(RATE);
+    let mut reply = one.samples.clone();
+    reply.extend(one.samples.iter().rev());
+    let reply = Audio::new(RATE, reply);
+    let lead = 300 * 8;
+    let clean = delayed(&reply, 300, 0.7);
+    assert!(audio::worst_piece_corr(&clean, &reply, 300.0, 250.0, 45.0) > 0.99);
+
+    // A phone's jitter buffer inserted 20 ms of silence 1 s in: the whole
+    // signal no longer correlates, every piece still does.
+    let mut slipped = clean.samples[..lead + 8000].to_vec();
+    slipped.extend(std::iter::repeat_n(0.0, 160));
+    slipped.extend_from_slice(&clean.samples[lead + 8000..]);
+    let slipped = Audio::new(RATE, slipped);
+    let (at, whole) = audio::find_segment(&slipped, &reply).unwrap();
+    let pieces = audio::worst_piece_corr(&slipped, &reply, at, 250.0, 45.0);
+    assert!(whole < 0.9, "whole-signal corr {whole}");
+    assert!(pieces > 0.9, "worst piece {pieces}");
+
+    // 100 ms replaced by noise: that piece fails.
+    let mut holed = clean.samples.clone();
+    for (i, v) in noise(800, 5).iter().enumerate() {
+        holed[lead + 12000 + i] = 0.3 * v;
+    }
+    let holed = Audio::new(RATE, holed);
+    let (at, _) = audio::find_segment(&holed, &reply).unwrap();
+    let pieces = audio::worst_piece_corr(&holed, &reply, at, 250.0, 45.0);
+    assert!(pieces < 0.8, "a hole went unnoticed: {pieces}");
+
+    // Played 6 % slow (a clock or sample-rate mismatch): every piece is
+    // stretched and fails.
+    let stretched = Audio::new(
+        RATE,
+        (0..(clean.samples.len() as f64 * 1.06) as usize)
+            .map(|i| clean.samples[((i as f64 / 1.06) as usize).min(clean.samples.len() - 1)])
+            .collect(),
+    );
+    let pieces = audio::worst_piece_corr(&stretched, &reply, 318.0, 250.0, 45.0);
+    assert!(pieces < 0.9, "a stretched reply went unnoticed: {pieces}");
+
+    // The reply ending early: the missing pieces fail.
+    let short = Audio::new(RATE, clean.samples[..lead + 12000].to_vec());
+    assert!(audio::worst_piece_corr(&short, &reply, 300.0, 250.0, 45.0) < 0.5);
+}

@@ -1,8 +1,10 @@
 #![allow(clippy::unwrap_used)]
 //! The end-to-end example with real local engines (tests/e2e/): baresip
 //! asks a question, agentline's `openai_compat` route sends it through
-//! faster-whisper-server, llama.cpp (SmolLM2) and Piper, and what the phone
-//! heard is transcribed back into words. The engines are installed by
+//! faster-whisper-server, llama.cpp (Qwen2.5-Coder-0.5B-Instruct) and Piper,
+//! and what the phone heard is transcribed back into words: run.sh checks
+//! the agent understood the whole question and the phone heard "Paris".
+//! The engines are installed by
 //! tests/e2e/setup.sh (PyPI only; the llama.cpp build takes ~8-15 min the
 //! first time). Under CI=true (or AGENTLINE_E2E=1) this test installs them;
 //! elsewhere it runs when they are already installed and skips otherwise.

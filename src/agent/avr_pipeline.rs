@@ -283,6 +283,7 @@ pub fn spawn(s: Settings, ctx: &AgentContext) -> Result<Remote, AgentError> {
         ctx.uuid.clone()
     };
     let system = s.system.clone();
+    let greeting = ctx.greeting.clone();
     let backend = Arc::new(AvrPipeline {
         s,
         uuid: uuid.clone(),
@@ -316,6 +317,7 @@ pub fn spawn(s: Settings, ctx: &AgentContext) -> Result<Remote, AgentError> {
                 rate: RATE,
                 system,
                 collect_utterances: false,
+                greeting,
             },
             Some(sink),
             Some(first),

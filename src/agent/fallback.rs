@@ -232,7 +232,11 @@ impl Fallback {
                 tracing::info!(provider = %key, "circuit open: skipping");
                 continue;
             }
-            let agent = match build_for(&cfg, &self.ctx) {
+            let agent = build_for(&cfg, &self.ctx);
+            // Only the call's first agent greets; a fallback taking over
+            // mid-call does not start with a hello.
+            self.ctx.greeting = None;
+            let agent = match agent {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(provider = %key, error = %e, "agent cannot start");

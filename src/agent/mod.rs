@@ -96,6 +96,8 @@ pub struct AgentContext {
     pub codec: Option<crate::sdp::Codec>,
     /// Per-call overrides from the `call_initiated` webhook (`sts_url`, ...).
     pub overrides: std::collections::HashMap<String, String>,
+    /// The route's text greeting, for the call's first agent only.
+    pub greeting: Option<String>,
 }
 
 pub trait Agent: Send {

@@ -439,9 +439,10 @@ impl Backend for OpenaiCompat {
 }
 
 /// Starts the agent for one call.
-pub fn spawn(s: Settings, _ctx: &AgentContext) -> Result<Remote, AgentError> {
+pub fn spawn(s: Settings, ctx: &AgentContext) -> Result<Remote, AgentError> {
     let http = pipeline::http_client()?;
     let system = s.system.clone();
+    let greeting = ctx.greeting.clone();
     let backend = Arc::new(OpenaiCompat { s, http });
     Ok(Remote::spawn(KIND, RATE, move |io| async move {
         // A dead endpoint fails at once (a fallback takes over).
@@ -455,6 +456,7 @@ pub fn spawn(s: Settings, _ctx: &AgentContext) -> Result<Remote, AgentError> {
                 rate: RATE,
                 system,
                 collect_utterances: true,
+                greeting,
             },
             None,
             None,

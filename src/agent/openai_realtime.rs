@@ -96,6 +96,8 @@ struct Settings {
     voice: Option<String>,
     tools: Vec<HttpTool>,
     format: Format,
+    /// Said first, in the model's voice (the route's `greeting`).
+    greeting: Option<String>,
 }
 
 const KIND: &str = "openai_realtime";
@@ -158,10 +160,19 @@ pub fn spawn(cfg: &AgentConfig, ctx: &AgentContext) -> Result<Remote, AgentError
         voice: voice.clone(),
         tools: tools.clone(),
         format,
+        greeting: ctx.greeting.clone(),
     };
     Ok(Remote::spawn(KIND, format.rate(), move |io| {
         run(settings, io)
     }))
+}
+
+/// A response that makes the model speak the route's greeting first (the
+/// same event in the GA and beta protocols).
+fn greeting_request(text: &str) -> Value {
+    json!({"type": "response.create", "response": {
+        "instructions": format!("Greet the caller by saying exactly this, and nothing else: {text}")
+    }})
 }
 
 fn tool_defs(tools: &[HttpTool]) -> Vec<Value> {
@@ -328,6 +339,9 @@ async fn run(s: Settings, mut io: Io) -> Result<(), AgentError> {
     let send = |v: Value| Message::Text(v.to_string().into());
     let sent = |e: tokio_tungstenite::tungstenite::Error| ProviderError::Send(e.to_string());
     tx.send(send(session_update(&s))).await.map_err(sent)?;
+    if let Some(g) = &s.greeting {
+        tx.send(send(greeting_request(g))).await.map_err(sent)?;
+    }
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut speaking = Speaking::default();
     let mut speech_stopped_at: Option<Instant> = None;
@@ -530,6 +544,7 @@ mod tests {
             voice: Some("alloy".into()),
             tools: vec![],
             format: Format::Pcmu,
+            greeting: None,
         };
         let ga = session_update(&s);
         assert_eq!(ga["session"]["type"], "realtime");

@@ -267,6 +267,8 @@ pub enum TurnInput {
     Audio(Vec<i16>),
     /// A transcript from a streaming ASR, `asr_ms` after the end of speech.
     Text(String, Option<u64>),
+    /// Words the agent says itself (the route's greeting): straight to TTS.
+    Say(String),
 }
 
 struct Turn {
@@ -285,6 +287,7 @@ async fn run_turn(
     speaking: Arc<Mutex<Speaking>>,
 ) -> Result<(), AgentError> {
     let (text, asr_ms) = match input {
+        TurnInput::Say(t) => return speak_only(backend, t, rate, out, speaking).await,
         TurnInput::Text(t, ms) => (t, ms),
         TurnInput::Audio(pcm) => {
             let t = backend
@@ -409,6 +412,56 @@ async fn run_turn(
     Ok(())
 }
 
+/// The agent's own words (a greeting) through TTS, sentence by sentence,
+/// with no caller text and no LLM.
+async fn speak_only(
+    backend: Arc<dyn Backend>,
+    text: String,
+    rate: u32,
+    out: mpsc::UnboundedSender<Output>,
+    speaking: Arc<Mutex<Speaking>>,
+) -> Result<(), AgentError> {
+    let mut sp = SentenceSplitter::default();
+    let mut sentences = sp.push(&text);
+    sentences.extend(sp.finish());
+    for sentence in sentences {
+        {
+            let mut s = lock(&speaking);
+            if !s.agent_text.is_empty() {
+                s.agent_text.push(' ');
+            }
+            s.agent_text.push_str(&sentence);
+        }
+        let (atx, mut arx) = mpsc::unbounded_channel::<Vec<i16>>();
+        let req = backend.tts(sentence, atx);
+        let forward = async {
+            while let Some(a) = arx.recv().await {
+                if a.is_empty() {
+                    continue;
+                }
+                let now = Instant::now();
+                {
+                    let mut s = lock(&speaking);
+                    let start = s.play_until.filter(|&u| u > now).unwrap_or(now);
+                    s.play_until = Some(
+                        start + Duration::from_micros(a.len() as u64 * 1_000_000 / rate as u64),
+                    );
+                    s.first_audio = true;
+                }
+                let _ = out.send(Output::Audio(a));
+            }
+        };
+        let (r, ()) = tokio::join!(req, forward);
+        r.map_err(AgentError::stage(Stage::Tts))?;
+    }
+    let said = lock(&speaking).agent_text.clone();
+    let _ = out.send(Output::Event(AgentEvent::Transcript {
+        role: "agent".into(),
+        text: said,
+    }));
+    Ok(())
+}
+
 /// How the agent hears the caller.
 pub struct LoopConfig {
     pub rate: u32,
@@ -416,6 +469,8 @@ pub struct LoopConfig {
     /// Collect utterances and transcribe them (`openai_compat`); otherwise
     /// transcripts come from `transcripts`.
     pub collect_utterances: bool,
+    /// Said first, as soon as the call starts (the route's `greeting`).
+    pub greeting: Option<String>,
 }
 
 /// Hands caller audio to a streaming ASR (`avr_pipeline`).
@@ -466,6 +521,19 @@ pub async fn conversation(
     let mut resumed_text: Option<String> = None;
     let mut failures = 0u32;
     let mut asr_failures = 0u32;
+    if let Some(text) = cfg.greeting.clone() {
+        turn = Some(Turn {
+            task: tokio::spawn(run_turn(
+                backend.clone(),
+                history.clone(),
+                TurnInput::Say(text),
+                Instant::now(),
+                rate,
+                io.outputs.clone(),
+                speaking.clone(),
+            )),
+        });
+    }
 
     loop {
         enum Ev {
@@ -592,11 +660,16 @@ pub async fn conversation(
                     let mut s = lock(&speaking);
                     (s.user_text.take(), std::mem::take(&mut s.agent_text))
                 };
-                if let Some(u) = user {
-                    history.push(Msg::new("user", &u));
-                    if !agent.is_empty() {
-                        history.push(Msg::new("assistant", &agent));
+                match user {
+                    Some(u) => {
+                        history.push(Msg::new("user", &u));
+                        if !agent.is_empty() {
+                            history.push(Msg::new("assistant", &agent));
+                        }
                     }
+                    // The greeting: the agent spoke first.
+                    None if !agent.is_empty() => history.push(Msg::new("assistant", &agent)),
+                    None => {}
                 }
                 match r {
                     Ok(()) => failures = 0,
@@ -665,8 +738,23 @@ pub async fn conversation(
                     io.send(Output::Clear);
                 }
                 if cfg.collect_utterances {
-                    carried.extend(preroll.drain(..));
-                    utterance = Some(carried);
+                    match utterance.as_mut() {
+                        // Already collecting: the route's VAD confirms
+                        // what the energy VAD started at the call's
+                        // beginning (before the route's first event).
+                        // Keep all of it.
+                        Some(u) if carried.is_empty() => {
+                            let _ = u;
+                        }
+                        Some(u) => {
+                            carried.append(u);
+                            *u = carried;
+                        }
+                        None => {
+                            carried.extend(preroll.drain(..));
+                            utterance = Some(carried);
+                        }
+                    }
                 }
             }
             Some(TurnEvent::SpeechEnded) => {
@@ -693,10 +781,11 @@ pub async fn conversation(
                 s.user_text = None;
                 s.agent_text.clear();
             }
-            pending = Some(match &input {
-                TurnInput::Audio(a) => Carry::Audio(a.clone()),
-                TurnInput::Text(t, _) => Carry::Text(t.clone()),
-            });
+            pending = match &input {
+                TurnInput::Audio(a) => Some(Carry::Audio(a.clone())),
+                TurnInput::Text(t, _) => Some(Carry::Text(t.clone())),
+                TurnInput::Say(_) => None,
+            };
             let t0 = speech_ended.unwrap_or_else(Instant::now);
             let task = tokio::spawn(run_turn(
                 backend.clone(),
@@ -932,6 +1021,7 @@ mod tests {
             rate: 8000,
             system: None,
             collect_utterances: true,
+            greeting: None,
         };
         tokio::spawn(conversation(io, backend, cfg, None, None, None));
         (in_tx, out_rx)
@@ -997,6 +1087,24 @@ mod tests {
             .map(|m| m.content.as_str())
             .collect();
         assert_eq!(users, ["utterance 2"], "{reqs:?}");
+    }
+
+    #[tokio::test]
+    async fn the_first_words_of_a_call_are_kept_when_the_route_vad_reports_late() {
+        // At the start of a call the route's VAD has said nothing yet, so
+        // the loop's own energy VAD starts the utterance on the first loud
+        // frame; the route's SpeechStarted comes 200 ms later. Its
+        // utterance must not start over there.
+        let backend = Arc::new(Recorder::default());
+        let (tx, mut out) = start(backend.clone());
+        speak(&tx, 0, 25).await;
+        utterance(&tx, 3000).await;
+        first_audio(&mut out).await;
+        let utts = backend.utterances.lock().unwrap().clone();
+        assert_eq!(utts.len(), 1);
+        let (a0, a1) = span(&utts[0], 3000).expect("speech uploaded");
+        assert_eq!(a1 - a0 + 1, 20, "every loud frame, from the first");
+        assert!(a0 >= 5, "with silence before it: {a0}");
     }
 
     #[tokio::test]

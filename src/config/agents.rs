@@ -125,6 +125,17 @@ impl AgentConfig {
         }
     }
 
+    /// Whether the agent can speak a text of ours in its own voice (a
+    /// route's `greeting`).
+    pub fn speaks_text(&self) -> bool {
+        matches!(
+            self,
+            AgentConfig::OpenaiRealtime { .. }
+                | AgentConfig::AvrPipeline { .. }
+                | AgentConfig::OpenaiCompat { .. }
+        )
+    }
+
     /// Checks what can be checked before a call (URLs, files, secrets named).
     pub fn validate(&self) -> Result<(), AgentConfigError> {
         let url = |u: &str, schemes: &[&str]| {

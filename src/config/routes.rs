@@ -22,6 +22,9 @@ pub(super) struct RawRoute {
     response_timeout_ms: Option<u64>,
     /// Caller speech (route VAD) drops the agent's queued audio.
     barge_in: Option<bool>,
+    /// Caller speech over the agent must last this long to cut it; shorter
+    /// is a backchannel ("mm-hm") and the agent goes on. Default 400.
+    barge_in_min_ms: Option<u32>,
     /// Ignore caller speech while the agent talks (AVR INTERRUPT_LISTENING).
     #[serde(default)]
     interrupt_listening: bool,
@@ -43,6 +46,13 @@ pub(super) struct RawRoute {
     amd_action: Option<String>,
     /// The WAV played after the beep with `amd_action = "message"`.
     amd_message: Option<PathBuf>,
+    /// A WAV played the moment the call is answered, before the agent says
+    /// anything (every agent kind).
+    greeting_file: Option<PathBuf>,
+    /// A text the agent speaks first, with its own voice (agents with a
+    /// TTS or a speaking model: openai_compat, avr_pipeline,
+    /// openai_realtime).
+    greeting: Option<String>,
 }
 
 /// `dsp = { denoise = true, vad = true, agc = true }` on a route: caller-side
@@ -61,6 +71,9 @@ struct RawDsp {
     speech_start_ms: Option<u32>,
 }
 
+/// Caller speech over the agent shorter than this is a backchannel.
+pub const DEFAULT_BARGE_IN_MIN_MS: u32 = 400;
+
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
     /// The dialled request-URI user part this route answers (for a `did`
@@ -73,6 +86,7 @@ pub struct RouteConfig {
     pub fallback: Vec<AgentConfig>,
     pub response_timeout_ms: u64,
     pub barge_in: bool,
+    pub barge_in_min_ms: u32,
     pub interrupt_listening: bool,
     /// Background sound mixed under the agent and its volume.
     pub ambient: Option<(PathBuf, f32)>,
@@ -85,6 +99,17 @@ pub struct RouteConfig {
     /// also ask for it per call).
     pub amd: bool,
     pub amd_action: AmdAction,
+    /// Played the moment the call is answered (loaded with the profile).
+    pub greeting_audio: Option<std::sync::Arc<Prompt>>,
+    /// Spoken first by the agent itself.
+    pub greeting_text: Option<String>,
+}
+
+/// Audio loaded with the profile: mono PCM at its own rate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    pub pcm: Vec<i16>,
+    pub rate: u32,
 }
 
 /// What an outbound call does once AMD hears a machine.
@@ -120,6 +145,7 @@ impl RouteConfig {
             fallback: Vec::new(),
             response_timeout_ms: 8000,
             barge_in: true,
+            barge_in_min_ms: DEFAULT_BARGE_IN_MIN_MS,
             interrupt_listening: false,
             ambient: None,
             answer_delay_ms: 0,
@@ -127,6 +153,8 @@ impl RouteConfig {
             record: false,
             amd: false,
             amd_action: AmdAction::Agent,
+            greeting_audio: None,
+            greeting_text: None,
         }
     }
 }
@@ -174,6 +202,13 @@ impl RawRoute {
             ));
         }
         let dsp = self.dsp.validate(key, cx)?;
+        let barge_in_min_ms = self.barge_in_min_ms.unwrap_or(DEFAULT_BARGE_IN_MIN_MS);
+        if barge_in_min_ms > 5000 {
+            return Err(cx.invalid(
+                format!("{key}.barge_in_min_ms"),
+                format!("expected at most 5000, got {barge_in_min_ms}"),
+            ));
+        }
         for (j, a) in std::iter::once(&self.agent)
             .chain(&self.fallback)
             .enumerate()
@@ -184,6 +219,24 @@ impl RawRoute {
                 format!("{key}.fallback[{}]", j - 1)
             };
             a.validate().map_err(|e| cx.invalid(k, e))?;
+        }
+        let greeting_audio = match self.greeting_file {
+            None => None,
+            Some(f) => Some(std::sync::Arc::new(prompt(
+                f,
+                &format!("{key}.greeting_file"),
+                cx,
+            )?)),
+        };
+        let greeting_text = self.greeting.filter(|t| !t.trim().is_empty());
+        if greeting_text.is_some() && !self.agent.speaks_text() {
+            return Err(cx.invalid(
+                format!("{key}.greeting"),
+                format!(
+                    "a `{}` agent has no voice of its own to speak a text greeting: use greeting_file",
+                    self.agent.kind()
+                ),
+            ));
         }
         let ambient = match self.ambient_file {
             None => None,
@@ -197,6 +250,7 @@ impl RawRoute {
             fallback: self.fallback,
             response_timeout_ms: self.response_timeout_ms.unwrap_or(8000).clamp(500, 120_000),
             barge_in: self.barge_in.unwrap_or(true),
+            barge_in_min_ms,
             interrupt_listening: self.interrupt_listening,
             ambient,
             answer_delay_ms: self.answer_delay_ms,
@@ -204,6 +258,8 @@ impl RawRoute {
             record: self.record,
             amd: self.amd,
             amd_action,
+            greeting_audio,
+            greeting_text,
         })
     }
 }
@@ -227,6 +283,20 @@ impl RawDsp {
             speech_start_ms: self.speech_start_ms.unwrap_or(defaults.speech_start_ms),
         })
     }
+}
+
+/// A WAV named by the profile, read and parsed now (a bad file fails the
+/// profile, not a call).
+fn prompt(file: PathBuf, key: &str, cx: &Ctx) -> Result<Prompt, ConfigError> {
+    let file = cx.path(Some(file), "");
+    let wav = std::fs::read(&file)
+        .map_err(|e| e.to_string())
+        .and_then(|b| Wav::parse(&b).map_err(|e| e.to_string()))
+        .map_err(|e| cx.invalid(key.to_string(), format!("{}: {e}", file.display())))?;
+    Ok(Prompt {
+        pcm: wav.mono(),
+        rate: wav.sample_rate,
+    })
 }
 
 /// The ambient sound file (read and parsed now, so a bad file fails the

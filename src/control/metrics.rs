@@ -66,6 +66,7 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("agentline_circuit_breaker_open", "1 while a provider's circuit breaker is open (skipped for new calls)."),
     ("agentline_circuit_breakers_open", "Providers whose circuit breaker is open."),
     ("agentline_webhook_failures_total", "Webhooks not delivered (after retries) or call_initiated answers missing."),
+    ("agentline_backchannels_total", "Short caller speech over the agent (under the route's barge_in_min_ms) that did not interrupt it."),
     ("agentline_recording_dropped_frames_total", "Call recording frames (20 ms) dropped because the disk writer fell behind."),
 ];
 

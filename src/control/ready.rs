@@ -13,8 +13,23 @@ use serde_json::json;
 
 use super::ApiState;
 
-/// A readiness check: `Err(reason)` makes `/ready` answer 503.
-pub type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// A readiness check: `Err(reason)` makes `/ready` answer 503 with the
+/// reason (a fixed text naming what is wrong).
+pub type Check = Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
+
+/// Why `/ready` says 503.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("draining: shutting down, no new calls")]
+    Draining,
+    #[error("starting: listeners not up yet")]
+    Starting,
+    #[error("{check}: {reason}")]
+    Check {
+        check: &'static str,
+        reason: &'static str,
+    },
+}
 
 /// What `/ready` looks at besides draining. Cloned into the API state.
 #[derive(Clone, Default)]
@@ -41,12 +56,12 @@ impl Readiness {
     }
 
     /// `Err(reason)` when not ready.
-    pub fn check(&self, draining: bool) -> Result<(), String> {
+    pub fn check(&self, draining: bool) -> Result<(), NotReady> {
         if draining {
-            return Err("draining: shutting down, no new calls".into());
+            return Err(NotReady::Draining);
         }
         if !self.listeners_up.load(Ordering::SeqCst) {
-            return Err("starting: listeners not up yet".into());
+            return Err(NotReady::Starting);
         }
         let checks: Vec<_> = self
             .checks
@@ -54,7 +69,10 @@ impl Readiness {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         for (name, check) in checks {
-            check().map_err(|e| format!("{name}: {e}"))?;
+            check().map_err(|reason| NotReady::Check {
+                check: name,
+                reason,
+            })?;
         }
         Ok(())
     }
@@ -65,7 +83,7 @@ pub(super) async fn ready(State(s): State<ApiState>) -> impl IntoResponse {
         Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": reason})),
+            Json(json!({"status": "not_ready", "reason": reason.to_string()})),
         ),
     }
 }
@@ -78,10 +96,10 @@ mod tests {
     #[test]
     fn ready_only_with_listeners_up_not_draining_and_checks_passing() {
         let r = Readiness::default();
-        assert!(r.check(false).unwrap_err().starts_with("starting"));
+        assert_eq!(r.check(false), Err(NotReady::Starting));
         r.set_listeners_up();
         assert_eq!(r.check(false), Ok(()));
-        assert!(r.check(true).unwrap_err().starts_with("draining"));
+        assert_eq!(r.check(true), Err(NotReady::Draining));
         let ok = Arc::new(AtomicBool::new(true));
         let flag = ok.clone();
         r.add_check(
@@ -90,12 +108,13 @@ mod tests {
                 if flag.load(Ordering::SeqCst) {
                     Ok(())
                 } else {
-                    Err("not writable".into())
+                    Err("not writable")
                 }
             }),
         );
         assert_eq!(r.check(false), Ok(()));
         ok.store(false, Ordering::SeqCst);
-        assert_eq!(r.check(false), Err("store: not writable".into()));
+        let err = r.check(false).unwrap_err();
+        assert_eq!(err.to_string(), "store: not writable");
     }
 }

@@ -105,6 +105,9 @@ pub struct DspOutput {
     /// Speech probability of this frame, when `vad` is on. The first 200 ms
     /// of a call never count as speech, whatever this says.
     pub speech_prob: Option<f32>,
+    /// This frame counts as speech (the probability over the threshold,
+    /// after the warm-up).
+    pub voiced: bool,
     pub event: Option<TurnEvent>,
 }
 
@@ -231,6 +234,7 @@ impl CallerDsp {
         }
         DspOutput {
             speech_prob: prob,
+            voiced: is_speech.unwrap_or(false),
             event: is_speech.and_then(|s| self.turn.push(s)),
         }
     }

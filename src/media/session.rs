@@ -215,6 +215,9 @@ pub enum MediaEvent {
     Latched(SocketAddr),
     /// The caller started or stopped talking (route DSP with VAD).
     Turn(TurnEvent),
+    /// Whether the frame just decoded was speech (route DSP with VAD), for
+    /// decisions finer than a turn (a backchannel over the agent).
+    Voice(bool),
 }
 
 /// Per-call media counters.
@@ -671,15 +674,21 @@ impl Session {
             // What the caller said, before our DSP changes it.
             tap.caller.extend_from_slice(&pcm);
         }
-        if let Some((_, dsp)) = &mut self.dsp {
+        if let Some((cfg, dsp)) = &mut self.dsp {
             let n = dsp.frame_len();
+            let mut voiced = false;
             for chunk in pcm.chunks_mut(n) {
                 if chunk.len() < n {
                     break;
                 }
-                if let Some(ev) = dsp.process(chunk).event {
+                let o = dsp.process(chunk);
+                voiced |= o.voiced;
+                if let Some(ev) = o.event {
                     self.events.push_back(MediaEvent::Turn(ev));
                 }
+            }
+            if cfg.vad {
+                self.events.push_back(MediaEvent::Voice(voiced));
             }
         }
         self.events.push_back(MediaEvent::Audio(pcm));

@@ -317,6 +317,7 @@ impl Driver {
             timer: setup.timer,
             answer_delay: Duration::from_millis(setup.route.answer_delay_ms),
             barge_in: setup.route.barge_in,
+            barge_in_min_ms: setup.route.barge_in_min_ms,
             interrupt_listening: setup.route.interrupt_listening,
             dsp: setup.route.dsp.clone(),
             rtp_timeout: Duration::from_secs(cfg.rtp_timeout_s),
@@ -327,6 +328,7 @@ impl Driver {
             sdp_session_id: rand::random::<u32>() as u64,
             record: setup.route.record,
             amd: None,
+            greeting: setup.route.greeting_audio.clone(),
         }
     }
 
@@ -655,6 +657,10 @@ impl Driver {
                     }
                 });
             }
+            CallEvent::Backchannel => {
+                metrics::counter!("agentline_backchannels_total").increment(1);
+                calls.update(id, |c| c.backchannels += 1);
+            }
             CallEvent::Latched(addr) => calls.update(id, |c| c.remote_rtp = Some(addr.to_string())),
             CallEvent::MediaUpdated { codec, held } => calls.update(id, |c| {
                 c.codec = Some(codec.to_string());
@@ -873,6 +879,7 @@ async fn build_agent(
         called: route.dial.clone(),
         codec: Some(neg.codec),
         overrides: Default::default(),
+        greeting: route.greeting_text.clone(),
     };
     let mut chain = vec![route.agent.clone()];
     chain.extend(route.fallback.iter().cloned());

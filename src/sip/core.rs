@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info, warn};
 
 use super::amd::{AmdMode, AmdStep, CallAmd};
+use super::barge::{BargeIn, Decision, Verdict};
 use super::timer::SessionTimer;
 use crate::agent::{self, Agent, AgentEvent, AgentOutput};
 use crate::calls::{
@@ -299,6 +300,9 @@ pub enum CallEvent {
     AgentKind(&'static str),
     Dtmf(char),
     CallerTurn(TurnEvent),
+    /// The caller said something short over the agent ("mm-hm") that did
+    /// not interrupt it.
+    Backchannel,
     Latched(SocketAddr),
     /// A re-INVITE/UPDATE changed the media.
     MediaUpdated {
@@ -388,6 +392,9 @@ pub struct CoreConfig {
     pub timer: Option<SessionTimer>,
     pub answer_delay: Duration,
     pub barge_in: bool,
+    /// Caller speech over the agent shorter than this is a backchannel,
+    /// not a barge-in (see [`super::barge`]).
+    pub barge_in_min_ms: u32,
     pub interrupt_listening: bool,
     pub dsp: DspConfig,
     /// Hang up after this long without RTP (zero: never).
@@ -405,6 +412,8 @@ pub struct CoreConfig {
     /// Answering-machine detection on the callee's audio (outbound calls
     /// that asked for it), and what a machine gets.
     pub amd: Option<AmdMode>,
+    /// Played the moment media starts, ahead of anything the agent says.
+    pub greeting: Option<std::sync::Arc<crate::config::Prompt>>,
 }
 
 /// Random starting points of the RTP stream and the wall clock for RTCP.
@@ -469,6 +478,7 @@ struct Active {
     /// BYE at this time, ending for this reason (after a transfer's NOTIFY).
     bye_at: Option<(Instant, EndReason)>,
     amd: Option<Box<CallAmd>>,
+    barge: BargeIn,
 }
 
 /// One call's signalling and media decisions.
@@ -832,6 +842,13 @@ impl CallCore {
             agent: agent.kind(),
         }));
         let mut out = AgentOutput::default();
+        if let Some(g) = &self.cfg.greeting {
+            let rate = session.params().agent_rate;
+            match crate::media::resample::resample_once(&g.pcm, g.rate, rate) {
+                Ok(pcm) => out.audio = pcm,
+                Err(e) => warn!(error = %e, "greeting not played"),
+            }
+        }
         agent.start(&mut out);
         let mut a = Box::new(Active {
             session,
@@ -846,6 +863,7 @@ impl CallCore {
             bridged_leg: None,
             bye_at: None,
             amd: None,
+            barge: BargeIn::new(self.cfg.barge_in_min_ms, self.cfg.dsp.speech_start_ms),
         });
         if let Some(mode) = self.cfg.amd.clone() {
             let rate = a.session.params().agent_rate;
@@ -1250,6 +1268,18 @@ impl CallCore {
         }
     }
 
+    /// A caller turn event for the agent; with `cut`, the agent's queued
+    /// audio is dropped first (a barge-in).
+    fn caller_turn(a: &mut Active, events: &mut Vec<CallEvent>, ev: TurnEvent, cut: bool) {
+        events.push(CallEvent::CallerTurn(ev));
+        if cut && a.session.queued_ms() > 0 {
+            a.out.clear = true;
+            a.out.events.push(AgentEvent::Interruption);
+        }
+        a.agent.on_turn(ev, &mut a.out);
+        Self::apply_output(a);
+    }
+
     /// After every input while the call is up: media events to the agent,
     /// the agent's requests, statistics and the RTP timeout.
     fn after_input(&mut self, now: Instant) {
@@ -1259,6 +1289,7 @@ impl CallCore {
             return;
         };
         let mut events = Vec::new();
+        let cut_in = barge_in && !interrupt_listening;
         while let Some(ev) = a.session.poll_event() {
             match ev {
                 MediaEvent::Audio(pcm) => {
@@ -1281,17 +1312,31 @@ impl CallCore {
                     Self::apply_output(a);
                 }
                 MediaEvent::Turn(ev) => {
-                    let speaking = matches!(ev, TurnEvent::SpeechStarted);
                     info!(event = ?ev, "caller turn");
-                    events.push(CallEvent::CallerTurn(ev));
-                    // Barge-in from our VAD: drop what the agent queued.
-                    if speaking && barge_in && !interrupt_listening && a.session.queued_ms() > 0 {
-                        a.out.clear = true;
-                        a.out.events.push(AgentEvent::Interruption);
+                    let verdict = match (cut_in, ev) {
+                        (false, _) => Verdict::Pass,
+                        (true, TurnEvent::SpeechStarted) => {
+                            a.barge.speech_started(now, a.session.queued_ms() > 0)
+                        }
+                        (true, TurnEvent::SpeechEnded) => a.barge.speech_ended(),
+                    };
+                    match verdict {
+                        Verdict::Hold => {}
+                        Verdict::Pass => Self::caller_turn(a, &mut events, ev, false),
+                        Verdict::Interrupt => Self::caller_turn(a, &mut events, ev, true),
                     }
-                    a.agent.on_turn(ev, &mut a.out);
-                    Self::apply_output(a);
                 }
+                MediaEvent::Voice(voiced) => match a.barge.frame(now, voiced) {
+                    None => {}
+                    Some(Decision::BargeIn) => {
+                        info!("caller speech over the agent: barge-in");
+                        Self::caller_turn(a, &mut events, TurnEvent::SpeechStarted, true);
+                    }
+                    Some(Decision::Backchannel) => {
+                        info!("backchannel: the agent goes on");
+                        events.push(CallEvent::Backchannel);
+                    }
+                },
                 MediaEvent::Latched(addr) => {
                     info!(%addr, "RTP latched");
                     events.push(CallEvent::Latched(addr));
@@ -1443,6 +1488,8 @@ mod tests {
             timer,
             answer_delay: Duration::from_millis(1000),
             barge_in: true,
+            barge_in_min_ms: 400,
+            greeting: None,
             interrupt_listening: false,
             dsp: DspConfig::off(),
             rtp_timeout: Duration::from_secs(30),

@@ -5,6 +5,7 @@
 //! dialogs; this module adds what it does not have.
 pub mod amd;
 pub mod auth;
+pub mod barge;
 pub mod call;
 pub mod call_metrics;
 pub mod core;

@@ -6,7 +6,7 @@
 //! counts it), and a task of its own writes the file through a small
 //! buffer, rewriting the WAV header's sizes every second, so a `kill -9`
 //! leaves a playable file whose header is at most about a second behind
-//! its samples; the next start-up's [`repair_dir`] makes the header cover
+//! its samples; the next start-up's [`repair_at_startup`] makes the header cover
 //! them. At the
 //! end the driver closes the channel and waits for the final header.
 //! The WAV format itself (header, interleave, repair plan) is
@@ -364,20 +364,12 @@ pub fn repair(path: &Path) -> Result<Repaired, RecordError> {
     Ok(Repaired::Fixed { data_len })
 }
 
-/// What [`repair_dir`] found.
+/// What [`repair_recent`] found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RepairSummary {
     pub checked: usize,
     pub fixed: Vec<PathBuf>,
     pub failed: Vec<(PathBuf, String)>,
-}
-
-/// [`repair`] for every `.wav` in `dir` and its subfolders (the per-day
-/// folders of a recording directory). A missing `dir` is not an error.
-pub fn repair_dir(dir: &Path) -> RepairSummary {
-    let mut summary = RepairSummary::default();
-    walk(dir, 0, &mut summary);
-    summary
 }
 
 fn walk(dir: &Path, depth: usize, summary: &mut RepairSummary) {
@@ -618,7 +610,7 @@ mod tests {
         // Not a .wav name: not looked at.
         std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
 
-        let s = repair_dir(dir.path());
+        let s = repair_recent(dir.path(), 2);
         assert_eq!(s.checked, 3);
         assert_eq!(s.fixed, vec![stale.clone()]);
         assert_eq!(s.failed.len(), 1);
@@ -644,7 +636,7 @@ mod tests {
             Err(RecordError::Io { .. })
         ));
         assert_eq!(
-            repair_dir(&dir.path().join("nope")),
+            repair_recent(&dir.path().join("nope"), 2),
             RepairSummary::default()
         );
     }

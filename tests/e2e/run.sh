@@ -3,12 +3,15 @@
 # runs on three real local AI engines (installed by setup.sh), all on 127.0.0.1:
 #
 #   baresip --(SIP/RTP, PCMU)--> agentline --(HTTP)--> faster-whisper-server (ASR)
-#   "What is the capital       (VAD turn)            llama.cpp SmolLM2-135M  (LLM, SSE)
+#   "What is the capital       (VAD turn)            llama.cpp Qwen2.5-Coder-0.5B-Instruct (LLM, SSE)
 #    of France?"  <---- spoken answer ----------     piper en_US-joe-medium  (TTS)
 #
 # Then what the phone heard is transcribed with the same ASR server, and the
-# script checks it is English words (>= 3) and that agentline reported a turn
-# latency (GET /calls/{id} `turns`, else the log's "turn latency" line).
+# script checks it is English words (>= 3) holding the answer ("paris"), that
+# the agent understood the whole question (a `user` entry of GET /calls/{id}
+# `transcript` holds "what is the capital of/on france", normalised), and that
+# agentline reported a turn latency (GET /calls/{id} `turns`, else the log's
+# "turn latency" line).
 # Prints the latency (total and per stage), the latency the caller measured
 # (end of its speech -> first answer audio), and the words heard. It also
 # checks the answer plays at the right speed: the agent's sentences (from
@@ -22,6 +25,10 @@
 #   E2E_DIR         where setup.sh installed the engines (default /var/tmp/agentline-e2e)
 #   E2E_CALL_SECS   length of the call = the caller's in.wav (default 20)
 #   E2E_QUESTION    what the caller says (default "What is the capital of France?")
+#   E2E_EXPECT_UNDERSTOOD  regex over the normalised words of a user transcript entry
+#                   (default for the default question: \bwhat is the capital (of|on) france\b)
+#   E2E_EXPECT_ANSWER      word the phone must hear (default for the default question: paris)
+#                   With another E2E_QUESTION both default to empty = not checked.
 #   E2E_LEAD_SECS   silence before the question (default 0.5)
 #   E2E_KEEP=1      keep the work folder (logs, WAVs, profile) even on success
 #   E2E_SPEED_TOLERANCE  playback-speed (pitch ratio) tolerance (default 0.04)
@@ -36,8 +43,18 @@ REPO=$(cd "$HERE/../.." && pwd)
 AGENTLINE_BIN=${AGENTLINE_BIN:-$REPO/target/release/agentline}
 CALL_SECS=${E2E_CALL_SECS:-20}
 LEAD=${E2E_LEAD_SECS:-0.5}
-QUESTION=${E2E_QUESTION:-What is the capital of France?}
-SYSTEM="You are a helpful phone assistant. Answer in one short sentence."
+DEFAULT_QUESTION="What is the capital of France?"
+QUESTION=${E2E_QUESTION:-$DEFAULT_QUESTION}
+# What must come back (normalised words: lowercase, no punctuation). Whisper
+# tiny.en hears espeak's "of" as "on" at times: either is accepted, nothing else.
+if [ "$QUESTION" = "$DEFAULT_QUESTION" ]; then
+    EXPECT_UNDERSTOOD=${E2E_EXPECT_UNDERSTOOD-'\bwhat is the capital (of|on) france\b'}
+    EXPECT_ANSWER=${E2E_EXPECT_ANSWER-paris}
+else
+    EXPECT_UNDERSTOOD=${E2E_EXPECT_UNDERSTOOD:-}
+    EXPECT_ANSWER=${E2E_EXPECT_ANSWER:-}
+fi
+SYSTEM="You are a helpful phone assistant. Answer in one short, complete sentence."
 T_RUN=$(now)
 
 # ---- preconditions ------------------------------------------------------------
@@ -45,7 +62,7 @@ for c in baresip espeak-ng sox soxi curl; do
     command -v "$c" >/dev/null || die "$c not found: apt-get install -y baresip-core espeak-ng sox curl"
 done
 [ -x "$AGENTLINE_BIN" ] || die "no agentline binary at $AGENTLINE_BIN (cargo build --release, or set AGENTLINE_BIN)"
-for e in asr llm tts; do
+for e in asr llm model tts; do
     [ -f "$E2E_DIR/$e/.e2e-installed" ] || die "engine $e not installed in $E2E_DIR: run tests/e2e/setup.sh first"
 done
 
@@ -137,12 +154,15 @@ ENG_SECS=$(since "$T_ENG")
 
 # Warm-up: one request each, so the call measures warm engines (first requests
 # load models lazily). The ASR one also checks the caller's speech is intelligible.
+# The LLM one carries the route's system prompt, which llama.cpp keeps as a
+# cached prefix, as on a server that has answered calls before (a cold prefix
+# adds about 0.6 s of prompt processing to the first token here).
 t=$(now)
 CALLER_TEXT=$(transcribe "$P_ASR" "$W/question.wav") || die "asr warm-up failed"
 log "asr warm-up ($(since "$t") s): the caller says \"$CALLER_TEXT\""
 t=$(now)
 curl -sf --max-time 60 "http://127.0.0.1:$P_LLM/v1/chat/completions" -H 'Content-Type: application/json' \
-    -d "{\"model\":\"$LLM_ALIAS\",\"max_tokens\":4,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}" \
+    -d "{\"model\":\"$LLM_ALIAS\",\"max_tokens\":4,\"messages\":[{\"role\":\"system\",\"content\":\"$SYSTEM\"},{\"role\":\"user\",\"content\":\"Hi\"}]}" \
     -o /dev/null || die "llm warm-up failed"
 log "llm warm-up ($(since "$t") s)"
 t=$(now)
@@ -275,10 +295,11 @@ ASR_BACK_SECS=$(since "$t")
 set +e
 # (the ASR venv's Python: it has numpy, for the pitch)
 "$E2E_DIR/asr/bin/python" - "$CALL_JSON" "$W/agentline.log" "$HEARD" "${SENT:-}" "$SPEECH_END" "$HEARD_TEXT" \
-    "$P_TTS" "$VOICE" "${E2E_SPEED_TOLERANCE:-0.04}" <<'EOF'
+    "$P_TTS" "$VOICE" "${E2E_SPEED_TOLERANCE:-0.04}" "$EXPECT_UNDERSTOOD" "$EXPECT_ANSWER" <<'EOF'
 import array, json, re, sys, wave
 
 call_json, log_path, heard_wav, sent_wav, speech_end, heard_text, tts_port, voice, speed_tol = sys.argv[1:10]
+expect_understood, expect_answer = sys.argv[10:12]
 speech_end, speed_tol = float(speech_end), float(speed_tol)
 fails = []
 
@@ -319,10 +340,29 @@ if turns:
     for i, t in enumerate(turns, 1):
         stages = ", ".join(f"{k} {t.get(k)}" for k in ("asr_ms", "llm_first_token_ms", "tts_first_byte_ms")
                            if t.get(k) is not None)
+        parts = [t.get(k) for k in ("asr_ms", "llm_first_token_ms", "tts_first_byte_ms")]
+        rest = (f"; rest {t['total_ms'] - sum(parts)} ms = LLM tokens up to the end of the first "
+                "sentence + agentline's own share" if None not in parts else "")
         print(f"TURN LATENCY (agentline, {source}) turn {i}: total {t['total_ms']} ms"
-              + (f" ({stages})" if stages else ""))
+              + (f" ({stages}{rest})" if stages else ""))
 else:
     fails.append("agentline reported no turn latency (no `turns` in GET /calls/{id}, no \"turn latency\" log line)")
+
+# --- the question was understood: one user entry of the call's transcript
+# (what agentline's ASR made of the caller's utterance) holds the whole
+# question. Normalised: lowercase, no punctuation, "what's" -> "what is".
+def words(text):
+    text = re.sub(r"\bwhat's\b", "what is", text.lower().replace("\u2019", "'"))
+    return " ".join(re.findall(r"[a-z0-9]+", text))
+user_lines = [l.get("text") or "" for l in transcript if l.get("role") == "user"]
+if expect_understood:
+    if any(re.search(expect_understood, words(u)) for u in user_lines):
+        print(f"UNDERSTOOD: the caller's question reached the agent whole (/{expect_understood}/)")
+    else:
+        fails.append(f"no user entry of the call's transcript matches /{expect_understood}/ once normalised: "
+                     f"{user_lines!r} (words of the question lost?)")
+else:
+    print("UNDERSTOOD: not checked (E2E_QUESTION changed and E2E_EXPECT_UNDERSTOOD not set)")
 
 # --- latency the caller measured: end of its speech -> first answer audio.
 # Both baresip dumps end at the hang-up, so aligning their ends puts what was
@@ -444,6 +484,16 @@ if agent_said:
     a, h = norm(agent_said), norm(heard_text)
     if a:
         print(f"words of the agent's transcript found in what was heard: {len(a & h)}/{len(a)}")
+# --- the question was answered: what the phone heard, transcribed, has the answer
+if expect_answer:
+    if re.search(rf"\b{expect_answer}\b", words(heard_text)):
+        print(f"ANSWERED: the phone heard {expect_answer!r}")
+    else:
+        said = "said it" if re.search(rf"\b{expect_answer}\b", words(agent_said)) else "did not say it either"
+        fails.append(f"the phone did not hear {expect_answer!r}: heard {heard_text!r} (the agent's transcript "
+                     f"{said}: {agent_said!r})")
+else:
+    print("ANSWERED: not checked (E2E_QUESTION changed and E2E_EXPECT_ANSWER not set)")
 for f in fails:
     print("FAIL:", f)
 sys.exit(1 if fails else 0)

