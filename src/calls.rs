@@ -89,6 +89,8 @@ pub struct CallInfo {
 pub struct AmdReport {
     /// human / machine / notsure, once decided.
     pub result: Option<crate::media::amd::AmdResult>,
+    /// When it was decided, in ms from the answer.
+    pub ms: Option<u64>,
     /// What it rested on (cause, at_ms, initial silence, greeting, words).
     pub decision: Option<crate::media::amd::AmdDecision>,
     pub beep: Option<crate::media::amd::Beep>,

@@ -126,6 +126,7 @@ impl CallAmd {
                 AmdEvent::Decided(d) => {
                     let (kind, at) = (d.result.as_str(), d.at_ms);
                     self.report.result = Some(d.result);
+                    self.report.ms = Some(at);
                     self.report.decision = Some(d);
                     (kind, at, false)
                 }
