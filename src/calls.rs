@@ -80,6 +80,22 @@ pub struct CallInfo {
     mos_samples: u64,
     /// Webhook deliveries for this call (failures known by now).
     pub webhooks: WebhookTally,
+    /// Answering-machine detection, when the outbound call asked for it.
+    pub amd: Option<AmdReport>,
+}
+
+/// What answering-machine detection found (`GET /calls/{id}`'s `amd`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct AmdReport {
+    /// human / machine / notsure, once decided.
+    pub result: Option<crate::media::amd::AmdResult>,
+    /// When it was decided, in ms from the answer.
+    pub ms: Option<u64>,
+    /// What it rested on (cause, at_ms, initial silence, greeting, words).
+    pub decision: Option<crate::media::amd::AmdDecision>,
+    pub beep: Option<crate::media::amd::Beep>,
+    /// A machine's greeting ended without a beep (ms from answer).
+    pub greeting_ended_ms: Option<u64>,
 }
 
 /// Webhook deliveries for one call.
@@ -142,6 +158,7 @@ impl CallInfo {
             mos_avg: None,
             mos_samples: 0,
             webhooks: WebhookTally::default(),
+            amd: None,
         }
     }
 
@@ -200,6 +217,7 @@ impl CallInfo {
             "webhooks": self.webhooks,
             "variables": self.variables,
             "recording_dropped_frames": self.recording_dropped_frames,
+            "amd_detail": self.amd,
         });
         CdrEnd {
             id: self.id.clone(),
@@ -213,6 +231,11 @@ impl CallInfo {
             codec: self.codec.clone(),
             srtp: self.srtp.clone(),
             recording: self.recording.clone(),
+            amd: self
+                .amd
+                .as_ref()
+                .and_then(|a| a.result)
+                .map(|r| r.as_str().to_string()),
             detail,
         }
     }

@@ -25,7 +25,7 @@ mod webhooks;
 
 pub use agents::{AgentConfig, AgentConfigError, HttpTool, DEFAULT_PREROLL_MS};
 pub use pem::{read_pem, PemError, PemKind};
-pub use routes::{Prompt, RouteConfig};
+pub use routes::{AmdAction, Prompt, RouteConfig};
 pub use rtp::{PortRange, PortRangeError};
 pub use service::{ApiToken, LogFormat, LogFormatError};
 pub use sip::{DigestAlgorithm, ListenAddr, ListenAddrError, SipTransport, UnsupportedAlgorithm};

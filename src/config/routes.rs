@@ -39,6 +39,13 @@ pub(super) struct RawRoute {
     /// Record each call to a stereo WAV in `state.record_dir`.
     #[serde(default)]
     record: bool,
+    /// Answering-machine detection on this route's outbound calls.
+    #[serde(default)]
+    amd: bool,
+    /// What a machine gets: "agent" (default), "hangup" or "message".
+    amd_action: Option<String>,
+    /// The WAV played after the beep with `amd_action = "message"`.
+    amd_message: Option<PathBuf>,
     /// A WAV played the moment the call is answered, before the agent says
     /// anything (every agent kind).
     greeting_file: Option<PathBuf>,
@@ -93,6 +100,10 @@ pub struct RouteConfig {
     pub dsp: DspConfig,
     /// Record each call (stereo WAV: caller left, agent right).
     pub record: bool,
+    /// Answering-machine detection on outbound calls (`POST /calls` can
+    /// also ask for it per call).
+    pub amd: bool,
+    pub amd_action: AmdAction,
     /// Played the moment the call is answered (loaded with the profile).
     pub greeting_audio: Option<std::sync::Arc<Prompt>>,
     /// Spoken first by the agent itself.
@@ -106,6 +117,29 @@ pub struct RouteConfig {
 pub struct Prompt {
     pub pcm: Vec<i16>,
     pub rate: u32,
+}
+
+/// What an outbound call does once AMD hears a machine.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum AmdAction {
+    /// The agent keeps the call; AMD only reports.
+    #[default]
+    Agent,
+    /// BYE at once.
+    Hangup,
+    /// Hold the agent's audio back until the beep (or the greeting's end),
+    /// play this WAV, then BYE.
+    Message(PathBuf),
+}
+
+impl AmdAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AmdAction::Agent => "agent",
+            AmdAction::Hangup => "hangup",
+            AmdAction::Message(_) => "message",
+        }
+    }
 }
 
 impl RouteConfig {
@@ -124,6 +158,8 @@ impl RouteConfig {
             answer_delay_ms: 0,
             dsp: DspConfig::off(),
             record: false,
+            amd: false,
+            amd_action: AmdAction::Agent,
             greeting_audio: None,
             greeting_text: None,
             filler: None,
@@ -228,6 +264,7 @@ impl RawRoute {
             None => None,
             Some(f) => Some(ambient(f, self.ambient_level, key, cx)?),
         };
+        let amd_action = amd_action(self.amd_action, self.amd_message, key, cx)?;
         Ok(RouteConfig {
             dial,
             is_did,
@@ -241,6 +278,8 @@ impl RawRoute {
             answer_delay_ms: self.answer_delay_ms,
             dsp,
             record: self.record,
+            amd: self.amd,
+            amd_action,
             greeting_audio,
             greeting_text,
             filler,
@@ -310,4 +349,96 @@ fn ambient(
         ));
     }
     Ok((file, level))
+}
+
+/// `amd_action` and its `amd_message` WAV (read and parsed now, so a bad
+/// file fails the profile, not a call).
+fn amd_action(
+    action: Option<String>,
+    message: Option<PathBuf>,
+    key: &str,
+    cx: &Ctx,
+) -> Result<AmdAction, ConfigError> {
+    match (action.as_deref().unwrap_or("agent"), message) {
+        ("agent", None) => Ok(AmdAction::Agent),
+        ("hangup", None) => Ok(AmdAction::Hangup),
+        ("message", Some(file)) => {
+            let file = cx.path(Some(file), "");
+            let problem = match std::fs::read(&file) {
+                Err(e) => Some(e.to_string()),
+                Ok(bytes) => Wav::parse(&bytes).err().map(|e| e.to_string()),
+            };
+            match problem {
+                Some(e) => Err(cx.invalid(
+                    format!("{key}.amd_message"),
+                    format!("{}: {e}", file.display()),
+                )),
+                None => Ok(AmdAction::Message(file)),
+            }
+        }
+        ("message", None) => Err(cx.invalid(
+            format!("{key}.amd_message"),
+            "expected a WAV file to play after the beep (amd_action = \"message\")",
+        )),
+        ("agent" | "hangup", Some(_)) => Err(cx.invalid(
+            format!("{key}.amd_message"),
+            "only used with amd_action = \"message\"",
+        )),
+        (other, _) => Err(cx.invalid(
+            format!("{key}.amd_action"),
+            format!("expected \"agent\", \"hangup\" or \"message\", got `{other}`"),
+        )),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::{Config, Overrides};
+    use super::AmdAction;
+
+    fn route(extra: &str) -> Result<Config, String> {
+        let text = format!("[[routes]]\ndial = \"out\"\nagent = {{ kind = \"echo\" }}\n{extra}");
+        Config::parse(&text, "test.toml", &Overrides::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn amd_options_default_to_off_and_reporting_only() {
+        let cfg = route("").unwrap();
+        let r = cfg.route("out").unwrap();
+        assert!(!r.amd);
+        assert_eq!(r.amd_action, AmdAction::Agent);
+        let cfg = route("amd = true\namd_action = \"hangup\"\n").unwrap();
+        let r = cfg.route("out").unwrap();
+        assert!(r.amd);
+        assert_eq!(r.amd_action, AmdAction::Hangup);
+    }
+
+    #[test]
+    fn amd_message_is_a_wav_read_at_load_and_only_with_the_message_action() {
+        let wav = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/speech_8k.wav");
+        let cfg = route(&format!(
+            "amd_action = \"message\"\namd_message = \"{wav}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.route("out").unwrap().amd_action,
+            AmdAction::Message(wav.into())
+        );
+        let e = route("amd_action = \"message\"\n").unwrap_err();
+        assert!(e.contains("routes[0].amd_message"), "{e}");
+        let e =
+            route("amd_action = \"message\"\namd_message = \"/nonexistent.wav\"\n").unwrap_err();
+        assert!(
+            e.contains("routes[0].amd_message") && e.contains("/nonexistent.wav"),
+            "{e}"
+        );
+        let e = route(&format!("amd_message = \"{wav}\"\n")).unwrap_err();
+        assert!(e.contains("only used with amd_action"), "{e}");
+        let e = route("amd_action = \"voicemail\"\n").unwrap_err();
+        assert!(
+            e.contains("routes[0].amd_action") && e.contains("`voicemail`"),
+            "{e}"
+        );
+    }
 }

@@ -97,9 +97,12 @@ struct OriginateBody {
     route: String,
     from: Option<String>,
     ring_timeout_s: Option<u64>,
+    /// Answering-machine detection for this call (the route's `amd_action`
+    /// says what a machine gets).
+    amd: Option<bool>,
 }
 
-const ORIGINATE_SHAPE: &str = r#"expected {"trunk", "to", "route": "<a route's dial from the profile>", "from"?, "ring_timeout_s"?}"#;
+const ORIGINATE_SHAPE: &str = r#"expected {"trunk", "to", "route": "<a route's dial from the profile>", "from"?, "ring_timeout_s"?, "amd"?}"#;
 
 fn bad_request(error: String) -> (StatusCode, Json<serde_json::Value>) {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": error })))
@@ -137,7 +140,10 @@ async fn originate(
         trunk: req.trunk,
         to: req.to,
         from: req.from,
-        route: route.clone(),
+        route: crate::config::RouteConfig {
+            amd: req.amd.unwrap_or(route.amd),
+            ..route.clone()
+        },
         ring_timeout_s: req.ring_timeout_s,
     };
     match crate::sip::call::originate(s.sip.shared.clone(), call) {

@@ -2,6 +2,7 @@
 //! media state machine ([`session::Session`]). Only the call task owns sockets.
 //! The bottom layer: nothing here imports from above (`sdp`, `config`,
 //! `agent`, `sip`, ...), and nothing here opens a socket.
+pub mod amd;
 pub mod codec;
 pub mod dsp;
 pub mod dtmf;

@@ -327,6 +327,7 @@ impl Driver {
             srtp_key: crate::media::srtp::random_master_key(),
             sdp_session_id: rand::random::<u32>() as u64,
             record: setup.route.record,
+            amd: None,
             greeting: setup.route.greeting_audio.clone(),
             filler: setup.route.filler.clone(),
         }
@@ -667,6 +668,22 @@ impl Driver {
                 c.on_hold = held;
             }),
             CallEvent::Transfer(t) => calls.update(id, |c| c.transfer = Some(t)),
+            CallEvent::Amd {
+                kind,
+                at_ms,
+                report,
+            } => {
+                let mut payload = serde_json::json!({ "result": kind, "ms": at_ms });
+                if let Some(d) = &report.decision {
+                    payload["cause"] = d.cause.as_str().into();
+                    payload["decision"] = serde_json::json!(d);
+                }
+                if let Some(b) = &report.beep {
+                    payload["beep"] = serde_json::json!(b);
+                }
+                self.webhook("amd", payload);
+                calls.update(id, |c| c.amd = Some(report));
+            }
             CallEvent::Stats(s) => {
                 call_metrics::stats_tick(calls, id, &s, true);
                 calls.update(id, |c| {
@@ -1220,6 +1237,9 @@ pub fn originate_leg(
     );
     info.trunk = Some(trunk.name.clone());
     info.direction = crate::calls::Direction::Outbound;
+    if req.route.amd && agent_override.is_none() {
+        info.amd = Some(Default::default());
+    }
     if !shared
         .calls
         .try_insert(info, hangup.clone(), cmd_tx, shared.cfg().max_calls)
@@ -1320,6 +1340,9 @@ pub fn originate_leg(
                             let mut cfg = Driver::core_config(&shared, &setup, ports.port);
                             cfg.srtp_key = srtp_key;
                             cfg.sdp_session_id = sdp_origin.0;
+                            if setup.route.amd && agent_override.is_none() {
+                                cfg.amd = Some(super::amd::mode_for(&setup.route.amd_action).await);
+                            }
                             let driver = Driver {
                                 core: CallCore::outbound(cfg, offer, neg),
                                 agent_override,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
+use super::amd::{AmdMode, AmdStep, CallAmd};
 use super::barge::{BargeIn, Decision, Verdict};
 use super::timer::SessionTimer;
 use crate::agent::{self, Agent, AgentEvent, AgentOutput};
@@ -76,6 +77,10 @@ pub enum EndReason {
     AgentHungUp,
     /// The agent ended the call after its last words were played.
     AgentFinished,
+    /// AMD heard a machine: hung up at once, or after the message.
+    AnsweringMachine {
+        message_left: bool,
+    },
     Transferred {
         target: String,
     },
@@ -157,7 +162,10 @@ impl EndReason {
         use EndReason as E;
         match self {
             E::CallerHungUp | E::CallerCancelled => HungUpBy::Caller,
-            E::AgentHungUp | E::AgentFinished | E::Transferred { .. } => HungUpBy::Agent,
+            E::AgentHungUp
+            | E::AgentFinished
+            | E::Transferred { .. }
+            | E::AnsweringMachine { .. } => HungUpBy::Agent,
             E::HangupBeforeAnswer | E::HangupByServer | E::WeHungUp => HungUpBy::Api,
             E::NoAck | E::SessionTimerExpired | E::RtpTimeout => HungUpBy::Timeout,
             E::CallFailed { .. } | E::NoFinalResponse => HungUpBy::Callee,
@@ -180,6 +188,12 @@ impl std::fmt::Display for EndReason {
             E::HangupByServer => f.write_str("hangup by server"),
             E::AgentHungUp => f.write_str("agent hung up"),
             E::AgentFinished => f.write_str("agent finished"),
+            E::AnsweringMachine { message_left: true } => {
+                f.write_str("answering machine: message left")
+            }
+            E::AnsweringMachine {
+                message_left: false,
+            } => f.write_str("answering machine"),
             E::Transferred { target } => write!(f, "transferred to {target}"),
             E::SessionTimerExpired => f.write_str("session timer expired"),
             E::SessionRefreshFailed => f.write_str("session refresh failed"),
@@ -297,6 +311,13 @@ pub enum CallEvent {
     },
     Transfer(TransferInfo),
     Stats(Box<StatsSnapshot>),
+    /// Answering-machine detection found something (`kind`: human,
+    /// machine, notsure, beep, greeting_ended).
+    Amd {
+        kind: &'static str,
+        at_ms: u64,
+        report: crate::calls::AmdReport,
+    },
 }
 
 /// Media counters and quality, as of the last stats tick.
@@ -388,6 +409,9 @@ pub struct CoreConfig {
     /// Record the call: the media session's stereo frames come out of
     /// [`CallCore::poll_recording`] from the answer to the end.
     pub record: bool,
+    /// Answering-machine detection on the callee's audio (outbound calls
+    /// that asked for it), and what a machine gets.
+    pub amd: Option<AmdMode>,
     /// Played the moment media starts, ahead of anything the agent says.
     pub greeting: Option<std::sync::Arc<crate::config::Prompt>>,
     /// Played when the agent is silent this long after the caller's turn.
@@ -455,6 +479,7 @@ struct Active {
     bridged_leg: Option<String>,
     /// BYE at this time, ending for this reason (after a transfer's NOTIFY).
     bye_at: Option<(Instant, EndReason)>,
+    amd: Option<Box<CallAmd>>,
     barge: BargeIn,
     filler: Filler,
 }
@@ -583,6 +608,9 @@ impl CallCore {
                 if let Some(at) = a.filler.due {
                     wake = wake.min(at);
                 }
+                if let Some(t) = a.amd.as_ref().and_then(|d| d.poll_timeout()) {
+                    wake = wake.min(t);
+                }
                 Some(wake)
             }
         }
@@ -606,6 +634,9 @@ impl CallCore {
                     }
                 }
                 a.session.handle_timeout(now);
+                if let Some(d) = &mut a.amd {
+                    d.handle_timeout(now);
+                }
                 a.agent.poll(&mut a.out);
                 Self::apply_output(a);
                 if let Some(t) = self.cfg.timer {
@@ -859,9 +890,14 @@ impl CallCore {
             transfer: None,
             bridged_leg: None,
             bye_at: None,
+            amd: None,
             barge: BargeIn::new(self.cfg.barge_in_min_ms, self.cfg.dsp.speech_start_ms),
             filler,
         });
+        if let Some(mode) = self.cfg.amd.clone() {
+            let rate = a.session.params().agent_rate;
+            a.amd = Some(Box::new(CallAmd::new(mode, rate)));
+        }
         Self::apply_output(&mut a);
         self.phase = Phase::Active(a);
         self.after_input(now);
@@ -1240,6 +1276,12 @@ impl CallCore {
     /// Hands the agent's output to the media session.
     fn apply_output(a: &mut Active) {
         let out = &mut a.out;
+        if a.amd.as_ref().is_some_and(|d| d.holds_agent()) {
+            // A machine gets the route's message, not the agent.
+            out.audio.clear();
+            out.clear = false;
+            return;
+        }
         if out.clear {
             let dropped = a.session.queued_ms();
             a.session.clear_playout();
@@ -1285,6 +1327,9 @@ impl CallCore {
         while let Some(ev) = a.session.poll_event() {
             match ev {
                 MediaEvent::Audio(pcm) => {
+                    if let Some(d) = &mut a.amd {
+                        d.push(now, &pcm);
+                    }
                     // INTERRUPT_LISTENING: the agent does not hear the
                     // caller while it talks (the stream keeps its pace).
                     if interrupt_listening && a.session.queued_ms() > 0 {
@@ -1357,6 +1402,31 @@ impl CallCore {
                 a.filler.playing = true;
             }
         }
+        let mut amd_end = None;
+        while let Some(step) = a.amd.as_mut().and_then(|d| d.poll_step()) {
+            match step {
+                AmdStep::Report {
+                    kind,
+                    at_ms,
+                    report,
+                } => {
+                    info!(result = kind, at_ms, "AMD");
+                    events.push(CallEvent::Amd {
+                        kind,
+                        at_ms,
+                        report,
+                    });
+                }
+                AmdStep::Hangup => amd_end = Some(false),
+                AmdStep::PlayMessage(pcm) => {
+                    a.session.clear_playout();
+                    a.session.handle_agent_audio(&pcm);
+                }
+            }
+        }
+        if a.amd.as_ref().is_some_and(|d| d.message_queued()) && a.session.queued_ms() == 0 {
+            amd_end = Some(true);
+        }
         for ev in std::mem::take(&mut a.out.events) {
             if let AgentEvent::Transfer { to } = &ev {
                 info!(%to, "agent asked for a transfer");
@@ -1366,6 +1436,9 @@ impl CallCore {
             events.push(CallEvent::Agent(ev));
         }
         self.actions.extend(events.into_iter().map(Action::Event));
+        if let Some(message_left) = amd_end {
+            return self.end_with_bye(EndReason::AnsweringMachine { message_left });
+        }
         let Phase::Active(a) = &mut self.phase else {
             return;
         };
@@ -1486,6 +1559,7 @@ mod tests {
             srtp_key: [7; MASTER_KEY_LEN],
             sdp_session_id: 42,
             record: false,
+            amd: None,
         }
     }
 
@@ -2197,5 +2271,97 @@ mod tests {
         assert_eq!(EndReason::HangupByServer.hung_up_by(), HungUpBy::Api);
         assert_eq!(EndReason::RtpTimeout.hung_up_by(), HungUpBy::Timeout);
         assert_eq!(EndReason::CallerCancelled.hung_up_by(), HungUpBy::Caller);
+    }
+
+    /// Answering-machine detection with `amd_action = "message"`: the
+    /// agent is heard until a machine is decided, then nothing of it; the
+    /// message plays when the beep ends, and the call ends after it.
+    #[test]
+    fn amd_message_holds_the_agent_on_a_machine_and_plays_the_message_after_the_beep() {
+        let mut cfg = config(None);
+        cfg.record = true;
+        cfg.rtp_timeout = Duration::ZERO;
+        cfg.amd = Some(AmdMode::Message(vec![3000; 8000], 8000));
+        let mut call = answered_with(cfg);
+        let buzz = |ms: u32| -> Vec<i16> {
+            (0..8 * ms)
+                .map(|i| {
+                    let t = i as f32 / 8000.0;
+                    let v: f32 = (1..20)
+                        .map(|h| {
+                            (2.0 * std::f32::consts::PI * 130.0 * h as f32 * t).sin() / h as f32
+                        })
+                        .sum();
+                    (3000.0 * v) as i16
+                })
+                .collect()
+        };
+        let beep: Vec<i16> = (0..8 * 400)
+            .map(|i| {
+                (9000.0 * (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 8000.0).sin()) as i16
+            })
+            .collect();
+        // 400 ms silence, a 3 s greeting, 400 ms, the beep (ends at 4.2 s), silence.
+        let callee = [
+            vec![0; 3200],
+            buzz(3000),
+            vec![0; 3200],
+            beep,
+            vec![0; 8 * 3000],
+        ]
+        .concat();
+        let (mut sent, mut actions) = (Vec::new(), Vec::new());
+        for (k, chunk) in callee.chunks(160).enumerate() {
+            // The agent talks all along (a constant -6000).
+            call.next.lock().unwrap().audio.extend([-6000i16; 160]);
+            let mut p = vec![0x80, 0, (k >> 8) as u8, k as u8];
+            p.extend_from_slice(&(k as u32 * 160).to_be_bytes());
+            p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+            p.extend(chunk.iter().map(|&s| crate::media::g711::linear_to_ulaw(s)));
+            call.core
+                .handle_rtp(call.now, "127.0.0.1:40000".parse().unwrap(), &p);
+            actions.extend(call.advance(Duration::from_millis(20)));
+            while let Some(f) = call.core.poll_recording() {
+                // What we sent this tick: its right channel's first sample.
+                sent.push(f.samples.get(1).copied().unwrap_or(0));
+            }
+            if call.core.is_ended() {
+                break;
+            }
+        }
+        let amd: Vec<(&str, u64)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event(CallEvent::Amd { kind, at_ms, .. }) => Some((*kind, *at_ms)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            amd.iter().map(|a| a.0).collect::<Vec<_>>(),
+            ["machine", "beep"]
+        );
+        let decided_tick = (amd[0].1 / 20) as usize;
+        let last_agent = sent.iter().rposition(|&s| s == -6000).unwrap();
+        let first_message = sent.iter().position(|&s| s == 3000).unwrap();
+        let message_ticks = sent.iter().filter(|&&s| s == 3000).count();
+        assert!(
+            last_agent <= decided_tick + 2,
+            "agent heard until tick {last_agent}, machine decided at tick {decided_tick}"
+        );
+        // The beep ends 4200 ms in (tick 210); the message follows at once.
+        assert!(
+            (210..=216).contains(&first_message),
+            "message from tick {first_message}"
+        );
+        assert_eq!(message_ticks, 50, "the whole 1 s message");
+        assert!(
+            sent[first_message..].iter().all(|&s| s != -6000),
+            "no agent audio after the message started"
+        );
+        assert_eq!(
+            end(&actions),
+            Some(EndReason::AnsweringMachine { message_left: true }),
+            "{actions:?}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! RTP/RTCP sockets and port allocation ([`ports`]), and the per-call task
 //! ([`call`]). rsipstack carries the transactions and
 //! dialogs; this module adds what it does not have.
+pub mod amd;
 pub mod auth;
 pub mod barge;
 pub mod call;

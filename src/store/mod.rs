@@ -102,6 +102,8 @@ pub struct CdrEnd {
     pub codec: Option<String>,
     pub srtp: Option<String>,
     pub recording: Option<String>,
+    /// Answering-machine detection's result (human / machine / notsure).
+    pub amd: Option<String>,
     /// Everything else (quality, turns, transcript, DTMF, transfer,
     /// webhooks, fallbacks): a JSON object.
     pub detail: serde_json::Value,
@@ -132,6 +134,7 @@ pub struct Cdr {
     pub codec: Option<String>,
     pub srtp: Option<String>,
     pub recording: Option<String>,
+    pub amd: Option<String>,
     #[serde(flatten)]
     pub detail: serde_json::Map<String, serde_json::Value>,
 }
@@ -205,7 +208,7 @@ pub struct Store {
 
 const COLUMNS: &str = "id, node, uuid, call_id, direction, from_uri, to_uri, caller_id, trunk, \
      route, agent, invite_at, answer_at, end_at, duration_ms, end_reason, hung_up_by, sip_code, \
-     codec, srtp, recording, detail";
+     codec, srtp, recording, amd, detail";
 
 impl Store {
     /// Opens (creating and migrating) the store, closes the calls this
@@ -468,7 +471,7 @@ impl Store {
                     "UPDATE cdrs SET uuid = $1, agent = COALESCE($2, agent), \
                      answer_at = COALESCE($3, answer_at), end_at = $4, duration_ms = $5, \
                      end_reason = $6, hung_up_by = $7, sip_code = $8, codec = $9, srtp = $10, \
-                     recording = $11, detail = $12 WHERE id = $13",
+                     recording = $11, detail = $12, amd = $13 WHERE id = $14",
                 )
                 .bind(e.uuid.clone())
                 .bind(e.agent.clone())
@@ -482,6 +485,7 @@ impl Store {
                 .bind(e.srtp.clone())
                 .bind(e.recording.clone())
                 .bind(e.detail.to_string())
+                .bind(e.amd.clone())
                 .bind(&e.id)
                 .execute(pool)
                 .await?;
@@ -728,6 +732,7 @@ fn cdr_of(r: &AnyRow) -> Result<Cdr, StoreError> {
         codec: r.try_get("codec")?,
         srtp: r.try_get("srtp")?,
         recording: r.try_get("recording")?,
+        amd: r.try_get("amd")?,
         detail,
     })
 }
@@ -773,6 +778,7 @@ mod tests {
             codec: Some("PCMU".into()),
             srtp: None,
             recording: None,
+            amd: Some("machine".into()),
             detail: serde_json::json!({"dtmf": "12#"}),
         }
     }
@@ -796,6 +802,7 @@ mod tests {
         assert_eq!(c.hung_up_by.as_deref(), Some("caller"));
         assert_eq!(c.sip_code, Some(200));
         assert_eq!(c.detail["dtmf"], "12#");
+        assert_eq!(c.amd.as_deref(), Some("machine"));
         assert_eq!(c.node, "test-node");
         assert!(store.get("nope").await.unwrap().is_none());
         let mode: String = sqlx::query("PRAGMA journal_mode")
