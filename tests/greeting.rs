@@ -206,3 +206,92 @@ fn a_text_greeting_for_an_agent_without_a_voice_is_refused() {
         "{err}"
     );
 }
+
+fn tone(ms: u32, hz: f32) -> Audio {
+    Audio::new(
+        8000,
+        (0..8 * ms)
+            .map(|i| (i as f32 * hz * std::f32::consts::TAU / 8000.0).sin() * 0.25)
+            .collect(),
+    )
+}
+
+/// First and last frame (ms) where `hz` dominates, and how many frames.
+fn tone_span(a: &Audio, hz: f32) -> Option<(f64, f64, usize)> {
+    let f = audio::tone_frames(a, hz);
+    let first = f.iter().position(|&t| t)?;
+    let last = f.iter().rposition(|&t| t)?;
+    Some((
+        first as f64 * 20.0,
+        last as f64 * 20.0,
+        f.iter().filter(|&&t| t).count(),
+    ))
+}
+
+/// A slow LLM (1.5 s): `filler_after_ms` after the caller's turn ended the
+/// filler sound plays, and it stops the moment the agent's answer starts;
+/// without `filler_file` the wait is silent.
+#[test]
+fn a_filler_covers_a_slow_answer_and_stops_when_the_agent_speaks() {
+    if require_peer("baresip").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let filler = tmp.path().join("filler.wav");
+    // Longer than the wait, so the cut is visible.
+    audio::write_wav(&filler, &tone(4000, 1000.0)).unwrap();
+    let run = |extra: &str| {
+        let Some(fake) = Fake::start(
+            "fake_openai_compat.py",
+            &["--mode", "slow-start:1500", "--fail-route", "chat"],
+        ) else {
+            return None;
+        };
+        let server = Server::start(&format!(
+            "[sip]\ntrusted = [\"127.0.0.1/32\"]\n[[routes]]\ndial = \"f\"\n\
+             agent = {{ kind = \"openai_compat\", base_url = \"http://127.0.0.1:{}/v1\" }}\n\
+             dsp = {{ vad = true }}\n{extra}\n",
+            fake.port
+        ));
+        let speech = common::data_path("speech_8k.wav");
+        let (out, id) = call(&server, "f", &speech, 6000);
+        let ctx = format!("{}\n{}", out.summary(), server.log_text());
+        let view = call_info(&server, &id.unwrap_or_else(|| panic!("no call\n{ctx}")));
+        let heard = out.heard_aligned().unwrap_or_else(|e| panic!("{e}\n{ctx}"));
+        Some((heard, view, ctx))
+    };
+    let Some((heard, view, ctx)) = run(&format!(
+        "filler_file = \"{}\"\nfiller_after_ms = 300",
+        filler.display()
+    )) else {
+        return;
+    };
+    // The fake's answer is a 440 Hz tone; the caller's turn ended ~0.7 s
+    // after the phrase (3.4 s into the call).
+    let (a0, _, _) = tone_span(&heard, 440.0).unwrap_or_else(|| panic!("no answer heard\n{ctx}"));
+    let (f0, f1, n) = tone_span(&heard, 1000.0).unwrap_or_else(|| panic!("no filler heard\n{ctx}"));
+    eprintln!(
+        "filler from {f0:.0} to {f1:.0} ms ({n} frames), answer from {a0:.0} ms; turns {}",
+        view["turns"]
+    );
+    assert!(f0 < a0, "the filler came before the answer\n{ctx}");
+    assert!(
+        f1 < a0 + 40.0,
+        "the filler stopped when the answer began: {f1} vs {a0}\n{ctx}"
+    );
+    assert!(
+        a0 - f0 >= 800.0,
+        "the filler covered the wait ({f0:.0}-{a0:.0} ms)\n{ctx}"
+    );
+    assert_eq!(
+        view["interruptions"], 0,
+        "cutting the filler is no barge-in: {view}"
+    );
+
+    // Without a filler the wait is silent.
+    let Some((heard, _, ctx)) = run("") else {
+        return;
+    };
+    assert!(tone_span(&heard, 440.0).is_some(), "no answer heard\n{ctx}");
+    assert!(tone_span(&heard, 1000.0).is_none(), "{ctx}");
+}
