@@ -241,12 +241,10 @@ fn a_filler_covers_a_slow_answer_and_stops_when_the_agent_speaks() {
     // Longer than the wait, so the cut is visible.
     audio::write_wav(&filler, &tone(4000, 1000.0)).unwrap();
     let run = |extra: &str| {
-        let Some(fake) = Fake::start(
+        let fake = Fake::start(
             "fake_openai_compat.py",
             &["--mode", "slow-start:1500", "--fail-route", "chat"],
-        ) else {
-            return None;
-        };
+        )?;
         let server = Server::start(&format!(
             "[sip]\ntrusted = [\"127.0.0.1/32\"]\n[[routes]]\ndial = \"f\"\n\
              agent = {{ kind = \"openai_compat\", base_url = \"http://127.0.0.1:{}/v1\" }}\n\
