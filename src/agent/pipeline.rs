@@ -286,27 +286,31 @@ async fn run_turn(
     out: mpsc::UnboundedSender<Output>,
     speaking: Arc<Mutex<Speaking>>,
 ) -> Result<(), AgentError> {
-    let (text, asr_ms) = match input {
-        TurnInput::Say(t) => return speak_only(backend, t, rate, out, speaking).await,
-        TurnInput::Text(t, ms) => (t, ms),
+    // A greeting is the agent's own words: no caller text, no LLM, no
+    // turn latency; its sentences go through the same TTS path.
+    let (text, asr_ms, greeting) = match input {
+        TurnInput::Say(t) => (t, None, true),
+        TurnInput::Text(t, ms) => (t, ms, false),
         TurnInput::Audio(pcm) => {
             let t = backend
                 .transcribe(pcm)
                 .await
                 .map_err(AgentError::stage(Stage::Asr))?;
-            (t, Some(t0.elapsed().as_millis() as u64))
+            (t, Some(t0.elapsed().as_millis() as u64), false)
         }
     };
     let text = text.trim().to_string();
     if text.is_empty() {
         return Ok(());
     }
-    let _ = out.send(Output::Event(AgentEvent::Transcript {
-        role: "user".into(),
-        text: text.clone(),
-    }));
-    lock(&speaking).user_text = Some(text.clone());
-    history.push(Msg::new("user", &text));
+    if !greeting {
+        let _ = out.send(Output::Event(AgentEvent::Transcript {
+            role: "user".into(),
+            text: text.clone(),
+        }));
+        lock(&speaking).user_text = Some(text.clone());
+        history.push(Msg::new("user", &text));
+    }
 
     let (piece_tx, mut piece_rx) = mpsc::unbounded_channel::<String>();
     let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<String>();
@@ -315,6 +319,10 @@ async fn run_turn(
     let llm = {
         let backend = backend.clone();
         async move {
+            if greeting {
+                let _ = piece_tx.send(text);
+                return Ok(());
+            }
             backend
                 .llm(history, piece_tx)
                 .await
@@ -379,7 +387,7 @@ async fn run_turn(
                             tts_first = Some(tts_started.elapsed().as_millis() as u64);
                         }
                         let _ = out.send(Output::Audio(a));
-                        if first {
+                        if first && !greeting {
                             let l = TurnLatency {
                                 total_ms: t0.elapsed().as_millis() as u64,
                                 asr_ms,
@@ -409,56 +417,6 @@ async fn run_turn(
         }
     };
     tokio::try_join!(llm, split, speak)?;
-    Ok(())
-}
-
-/// The agent's own words (a greeting) through TTS, sentence by sentence,
-/// with no caller text and no LLM.
-async fn speak_only(
-    backend: Arc<dyn Backend>,
-    text: String,
-    rate: u32,
-    out: mpsc::UnboundedSender<Output>,
-    speaking: Arc<Mutex<Speaking>>,
-) -> Result<(), AgentError> {
-    let mut sp = SentenceSplitter::default();
-    let mut sentences = sp.push(&text);
-    sentences.extend(sp.finish());
-    for sentence in sentences {
-        {
-            let mut s = lock(&speaking);
-            if !s.agent_text.is_empty() {
-                s.agent_text.push(' ');
-            }
-            s.agent_text.push_str(&sentence);
-        }
-        let (atx, mut arx) = mpsc::unbounded_channel::<Vec<i16>>();
-        let req = backend.tts(sentence, atx);
-        let forward = async {
-            while let Some(a) = arx.recv().await {
-                if a.is_empty() {
-                    continue;
-                }
-                let now = Instant::now();
-                {
-                    let mut s = lock(&speaking);
-                    let start = s.play_until.filter(|&u| u > now).unwrap_or(now);
-                    s.play_until = Some(
-                        start + Duration::from_micros(a.len() as u64 * 1_000_000 / rate as u64),
-                    );
-                    s.first_audio = true;
-                }
-                let _ = out.send(Output::Audio(a));
-            }
-        };
-        let (r, ()) = tokio::join!(req, forward);
-        r.map_err(AgentError::stage(Stage::Tts))?;
-    }
-    let said = lock(&speaking).agent_text.clone();
-    let _ = out.send(Output::Event(AgentEvent::Transcript {
-        role: "agent".into(),
-        text: said,
-    }));
     Ok(())
 }
 
