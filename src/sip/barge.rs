@@ -26,8 +26,11 @@ pub enum Verdict {
     /// the agent, then hand the start over.
     Interrupt,
     /// Keep it from the agent (a start being timed, or the end of a turn
-    /// that was only a backchannel).
+    /// already found to be a backchannel).
     Hold,
+    /// Keep it from the agent: the turn ended while its start was still
+    /// held, so it was a backchannel.
+    Backchannel,
 }
 
 /// What a frame decided about held speech.
@@ -58,7 +61,6 @@ pub struct BargeIn {
     /// How long the speech had lasted when the VAD reported its start.
     lead: Duration,
     state: State,
-    backchannels: u64,
 }
 
 impl BargeIn {
@@ -69,7 +71,6 @@ impl BargeIn {
             min: Duration::from_millis(min_ms.into()),
             lead: Duration::from_millis(speech_start_ms.into()),
             state: State::Idle,
-            backchannels: 0,
         }
     }
 
@@ -92,10 +93,7 @@ impl BargeIn {
     pub fn speech_ended(&mut self) -> Verdict {
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Idle => Verdict::Pass,
-            State::Held { .. } => {
-                self.backchannels += 1;
-                Verdict::Hold
-            }
+            State::Held { .. } => Verdict::Backchannel,
             State::Swallow => Verdict::Hold,
         }
     }
@@ -113,7 +111,6 @@ impl BargeIn {
                     }
                 } else if now.duration_since(*last_voiced) >= GAP {
                     self.state = State::Swallow;
-                    self.backchannels += 1;
                     return Some(Decision::Backchannel);
                 }
                 None
@@ -128,11 +125,6 @@ impl BargeIn {
                 None
             }
         }
-    }
-
-    /// Speech over the agent that stopped before it counted as a barge-in.
-    pub fn backchannels(&self) -> u64 {
-        self.backchannels
     }
 }
 
@@ -175,7 +167,6 @@ mod tests {
         );
         // The turn detector's end (700 ms later) never reaches the agent.
         assert_eq!(b.speech_ended(), Verdict::Hold);
-        assert_eq!(b.backchannels(), 1);
         // The next turn, with the agent silent, passes.
         assert_eq!(b.speech_started(t0 + ms(3000), false), Verdict::Pass);
         assert_eq!(b.speech_ended(), Verdict::Pass);
@@ -195,7 +186,19 @@ mod tests {
         );
         // Its end is an ordinary end of turn.
         assert_eq!(b.speech_ended(), Verdict::Pass);
-        assert_eq!(b.backchannels(), 0);
+    }
+
+    #[test]
+    fn a_turn_that_ends_while_its_start_is_held_is_a_backchannel() {
+        // A route with a short end_of_turn_ms: the turn detector ends the
+        // turn before a 200 ms gap did.
+        let t0 = Instant::now();
+        let mut b = BargeIn::new(400, 100);
+        assert_eq!(b.speech_started(t0 + ms(100), true), Verdict::Hold);
+        assert!(feed(&mut b, t0, 100, 100, true).is_empty());
+        assert!(feed(&mut b, t0, 200, 100, false).is_empty());
+        assert_eq!(b.speech_ended(), Verdict::Backchannel);
+        assert!(feed(&mut b, t0, 300, 1000, true).is_empty(), "nothing held");
     }
 
     #[test]

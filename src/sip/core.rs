@@ -427,6 +427,14 @@ pub struct MediaStart {
     pub ts: u32,
 }
 
+/// A clip (ambient sound, greeting, filler) at the call's agent rate;
+/// `None`, logged, when it cannot be resampled (the call goes on without).
+fn clip_at(pcm: &[i16], from: u32, to: u32, what: &'static str) -> Option<Vec<i16>> {
+    crate::media::resample::resample_once(pcm, from, to)
+        .map_err(|e| warn!(error = %e, what, "clip not played"))
+        .ok()
+}
+
 /// Ambient sound to loop under the agent.
 #[derive(Debug, Clone)]
 pub struct Ambient {
@@ -838,11 +846,10 @@ impl CallCore {
                     return;
                 }
             };
+        let rate = session.params().agent_rate;
         if let Some(a) = ambient {
-            let rate = session.params().agent_rate;
-            match crate::media::resample::resample_once(&a.pcm, a.rate, rate) {
-                Ok(pcm) => session.set_ambient(pcm, a.level),
-                Err(e) => warn!(error = %e, "ambient sound not loaded"),
+            if let Some(pcm) = clip_at(&a.pcm, a.rate, rate, "ambient sound") {
+                session.set_ambient(pcm, a.level);
             }
         }
         if let Err(e) = session.set_dsp(self.cfg.dsp.clone()) {
@@ -860,23 +867,13 @@ impl CallCore {
         }));
         let mut out = AgentOutput::default();
         if let Some(g) = &self.cfg.greeting {
-            let rate = session.params().agent_rate;
-            match crate::media::resample::resample_once(&g.pcm, g.rate, rate) {
-                Ok(pcm) => out.audio = pcm,
-                Err(e) => warn!(error = %e, "greeting not played"),
-            }
+            out.audio = clip_at(&g.pcm, g.rate, rate, "greeting").unwrap_or_default();
         }
         agent.start(&mut out);
         let mut filler = Filler::default();
         if let Some((f, after)) = &self.cfg.filler {
-            let rate = session.params().agent_rate;
-            match crate::media::resample::resample_once(&f.pcm, f.rate, rate) {
-                Ok(pcm) => {
-                    filler.pcm = pcm;
-                    filler.after = *after;
-                }
-                Err(e) => warn!(error = %e, "filler not loaded"),
-            }
+            filler.pcm = clip_at(&f.pcm, f.rate, rate, "filler").unwrap_or_default();
+            filler.after = *after;
         }
         let mut a = Box::new(Active {
             session,
@@ -1364,6 +1361,10 @@ impl CallCore {
                     };
                     match verdict {
                         Verdict::Hold => {}
+                        Verdict::Backchannel => {
+                            info!("backchannel: the agent goes on");
+                            events.push(CallEvent::Backchannel);
+                        }
                         Verdict::Pass => Self::caller_turn(a, &mut events, ev, false),
                         Verdict::Interrupt => Self::caller_turn(a, &mut events, ev, true),
                     }
