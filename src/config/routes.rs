@@ -312,10 +312,7 @@ impl RawDsp {
 /// profile, not a call).
 fn prompt(file: PathBuf, key: &str, cx: &Ctx) -> Result<Prompt, ConfigError> {
     let file = cx.path(Some(file), "");
-    let wav = std::fs::read(&file)
-        .map_err(|e| e.to_string())
-        .and_then(|b| Wav::parse(&b).map_err(|e| e.to_string()))
-        .map_err(|e| cx.invalid(key.to_string(), format!("{}: {e}", file.display())))?;
+    let wav = read_wav(&file, key, cx)?;
     Ok(Prompt {
         pcm: wav.mono(),
         rate: wav.sample_rate,
@@ -338,17 +335,16 @@ fn ambient(
         ));
     }
     let file = cx.path(Some(file), "");
-    let problem = match std::fs::read(&file) {
-        Err(e) => Some(e.to_string()),
-        Ok(bytes) => Wav::parse(&bytes).err().map(|e| e.to_string()),
-    };
-    if let Some(e) = problem {
-        return Err(cx.invalid(
-            format!("{key}.ambient_file"),
-            format!("{}: {e}", file.display()),
-        ));
-    }
+    read_wav(&file, &format!("{key}.ambient_file"), cx)?;
     Ok((file, level))
+}
+
+/// Reads and parses a WAV the profile names; the error names `key`.
+fn read_wav(file: &std::path::Path, key: &str, cx: &Ctx) -> Result<Wav, ConfigError> {
+    std::fs::read(file)
+        .map_err(|e| e.to_string())
+        .and_then(|b| Wav::parse(&b).map_err(|e| e.to_string()))
+        .map_err(|e| cx.invalid(key.to_string(), format!("{}: {e}", file.display())))
 }
 
 /// `amd_action` and its `amd_message` WAV (read and parsed now, so a bad
@@ -364,17 +360,8 @@ fn amd_action(
         ("hangup", None) => Ok(AmdAction::Hangup),
         ("message", Some(file)) => {
             let file = cx.path(Some(file), "");
-            let problem = match std::fs::read(&file) {
-                Err(e) => Some(e.to_string()),
-                Ok(bytes) => Wav::parse(&bytes).err().map(|e| e.to_string()),
-            };
-            match problem {
-                Some(e) => Err(cx.invalid(
-                    format!("{key}.amd_message"),
-                    format!("{}: {e}", file.display()),
-                )),
-                None => Ok(AmdAction::Message(file)),
-            }
+            read_wav(&file, &format!("{key}.amd_message"), cx)?;
+            Ok(AmdAction::Message(file))
         }
         ("message", None) => Err(cx.invalid(
             format!("{key}.amd_message"),
