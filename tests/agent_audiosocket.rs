@@ -18,19 +18,6 @@ use common::fakes::Fake;
 use common::sipp::run_scenario;
 use common::{data_path, http_get, require_peer, Server};
 
-fn chirp(ms: u32, f0: f64, f1: f64, amp: f32) -> Audio {
-    let n = 8 * ms as usize;
-    let t_total = ms as f64 / 1000.0;
-    let samples = (0..n)
-        .map(|i| {
-            let t = i as f64 / 8000.0;
-            let phase = 2.0 * std::f64::consts::PI * (f0 * t + (f1 - f0) * t * t / (2.0 * t_total));
-            amp * phase.sin() as f32
-        })
-        .collect();
-    Audio::new(8000, samples)
-}
-
 fn write(dir: &Path, name: &str, a: &Audio) -> PathBuf {
     let p = dir.join(name);
     audio::write_wav(&p, a).unwrap();
@@ -80,7 +67,7 @@ fn speech_goes_to_the_server_its_paced_reply_plays_and_its_hangup_ends_the_call(
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let reply = chirp(2000, 300.0, 2500.0, 0.25);
+    let reply = audio::chirp(2000, 300.0, 2500.0, 0.25);
     let reply_wav = write(tmp.path(), "reply.wav", &reply);
     let Some(fake) = Fake::start(
         "fake_audiosocket.py",
@@ -210,7 +197,7 @@ fn failover_call(
     tmp: &Path,
 ) -> Option<(Outcome, Fake, Fake, Server, serde_json::Value)> {
     let b_wav = write(tmp, "b.wav", b_reply);
-    let a_wav = write(tmp, "a.wav", &chirp(1000, 2500.0, 500.0, 0.25));
+    let a_wav = write(tmp, "a.wav", &audio::chirp(1000, 2500.0, 500.0, 0.25));
     let a = Fake::start(
         "fake_audiosocket.py",
         &[
@@ -254,7 +241,7 @@ fn error_frame_and_garbage_fail_over_to_the_fallback_at_once() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let b_reply = chirp(1500, 400.0, 3000.0, 0.25);
+    let b_reply = audio::chirp(1500, 400.0, 3000.0, 0.25);
     for mode in ["http500", "garbage"] {
         let Some((out, a, b, server, info)) = failover_call(mode, &b_reply, tmp.path()) else {
             return;
@@ -304,7 +291,7 @@ fn dropped_connection_fails_over_within_a_second() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let b_reply = chirp(1500, 400.0, 3000.0, 0.25);
+    let b_reply = audio::chirp(1500, 400.0, 3000.0, 0.25);
     let Some((out, a, b, server, info)) =
         failover_call("disconnect-after:1500", &b_reply, tmp.path())
     else {
@@ -327,7 +314,7 @@ fn dropped_connection_fails_over_within_a_second() {
     // The phone's recording holds only received packets (no RTP while the
     // agent is silent), so the gap is timed on the fakes' clock; the phone
     // must have heard both greetings whole.
-    let a_reply = chirp(1000, 2500.0, 500.0, 0.25);
+    let a_reply = audio::chirp(1000, 2500.0, 500.0, 0.25);
     // On the phone's clock (RTP flows through silence): where A's greeting
     // was heard maps the fakes' clock onto it.
     let aligned = out.heard_aligned().unwrap_or_else(|e| panic!("{e}\n{ctx}"));

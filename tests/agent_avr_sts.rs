@@ -17,21 +17,6 @@ use common::fakes::Fake;
 use common::sipp::run_scenario;
 use common::{data_path, free_port, http_get, require_peer, Server};
 
-/// A linear sweep: unlike a steady tone it matches itself at one offset
-/// only, so finding it in a recording also finds where it starts.
-fn chirp(ms: u32, f0: f64, f1: f64, amp: f32) -> Audio {
-    let n = 8 * ms as usize;
-    let t_total = ms as f64 / 1000.0;
-    let samples = (0..n)
-        .map(|i| {
-            let t = i as f64 / 8000.0;
-            let phase = 2.0 * std::f64::consts::PI * (f0 * t + (f1 - f0) * t * t / (2.0 * t_total));
-            amp * phase.sin() as f32
-        })
-        .collect();
-    Audio::new(8000, samples)
-}
-
 /// Deterministic white noise (caller "speech" for the providers' energy VAD).
 fn noise(ms: u32, amp: f32, seed: u32) -> Vec<f32> {
     let mut x = seed.wrapping_mul(2_654_435_761).max(1);
@@ -115,7 +100,7 @@ fn caller_speech_reaches_the_provider_and_its_reply_plays_paced_and_intact() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let reply = chirp(2000, 300.0, 2500.0, 0.25);
+    let reply = audio::chirp(2000, 300.0, 2500.0, 0.25);
     let reply_wav = write(tmp.path(), "reply.wav", &reply);
     // 800 ms end of utterance: the recording's pauses stay inside one turn.
     let Some(fake) = Fake::start(
@@ -257,7 +242,7 @@ fn provider_interruption_drops_the_queued_reply() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let reply = chirp(4000, 300.0, 2500.0, 0.25);
+    let reply = audio::chirp(4000, 300.0, 2500.0, 0.25);
     let reply_wav = write(tmp.path(), "reply.wav", &reply);
     // The caller talks 1 s, pauses 0.9 s (the provider answers after 0.4 s
     // of silence with 4 s of audio, sent in one burst), then talks over the
@@ -317,8 +302,8 @@ fn provider_dropping_mid_call_fails_over_within_a_second() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let a_reply = chirp(1000, 2500.0, 500.0, 0.25);
-    let b_reply = chirp(1500, 400.0, 3000.0, 0.25);
+    let a_reply = audio::chirp(1000, 2500.0, 500.0, 0.25);
+    let b_reply = audio::chirp(1500, 400.0, 3000.0, 0.25);
     let a_wav = write(tmp.path(), "a.wav", &a_reply);
     let b_wav = write(tmp.path(), "b.wav", &b_reply);
     let Some(a) = Fake::start(
@@ -403,7 +388,7 @@ fn provider_down_at_call_start_fails_over_at_once() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let b_reply = chirp(1500, 400.0, 3000.0, 0.25);
+    let b_reply = audio::chirp(1500, 400.0, 3000.0, 0.25);
     let b_wav = write(tmp.path(), "b.wav", &b_reply);
     let Some(b) = Fake::start(
         "fake_avr_sts.py",
@@ -456,7 +441,7 @@ fn garbage_from_the_provider_is_ignored_and_the_call_goes_on() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let a_reply = chirp(1500, 2500.0, 500.0, 0.25);
+    let a_reply = audio::chirp(1500, 2500.0, 500.0, 0.25);
     let a_wav = write(tmp.path(), "a.wav", &a_reply);
     let Some(a) = Fake::start(
         "fake_avr_sts.py",
@@ -511,7 +496,7 @@ fn interruption_at_the_end_of_a_reply_clips_at_most_its_last_frames() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let reply = chirp(2000, 300.0, 2500.0, 0.25);
+    let reply = audio::chirp(2000, 300.0, 2500.0, 0.25);
     let reply_wav = write(tmp.path(), "reply.wav", &reply);
     let Some(fake) = Fake::start(
         "fake_avr_sts.py",

@@ -17,16 +17,6 @@ use common::baresip::{Account, Baresip, Options};
 use common::fakes::Fake;
 use common::{data_path, require_peer, Server};
 
-fn tone(ms: u32, hz: f32) -> Audio {
-    let n = (8000 * ms / 1000) as usize;
-    Audio::new(
-        8000,
-        (0..n)
-            .map(|i| (i as f32 * hz * std::f32::consts::TAU / 8000.0).sin() * 0.25)
-            .collect(),
-    )
-}
-
 fn silence(ms: u32) -> Vec<f32> {
     vec![0.0; (8 * ms) as usize]
 }
@@ -112,7 +102,7 @@ fn a_turn_goes_through_in_g711_and_barge_in_truncates_what_was_heard() {
     }
     let dir = tempfile::tempdir().unwrap();
     let reply = dir.path().join("reply.wav");
-    audio::write_wav(&reply, &tone(4000, 440.0)).unwrap();
+    audio::write_wav(&reply, &audio::tone(4000, 440.0)).unwrap();
     let Some(fake) = Fake::start(
         "fake_openai_realtime.py",
         &[

@@ -17,21 +17,6 @@ use common::fakes::Fake;
 use common::{require_peer, Server};
 use pipeline::{call, call_info};
 
-/// 700 ms rising chirp: nothing a fake provider plays looks like it.
-fn chirp() -> Audio {
-    let n = 8 * 700;
-    Audio::new(
-        8000,
-        (0..n)
-            .map(|i| {
-                let t = i as f64 / 8000.0;
-                let phase = 2.0 * std::f64::consts::PI * (400.0 * t + 1000.0 * t * t);
-                0.3 * phase.sin() as f32
-            })
-            .collect(),
-    )
-}
-
 fn silence_wav(dir: &Path, ms: u32) -> std::path::PathBuf {
     let p = dir.join("silence.wav");
     audio::write_wav(&p, &Audio::new(8000, vec![0.0; (8 * ms) as usize])).unwrap();
@@ -60,7 +45,8 @@ fn a_greeting_file_is_heard_within_300_ms_of_the_answer_for_every_agent_kind() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let greeting = chirp();
+    // 700 ms rising chirp: nothing a fake provider plays looks like it.
+    let greeting = audio::chirp(700, 400.0, 1800.0, 0.3);
     let gwav = tmp.path().join("greeting.wav");
     audio::write_wav(&gwav, &greeting).unwrap();
     let key = tmp.path().join("key");
@@ -207,15 +193,6 @@ fn a_text_greeting_for_an_agent_without_a_voice_is_refused() {
     );
 }
 
-fn tone(ms: u32, hz: f32) -> Audio {
-    Audio::new(
-        8000,
-        (0..8 * ms)
-            .map(|i| (i as f32 * hz * std::f32::consts::TAU / 8000.0).sin() * 0.25)
-            .collect(),
-    )
-}
-
 /// First and last frame (ms) where `hz` dominates, and how many frames.
 fn tone_span(a: &Audio, hz: f32) -> Option<(f64, f64, usize)> {
     let f = audio::tone_frames(a, hz);
@@ -239,7 +216,7 @@ fn a_filler_covers_a_slow_answer_and_stops_when_the_agent_speaks() {
     let tmp = tempfile::tempdir().unwrap();
     let filler = tmp.path().join("filler.wav");
     // Longer than the wait, so the cut is visible.
-    audio::write_wav(&filler, &tone(4000, 1000.0)).unwrap();
+    audio::write_wav(&filler, &audio::tone(4000, 1000.0)).unwrap();
     let run = |extra: &str| {
         let fake = Fake::start(
             "fake_openai_compat.py",

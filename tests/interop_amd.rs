@@ -76,27 +76,58 @@ fn wait_hooks(hook: &Fake, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<s
     }
 }
 
-#[test]
-fn voicemail_with_a_beep_gets_machine_and_the_message_after_the_beep() {
-    if require_peer("baresip").is_none() {
-        return;
-    }
-    let Some(hook) = Fake::start("fake_webhook.py", &[]) else {
-        return;
-    };
-    // "Hey, it's Dave. Leave a message." then a 950 Hz beep at 2940 ms for
-    // 350 ms; 8 s of silence after it, longer than the message (3.6 s).
-    let mut phone = callee("vm_dave_beep950.wav", 8000);
+/// One outbound call to a baresip callee playing `clip` (then `tail_ms` of
+/// silence): `POST /calls` on `route` with `extra` fields, run to its end.
+struct Placed {
+    server: Server,
+    hook: Fake,
+    out: common::baresip::Outcome,
+    id: String,
+    call: serde_json::Value,
+    ctx: String,
+}
+
+fn place(clip: &str, tail_ms: u32, route: &str, extra: &str) -> Option<Placed> {
+    let hook = Fake::start("fake_webhook.py", &[])?;
+    let mut phone = callee(clip, tail_ms);
     let server = Server::start(&profile(phone.sip_port, hook.port));
     let id = place_call(
         &server,
-        &format!(r#"{{"trunk":"phones","to":"{CALLEE}","route":"vm"}}"#),
+        &format!(r#"{{"trunk":"phones","to":"{CALLEE}","route":"{route}"{extra}}}"#),
     );
     let closed = phone.wait_call_closed(Duration::from_secs(25));
     let out = phone.stop();
     let ctx = format!("{}\n{}", out.summary(), server.log_text());
     assert!(closed, "the call ended: {ctx}");
     let call = call_view(&server, &id);
+    Some(Placed {
+        server,
+        hook,
+        out,
+        id,
+        call,
+        ctx,
+    })
+}
+
+#[test]
+fn voicemail_with_a_beep_gets_machine_and_the_message_after_the_beep() {
+    if require_peer("baresip").is_none() {
+        return;
+    }
+    // "Hey, it's Dave. Leave a message." then a 950 Hz beep at 2940 ms for
+    // 350 ms; 8 s of silence after it, longer than the message (3.6 s).
+    let Some(Placed {
+        server,
+        hook,
+        out,
+        id,
+        call,
+        ctx,
+    }) = place("vm_dave_beep950.wav", 8000, "vm", "")
+    else {
+        return;
+    };
     let amd = &call["amd"];
     assert_eq!(amd["result"], "machine", "{call}\n{ctx}");
     let beep_at = amd["beep"]["at_ms"].as_u64().unwrap_or(0);
@@ -154,22 +185,19 @@ fn a_person_saying_hello_gets_human_and_the_agent() {
     if require_peer("baresip").is_none() {
         return;
     }
-    let Some(hook) = Fake::start("fake_webhook.py", &[]) else {
+    // "Hello?" 0.5 s in, then silence: the callee hangs up after ~8 s.
+    // The route has no `amd`: the request asks for it.
+    let Some(Placed {
+        server,
+        hook,
+        out,
+        id,
+        call,
+        ctx,
+    }) = place("hu_hello.wav", 5000, "plain", r#","amd":true"#)
+    else {
         return;
     };
-    // "Hello?" 0.5 s in, then silence: the callee hangs up after ~8 s.
-    let mut phone = callee("hu_hello.wav", 5000);
-    let server = Server::start(&profile(phone.sip_port, hook.port));
-    // The route has no `amd`: the request asks for it.
-    let id = place_call(
-        &server,
-        &format!(r#"{{"trunk":"phones","to":"{CALLEE}","route":"plain","amd":true}}"#),
-    );
-    let closed = phone.wait_call_closed(Duration::from_secs(25));
-    let out = phone.stop();
-    let ctx = format!("{}\n{}", out.summary(), server.log_text());
-    assert!(closed, "the call ended: {ctx}");
-    let call = call_view(&server, &id);
     assert_eq!(call["amd"]["result"], "human", "{call}\n{ctx}");
     let decided = call["amd"]["ms"].as_u64().unwrap_or(0);
     assert!((1000..=3000).contains(&decided), "{call}");
@@ -211,21 +239,17 @@ fn amd_action_hangup_ends_the_call_when_the_machine_is_decided() {
     if require_peer("baresip").is_none() {
         return;
     }
-    let Some(hook) = Fake::start("fake_webhook.py", &[]) else {
+    // A long greeting: "long greeting" is decided while it still plays.
+    let Some(Placed {
+        server,
+        id,
+        call,
+        ctx,
+        ..
+    }) = place("vm_john_beep850.wav", 3000, "screen", "")
+    else {
         return;
     };
-    // A long greeting: "long greeting" is decided while it still plays.
-    let mut phone = callee("vm_john_beep850.wav", 3000);
-    let server = Server::start(&profile(phone.sip_port, hook.port));
-    let id = place_call(
-        &server,
-        &format!(r#"{{"trunk":"phones","to":"{CALLEE}","route":"screen"}}"#),
-    );
-    let closed = phone.wait_call_closed(Duration::from_secs(25));
-    let out = phone.stop();
-    let ctx = format!("{}\n{}", out.summary(), server.log_text());
-    assert!(closed, "the call ended: {ctx}");
-    let call = call_view(&server, &id);
     assert_eq!(call["amd"]["result"], "machine", "{call}\n{ctx}");
     assert_eq!(call["end_reason"], "answering machine", "{call}\n{ctx}");
     let decided = call["amd"]["decision"]["at_ms"].as_u64().unwrap_or(0);

@@ -311,6 +311,33 @@ pub fn cross_correlation_delay(sent: &Audio, received: &Audio, max_ms: f64) -> O
     best_lag(&a, &b, 0, max_lag)
 }
 
+/// A linear chirp at 8 kHz from `f0` to `f1` Hz over `ms`: a test signal
+/// nothing else in a call looks like, and that no shift matches but the
+/// right one.
+pub fn chirp(ms: u32, f0: f64, f1: f64, amp: f32) -> Audio {
+    let n = 8 * ms as usize;
+    let t_total = ms as f64 / 1000.0;
+    let samples = (0..n)
+        .map(|i| {
+            let t = i as f64 / 8000.0;
+            let phase = 2.0 * std::f64::consts::PI * (f0 * t + (f1 - f0) * t * t / (2.0 * t_total));
+            amp * phase.sin() as f32
+        })
+        .collect();
+    Audio::new(8000, samples)
+}
+
+/// A steady `hz` tone at 8 kHz, amplitude 0.25, `ms` long.
+pub fn tone(ms: u32, hz: f32) -> Audio {
+    let n = (8000 * ms / 1000) as usize;
+    Audio::new(
+        8000,
+        (0..n)
+            .map(|i| (i as f32 * hz * std::f32::consts::TAU / 8000.0).sin() * 0.25)
+            .collect(),
+    )
+}
+
 /// Where `needle` occurs in `haystack`: `(offset_ms, corr)` of the best
 /// normalised cross-correlation over every offset at which at least half of
 /// the needle's energy lies inside the haystack. The offset is negative when
