@@ -128,13 +128,17 @@ fn speech_goes_to_the_server_its_paced_reply_plays_and_its_hangup_ends_the_call(
     let h8 = heard.to_8k();
     let (s, e) = audio::speech_region(&h8).expect("heard something");
     let heard_ms = (e - s) as f64 / 8.0;
-    let pcorr = audio::worst_piece_corr(&heard, &reply, at, 250.0, 45.0);
+    let stall = fake_stall_ms(&fake);
+    let pcorr = audio::worst_piece_corr(&heard, &reply, at, 250.0, 45.0 + stall);
     eprintln!(
         "server->caller: corr {rcorr:.3} (worst 250 ms piece {pcorr:.3}), longest gap {rgap} ms, heard {heard_ms:.0} ms of 2000 ms"
     );
     assert!(pcorr >= 0.9, "{pcorr}\n{ctx}");
-    assert!(rgap <= 40.0, "{rgap}\n{ctx}");
-    assert!((heard_ms - 2000.0).abs() <= 20.0, "{heard_ms}\n{ctx}");
+    assert!(rgap <= 40.0 + stall, "{rgap}\n{ctx}");
+    assert!(
+        heard_ms >= 1980.0 && heard_ms <= 2020.0 + stall,
+        "{heard_ms}\n{ctx}"
+    );
 
     // (3) The server's hangup frame ended the call (our BYE), well before
     // the phone ran out of audio to play.
@@ -228,6 +232,27 @@ fn failover_call(
     Some((out, a, b, server, info))
 }
 
+/// How far the fake's paced audio fell behind its own 20 ms schedule
+/// beyond the server's 60 ms cushion (a stall of the Python fake on a
+/// loaded machine): a gap that long on the phone is the fake's, so the
+/// checks allow it on top of their own tolerance, and say so.
+fn fake_stall_ms(f: &Fake) -> f64 {
+    let sent: Vec<f64> = f
+        .events()
+        .iter()
+        .filter(|e| e["dir"] == "out" && e["kind"] == "audio")
+        .filter_map(|e| e["ts"].as_f64())
+        .collect();
+    let late = audio::pacing_lateness_ms(&sent, 20.0);
+    let stall = (late - 60.0).max(0.0);
+    if stall > 0.0 {
+        eprintln!(
+            "the fake fell {late:.0} ms behind its pacing: {stall:.0} ms more than the cushion"
+        );
+    }
+    stall
+}
+
 fn first_audio_out(f: &Fake) -> Option<f64> {
     f.events()
         .iter()
@@ -269,8 +294,10 @@ fn error_frame_and_garbage_fail_over_to_the_fallback_at_once() {
         let (at, corr) =
             audio::find_segment(&heard, &b_reply).unwrap_or_else(|| panic!("nothing heard\n{ctx}"));
         let gap = audio::longest_gap_ms(&b_reply, &heard, at);
-        eprintln!("{mode}: fallback spoke {after_answer_ms:.0} ms after the answer (corr {corr:.3}, longest gap {gap} ms)");
-        assert!(corr >= 0.9 && gap <= 40.0, "{ctx}");
+        let stall = fake_stall_ms(&b);
+        let pcorr = audio::worst_piece_corr(&heard, &b_reply, at, 250.0, 45.0 + stall);
+        eprintln!("{mode}: fallback spoke {after_answer_ms:.0} ms after the answer (corr {corr:.3}, worst 250 ms piece {pcorr:.3}, longest gap {gap} ms)");
+        assert!(pcorr >= 0.9 && gap <= 40.0 + stall, "{ctx}");
         assert!(after_answer_ms < 1000.0, "{ctx}");
         let err = info["last_agent_error"].as_str().unwrap_or_default();
         let want = if mode == "http500" {
@@ -331,11 +358,16 @@ fn dropped_connection_fails_over_within_a_second() {
     let (_, corr_a) = audio::find_segment(&heard, &a_reply).expect("A heard");
     let (at_b, corr_b) = audio::find_segment(&heard, &b_reply).expect("B heard");
     let gap_b = audio::longest_gap_ms(&b_reply, &heard, at_b);
+    let stall = fake_stall_ms(&b);
+    let pcorr_b = audio::worst_piece_corr(&heard, &b_reply, at_b, 250.0, 45.0 + stall);
     eprintln!(
         "AudioSocket failover: fallback sent audio {provider_gap:.0} ms after the drop \
-         (A corr {corr_a:.3}, B corr {corr_b:.3}, B gap {gap_b} ms)"
+         (A corr {corr_a:.3}, B corr {corr_b:.3}, worst 250 ms piece {pcorr_b:.3}, B gap {gap_b} ms)"
     );
-    assert!(corr_a >= 0.9 && corr_b >= 0.9 && gap_b <= 40.0, "{ctx}");
+    assert!(
+        corr_a >= 0.9 && pcorr_b >= 0.9 && gap_b <= 40.0 + stall,
+        "{ctx}"
+    );
     assert!(provider_gap < 1000.0, "{ctx}");
     assert!(
         info["last_agent_error"]

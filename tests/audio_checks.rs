@@ -467,3 +467,20 @@ fn a_one_frame_slip_keeps_every_piece_but_distortion_or_a_hole_does_not() {
     let short = Audio::new(RATE, clean.samples[..lead + 12000].to_vec());
     assert!(audio::worst_piece_corr(&short, &reply, 300.0, 250.0, 45.0) < 0.5);
 }
+
+#[test]
+fn pacing_lateness_is_the_worst_frame_behind_the_senders_own_schedule() {
+    let on_time: Vec<f64> = (0..50).map(|k| 10.0 + k as f64 * 0.02).collect();
+    assert!(audio::pacing_lateness_ms(&on_time, 20.0) < 1e-6);
+    // One 90 ms stall, then the sender catches up (sends the backlog at once).
+    let mut stalled = on_time.clone();
+    for t in &mut stalled[20..25] {
+        *t = 10.0 + 24.0 * 0.02 + 0.01;
+    }
+    let late = audio::pacing_lateness_ms(&stalled, 20.0);
+    assert!((late - 90.0).abs() < 1e-6, "{late}");
+    // A sender that runs steadily slow falls further behind every frame.
+    let slow: Vec<f64> = (0..50).map(|k| k as f64 * 0.021).collect();
+    assert!((audio::pacing_lateness_ms(&slow, 20.0) - 49.0).abs() < 1e-6);
+    assert_eq!(audio::pacing_lateness_ms(&[], 20.0), 0.0);
+}

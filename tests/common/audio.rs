@@ -405,6 +405,23 @@ pub fn worst_piece_corr(
     worst
 }
 
+/// How late a paced sender's worst frame left against its own schedule,
+/// in ms: `sent_s` are the send times (seconds) of consecutive frames of
+/// `frame_ms` each. The schedule is anchored on the sender's most punctual
+/// frame, so a constant start-up delay counts as nothing. A receiver that
+/// cushions `c` ms cannot hide lateness beyond `c`: that much of a gap on
+/// the phone is the sender's (a test's fake stalled on a loaded machine),
+/// not the server's.
+pub fn pacing_lateness_ms(sent_s: &[f64], frame_ms: f64) -> f64 {
+    let offsets: Vec<f64> = sent_s
+        .iter()
+        .enumerate()
+        .map(|(k, t)| t * 1000.0 - k as f64 * frame_ms)
+        .collect();
+    let earliest = offsets.iter().copied().fold(f64::INFINITY, f64::min);
+    offsets.iter().map(|o| o - earliest).fold(0.0, f64::max)
+}
+
 /// Best lag L in [min_lag, max_lag] maximising
 /// sum a[i] b[i+L] / sqrt(sum a[i]^2 * sum b[i+L]^2) over the overlap.
 fn best_lag(a: &[f32], b: &[f32], min_lag: i64, max_lag: i64) -> Option<Delay> {
