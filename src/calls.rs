@@ -82,6 +82,9 @@ pub struct CallInfo {
     pub webhooks: WebhookTally,
     /// Answering-machine detection, when the outbound call asked for it.
     pub amd: Option<AmdReport>,
+    /// Early media was played (inbound: our 183 with ringback; outbound:
+    /// the callee's 183 reached the agent).
+    pub early_media: bool,
 }
 
 /// What answering-machine detection found (`GET /calls/{id}`'s `amd`).
@@ -159,6 +162,7 @@ impl CallInfo {
             mos_samples: 0,
             webhooks: WebhookTally::default(),
             amd: None,
+            early_media: false,
         }
     }
 

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::{AgentConfig, ConfigError, Ctx};
 use crate::media::dsp::DspConfig;
+use crate::media::tones::RingbackTone;
 use crate::media::wav::Wav;
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +59,14 @@ pub(super) struct RawRoute {
     /// moment the agent speaks. Off without a file.
     filler_file: Option<PathBuf>,
     filler_after_ms: Option<u64>,
+    /// "ringback": answer 183 with SDP and play ringback (or
+    /// `ringback_file`) while the agent is set up; the 200 follows once it
+    /// is ready. "none" (default): 180, then 200.
+    early_media: Option<String>,
+    /// The cadence of the ringback tone: "us" (default), "eu" or "uk".
+    ringback_tone: Option<String>,
+    /// A WAV looped as early media instead of the tone.
+    ringback_file: Option<PathBuf>,
 }
 
 /// `dsp = { denoise = true, vad = true, agc = true }` on a route: caller-side
@@ -110,6 +119,9 @@ pub struct RouteConfig {
     pub greeting_text: Option<String>,
     /// Played while the agent has not answered a turn for this long.
     pub filler: Option<(std::sync::Arc<Prompt>, std::time::Duration)>,
+    /// Looped as early media (183) while the agent is set up; `None`: no
+    /// early media.
+    pub early_media: Option<std::sync::Arc<Prompt>>,
 }
 
 /// Audio loaded with the profile: mono PCM at its own rate.
@@ -163,6 +175,7 @@ impl RouteConfig {
             greeting_audio: None,
             greeting_text: None,
             filler: None,
+            early_media: None,
         }
     }
 }
@@ -265,6 +278,13 @@ impl RawRoute {
             Some(f) => Some(ambient(f, self.ambient_level, key, cx)?),
         };
         let amd_action = amd_action(self.amd_action, self.amd_message, key, cx)?;
+        let early_media = early_media(
+            self.early_media,
+            self.ringback_tone,
+            self.ringback_file,
+            key,
+            cx,
+        )?;
         Ok(RouteConfig {
             dial,
             is_did,
@@ -283,6 +303,7 @@ impl RawRoute {
             greeting_audio,
             greeting_text,
             filler,
+            early_media,
         })
     }
 }
@@ -306,6 +327,53 @@ impl RawDsp {
             speech_start_ms: self.speech_start_ms.unwrap_or(defaults.speech_start_ms),
         })
     }
+}
+
+/// `early_media`, `ringback_tone` and `ringback_file`: the clip to loop
+/// while the call rings, or `None`.
+fn early_media(
+    mode: Option<String>,
+    tone: Option<String>,
+    file: Option<PathBuf>,
+    key: &str,
+    cx: &Ctx,
+) -> Result<Option<std::sync::Arc<Prompt>>, ConfigError> {
+    let on = match mode.as_deref().unwrap_or("none") {
+        "none" => false,
+        "ringback" => true,
+        other => {
+            return Err(cx.invalid(
+                format!("{key}.early_media"),
+                format!("expected \"none\" or \"ringback\", got {other:?}"),
+            ))
+        }
+    };
+    let tone = match tone.as_deref() {
+        None => RingbackTone::default(),
+        Some(name) => RingbackTone::from_name(name).ok_or_else(|| {
+            cx.invalid(
+                format!("{key}.ringback_tone"),
+                format!("expected \"us\", \"eu\" or \"uk\", got {name:?}"),
+            )
+        })?,
+    };
+    if !on {
+        if file.is_some() {
+            return Err(cx.invalid(
+                format!("{key}.ringback_file"),
+                "only played with early_media = \"ringback\"".to_string(),
+            ));
+        }
+        return Ok(None);
+    }
+    let clip = match file {
+        Some(f) => prompt(f, &format!("{key}.ringback_file"), cx)?,
+        None => Prompt {
+            pcm: tone.cycle(8000),
+            rate: 8000,
+        },
+    };
+    Ok(Some(std::sync::Arc::new(clip)))
 }
 
 /// A WAV named by the profile, read and parsed now (a bad file fails the

@@ -16,6 +16,7 @@ pub mod rtcp;
 pub mod rtp;
 pub mod session;
 pub mod srtp;
+pub mod tones;
 pub mod wav;
 
 #[cfg(test)]

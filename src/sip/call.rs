@@ -18,8 +18,8 @@ use rsipstack::dialog::dialog::TransactionHandle;
 
 use super::call_metrics;
 use super::core::{
-    Action, Ambient, CallCore, CallEvent, CoreConfig, DialogInput, EndReason, MediaStart,
-    RequestError, SipAction, TxId,
+    Action, Ambient, CallCore, CallEvent, CoreConfig, DialogInput, EarlyMedia, EndReason,
+    MediaStart, RequestError, SipAction, TxId,
 };
 use super::registrar::contact_hostport;
 use super::shared::{reply_and_finish, sip_addr, Shared};
@@ -330,6 +330,10 @@ impl Driver {
             amd: None,
             greeting: setup.route.greeting_audio.clone(),
             filler: setup.route.filler.clone(),
+            early: setup.route.early_media.clone().map(|clip| EarlyMedia {
+                clip,
+                start: MediaStart::random(),
+            }),
         }
     }
 
@@ -407,13 +411,8 @@ impl Driver {
             Done::Refresh(r) => self.core.handle_refresh_result(now, r),
             Done::Refer(r) => self.core.handle_refer_result(now, r),
             Done::Agent(Ok(agent), ambient) => {
-                let start = MediaStart {
-                    wall: std::time::SystemTime::now(),
-                    ssrc: rand::random(),
-                    seq: rand::random(),
-                    ts: rand::random(),
-                };
-                self.core.start_media(now, agent, start, ambient);
+                self.core
+                    .start_media(now, agent, MediaStart::random(), ambient);
             }
             Done::Agent(Err(e), _) => self.core.agent_failed(&e),
         }
@@ -473,6 +472,15 @@ impl Driver {
                 if let Err(e) = self.dialog.ringing(None, None) {
                     return Some(EndReason::CannotSend {
                         what: "180",
+                        detail: e.to_string(),
+                    });
+                }
+            }
+            Action::Sip(SipAction::Progress { sdp }) => {
+                let headers = Some(vec![Header::ContentType("application/sdp".into())]);
+                if let Err(e) = self.dialog.ringing(headers, Some(sdp.into_bytes())) {
+                    return Some(EndReason::CannotSend {
+                        what: "183",
                         detail: e.to_string(),
                     });
                 }
@@ -608,6 +616,7 @@ impl Driver {
         let calls = &self.shared.calls;
         let id = &self.id;
         match ev {
+            CallEvent::EarlyMedia => calls.update(id, |c| c.early_media = true),
             CallEvent::Answering => {
                 call_metrics::setup_done(calls, id, "inbound");
                 calls.update(id, |c| c.state = CallState::Answering)

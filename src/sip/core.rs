@@ -255,6 +255,10 @@ pub enum DialogInput {
 pub enum SipAction {
     /// 180 Ringing.
     Ringing,
+    /// 183 Session Progress with this SDP (early media).
+    Progress {
+        sdp: String,
+    },
     /// 200 OK to the INVITE with this SDP (and the session-timer headers).
     Accept {
         sdp: String,
@@ -285,6 +289,9 @@ pub enum SipAction {
 /// What a call reports as it goes (the registry, webhooks, records).
 #[derive(Debug, Clone)]
 pub enum CallEvent {
+    /// 183 with SDP is out: the caller hears early media (ringback) while
+    /// the agent is set up.
+    EarlyMedia,
     /// The 200 OK is on its way.
     Answering,
     /// Media is up with this codec and agent.
@@ -416,6 +423,18 @@ pub struct CoreConfig {
     pub greeting: Option<std::sync::Arc<crate::config::Prompt>>,
     /// Played when the agent is silent this long after the caller's turn.
     pub filler: Option<(std::sync::Arc<crate::config::Prompt>, Duration)>,
+    /// Early media for an inbound call that offered SDP: 183 with our
+    /// answer and this clip looped while the agent is set up; the 200 goes
+    /// once the agent is ready (and `answer_delay` has passed).
+    pub early: Option<EarlyMedia>,
+}
+
+/// What early media plays, and where its RTP stream starts (it is the
+/// stream the agent goes on with after the 200).
+#[derive(Debug, Clone)]
+pub struct EarlyMedia {
+    pub clip: std::sync::Arc<crate::config::Prompt>,
+    pub start: MediaStart,
 }
 
 /// Random starting points of the RTP stream and the wall clock for RTCP.
@@ -425,6 +444,18 @@ pub struct MediaStart {
     pub ssrc: u32,
     pub seq: u16,
     pub ts: u32,
+}
+
+impl MediaStart {
+    /// Drawn now (the driver's; tests pass fixed values).
+    pub fn random() -> MediaStart {
+        MediaStart {
+            wall: SystemTime::now(),
+            ssrc: rand::random(),
+            seq: rand::random(),
+            ts: rand::random(),
+        }
+    }
 }
 
 /// A clip (ambient sound, greeting, filler) at the call's agent rate;
@@ -459,8 +490,23 @@ enum Phase {
     StartingAgent {
         neg: Box<Negotiated>,
     },
+    /// 183 is out, the clip loops, the driver is building the agent.
+    Early(Box<Early>),
     Active(Box<Active>),
     Ended,
+}
+
+/// Media before the answer: our RTP stream playing the early-media clip.
+struct Early {
+    session: Session,
+    srtp: Option<SrtpSession>,
+    neg: Box<Negotiated>,
+    /// The clip at the session's rate (looped).
+    clip: Vec<i16>,
+    /// Not answered before this (the route's `answer_delay`).
+    answer_at: Instant,
+    /// The agent, once built, waiting for `answer_at`.
+    ready: Option<(Box<dyn Agent>, Option<Ambient>)>,
 }
 
 /// A transfer in progress.
@@ -490,6 +536,9 @@ struct Active {
     amd: Option<Box<CallAmd>>,
     barge: BargeIn,
     filler: Filler,
+    /// Answered from early media: the 200 is out and its ACK not yet in
+    /// (`true`: a hangup is waiting for it to send the BYE).
+    awaiting_ack: Option<bool>,
 }
 
 /// The route's filler sound and when it is due.
@@ -566,12 +615,14 @@ impl CallCore {
 
     /// The next RTP/RTCP datagram to send (SRTP applied).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let Phase::Active(a) = &mut self.phase else {
-            return self.last_transmit.take();
+        let (session, srtp) = match &mut self.phase {
+            Phase::Active(a) => (&mut a.session, &mut a.srtp),
+            Phase::Early(e) => (&mut e.session, &mut e.srtp),
+            _ => return self.last_transmit.take(),
         };
         loop {
-            let mut t = a.session.poll_transmit()?;
-            match &mut a.srtp {
+            let mut t = session.poll_transmit()?;
+            match srtp {
                 None => return Some(t),
                 Some(s) => {
                     if let Some(p) = s.protect(&t.bytes) {
@@ -598,6 +649,13 @@ impl CallCore {
             Phase::Trying { until } => Some(*until),
             Phase::Ringing { answer_at } => Some(*answer_at),
             Phase::AwaitingAck { .. } | Phase::StartingAgent { .. } | Phase::Ended => None,
+            Phase::Early(e) => {
+                let wake = e.session.next_timeout();
+                Some(match e.ready {
+                    Some(_) => wake.min(e.answer_at),
+                    None => wake,
+                })
+            }
             Phase::Active(a) => {
                 let mut wake = a.session.next_timeout().min(a.next_stats);
                 if let Some(t) = self.cfg.timer {
@@ -631,6 +689,13 @@ impl CallCore {
                 self.ring(now);
             }
             Phase::Ringing { answer_at } if now >= *answer_at => self.answer(),
+            Phase::Early(e) => {
+                e.session.handle_timeout(now);
+                Self::early_media(e);
+                if e.ready.is_some() && now >= e.answer_at {
+                    self.answer_early(now);
+                }
+            }
             Phase::Active(a) => {
                 if let Some((at, _)) = &a.bye_at {
                     if now >= *at {
@@ -674,7 +739,7 @@ impl CallCore {
     /// A hangup asked for by the API or the shutdown drain.
     pub fn handle_hangup(&mut self, _now: Instant) {
         match &mut self.phase {
-            Phase::Trying { .. } | Phase::Ringing { .. } => {
+            Phase::Trying { .. } | Phase::Ringing { .. } | Phase::Early(_) => {
                 self.actions
                     .push_back(Action::Sip(SipAction::Reject { code: 503 }));
                 self.end(EndReason::HangupBeforeAnswer);
@@ -684,6 +749,7 @@ impl CallCore {
             // The agent may take long (webhooks, provider connect): end now;
             // a late agent is dropped.
             Phase::StartingAgent { .. } => self.end_with_bye(EndReason::HangupByServer),
+            Phase::Active(a) if a.awaiting_ack.is_some() => a.awaiting_ack = Some(true),
             Phase::Active(_) => self.end_with_bye(EndReason::HangupByServer),
             Phase::Ended => {}
         }
@@ -711,6 +777,14 @@ impl CallCore {
                 }
                 other => self.not_active(other),
             },
+            Phase::Active(a) if a.awaiting_ack.is_some() => match input {
+                DialogInput::Confirmed { .. } => {
+                    if a.awaiting_ack.take() == Some(true) {
+                        self.end_with_bye(EndReason::HangupByServer);
+                    }
+                }
+                other => self.active_dialog(now, other),
+            },
             Phase::Active(_) => self.active_dialog(now, input),
             _ => self.not_active(input),
         }
@@ -734,10 +808,94 @@ impl CallCore {
     }
 
     fn ring(&mut self, now: Instant) {
+        let answer_at = now + self.cfg.answer_delay;
+        if self.cfg.early.is_some() && self.offer.is_some() {
+            return self.start_early(now, answer_at);
+        }
         self.actions.push_back(Action::Sip(SipAction::Ringing));
-        self.phase = Phase::Ringing {
-            answer_at: now + self.cfg.answer_delay,
+        self.phase = Phase::Ringing { answer_at };
+    }
+
+    /// Early media: 183 with our answer, our RTP stream playing the clip,
+    /// and the agent built meanwhile. A codec we cannot run falls back to
+    /// plain ringing.
+    fn start_early(&mut self, now: Instant, answer_at: Instant) {
+        let (Some(early), Some(neg)) = (self.cfg.early.clone(), self.offer.take()) else {
+            return;
         };
+        let params = self.media_params(&neg, None);
+        let st = early.start;
+        let session = match Session::new(now, st.wall, params, st.ssrc, st.seq, st.ts) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "no early media: codec setup failed");
+                self.offer = Some(neg);
+                self.actions.push_back(Action::Sip(SipAction::Ringing));
+                self.phase = Phase::Ringing { answer_at };
+                return;
+            }
+        };
+        let rate = session.params().agent_rate;
+        let clip =
+            clip_at(&early.clip.pcm, early.clip.rate, rate, "early media").unwrap_or_default();
+        let local = self.local_media();
+        let sdp = sdp::build_answer(&neg, &local);
+        self.last_sdp = sdp.clone();
+        self.actions
+            .push_back(Action::Sip(SipAction::Progress { sdp }));
+        self.actions.push_back(Action::Event(CallEvent::EarlyMedia));
+        let mut srtp = None;
+        self.apply_srtp(&mut srtp, &neg);
+        self.actions
+            .push_back(Action::StartAgent(Box::new(neg.clone())));
+        info!(codec = neg.codec.encoding_name(), "183 with early media");
+        let mut e = Box::new(Early {
+            session,
+            srtp,
+            neg: Box::new(neg),
+            clip,
+            answer_at,
+            ready: None,
+        });
+        Self::early_media(&mut e);
+        self.phase = Phase::Early(e);
+    }
+
+    /// Keeps at least a second of the clip queued; what the caller sends
+    /// meanwhile goes nowhere.
+    fn early_media(e: &mut Early) {
+        while e.session.poll_event().is_some() {}
+        if !e.clip.is_empty() && e.session.queued_ms() < 1000 {
+            e.session.handle_agent_audio(&e.clip);
+        }
+    }
+
+    /// The agent is ready and the answer delay over: 200 with the SDP of
+    /// our 183, and the agent takes over the RTP stream at once.
+    fn answer_early(&mut self, now: Instant) {
+        let Phase::Early(mut e) = std::mem::replace(&mut self.phase, Phase::Ended) else {
+            return;
+        };
+        let Some((agent, ambient)) = e.ready.take() else {
+            self.phase = Phase::Early(e);
+            return;
+        };
+        self.actions.push_back(Action::Event(CallEvent::Answering));
+        self.actions.push_back(Action::Sip(SipAction::Accept {
+            sdp: self.last_sdp.clone(),
+        }));
+        let params = self.media_params(&e.neg, agent.sample_rate());
+        let mut session = e.session;
+        session.clear_playout();
+        if let Err(err) = session.update(params) {
+            warn!(error = %err, "codec setup failed");
+            self.phase = Phase::AwaitingAck { bye_on_ack: false };
+            return self.end_with_bye(EndReason::CodecError(err.to_string()));
+        }
+        self.activate(now, session, e.srtp, &e.neg, agent, ambient);
+        if let Phase::Active(a) = &mut self.phase {
+            a.awaiting_ack = Some(false);
+        }
     }
 
     /// Our media description for the next SDP we send.
@@ -797,11 +955,19 @@ impl CallCore {
 
     /// The agent could not be built: the call ends.
     pub fn agent_failed(&mut self, error: &agent::AgentError) {
-        if !matches!(self.phase, Phase::StartingAgent { .. }) {
-            return;
+        match self.phase {
+            Phase::StartingAgent { .. } => {
+                warn!(%error, "agent failed to start");
+                self.end_with_bye(EndReason::AgentError(error.to_string()));
+            }
+            Phase::Early(_) => {
+                warn!(%error, "agent failed to start: 500 to the INVITE");
+                self.actions
+                    .push_back(Action::Sip(SipAction::Reject { code: 500 }));
+                self.end(EndReason::AgentError(error.to_string()));
+            }
+            _ => {}
         }
-        warn!(%error, "agent failed to start");
-        self.end_with_bye(EndReason::AgentError(error.to_string()));
     }
 
     /// Media params for `neg` with an agent at `agent_rate` (`None`: the
@@ -828,24 +994,47 @@ impl CallCore {
     pub fn start_media(
         &mut self,
         now: Instant,
-        mut agent: Box<dyn Agent>,
+        agent: Box<dyn Agent>,
         start: MediaStart,
         ambient: Option<Ambient>,
     ) {
+        if let Phase::Early(e) = &mut self.phase {
+            // Answered once the answer delay is over (now, or at its timeout).
+            e.ready = Some((agent, ambient));
+            if now >= e.answer_at {
+                self.answer_early(now);
+            }
+            return;
+        }
         let Phase::StartingAgent { neg } = std::mem::replace(&mut self.phase, Phase::Ended) else {
             // Hung up meanwhile: the late agent is dropped.
             return;
         };
         let params = self.media_params(&neg, agent.sample_rate());
-        let mut session =
-            match Session::new(now, start.wall, params, start.ssrc, start.seq, start.ts) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "codec setup failed");
-                    self.end_with_bye(EndReason::CodecError(e.to_string()));
-                    return;
-                }
-            };
+        let session = match Session::new(now, start.wall, params, start.ssrc, start.seq, start.ts) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "codec setup failed");
+                self.end_with_bye(EndReason::CodecError(e.to_string()));
+                return;
+            }
+        };
+        let mut srtp = None;
+        self.apply_srtp(&mut srtp, &neg);
+        self.activate(now, session, srtp, &neg, agent, ambient);
+    }
+
+    /// Media and agent are ready: the call is up (recording, DSP, ambient,
+    /// greeting, the agent's first words).
+    fn activate(
+        &mut self,
+        now: Instant,
+        mut session: Session,
+        srtp: Option<SrtpSession>,
+        neg: &Negotiated,
+        mut agent: Box<dyn Agent>,
+        ambient: Option<Ambient>,
+    ) {
         let rate = session.params().agent_rate;
         if let Some(a) = ambient {
             if let Some(pcm) = clip_at(&a.pcm, a.rate, rate, "ambient sound") {
@@ -856,8 +1045,6 @@ impl CallCore {
             warn!(error = %e, "caller DSP unavailable for this call");
         }
         session.set_recording(self.cfg.record);
-        let mut srtp = None;
-        self.apply_srtp(&mut srtp, &neg);
         info!(codec = neg.codec.encoding_name(), pt = neg.pt, remote = ?neg.remote_rtp,
               agent = agent.kind(), "call answered");
         self.actions.push_back(Action::Event(CallEvent::Answered {
@@ -890,6 +1077,7 @@ impl CallCore {
             amd: None,
             barge: BargeIn::new(self.cfg.barge_in_min_ms, self.cfg.dsp.speech_start_ms),
             filler,
+            awaiting_ack: None,
         });
         if let Some(mode) = self.cfg.amd.clone() {
             let rate = a.session.params().agent_rate;
@@ -937,6 +1125,24 @@ impl CallCore {
 
     /// A datagram from the RTP or RTCP socket, SRTP removed, to the session.
     fn media_in(&mut self, now: Instant, from: SocketAddr, bytes: &[u8], rtcp: bool) {
+        if let Phase::Early(e) = &mut self.phase {
+            // Latching and RTCP count from the first packet; the audio
+            // itself goes nowhere before the answer.
+            let plain = match &mut e.srtp {
+                None => None,
+                Some(s) => match s.unprotect(bytes) {
+                    Some(p) => Some(p),
+                    None => return,
+                },
+            };
+            let bytes = plain.as_deref().unwrap_or(bytes);
+            if rtcp {
+                e.session.handle_rtcp(now, from, bytes);
+            } else {
+                e.session.handle_rtp(now, from, bytes);
+            }
+            return Self::early_media(e);
+        }
         let Phase::Active(a) = &mut self.phase else {
             return;
         };
@@ -1561,6 +1767,7 @@ mod tests {
             sdp_session_id: 42,
             record: false,
             amd: None,
+            early: None,
         }
     }
 
@@ -1774,6 +1981,183 @@ mod tests {
         let a = drain(&mut core);
         assert!(matches!(a[0], Action::Event(CallEvent::Answering)));
         assert!(matches!(&sip(&a)[0], SipAction::Accept { .. }));
+    }
+
+    /// A route with early media: a loud 1 s clip, media starting at SSRC 77.
+    fn early_config(answer_delay_ms: u64) -> CoreConfig {
+        let mut cfg = config(None);
+        cfg.answer_delay = Duration::from_millis(answer_delay_ms);
+        cfg.early = Some(EarlyMedia {
+            clip: Arc::new(crate::config::Prompt {
+                pcm: vec![8000; 8000],
+                rate: 8000,
+            }),
+            start: MediaStart {
+                wall: SystemTime::now(),
+                ssrc: 77,
+                seq: 1,
+                ts: 1,
+            },
+        });
+        cfg
+    }
+
+    /// Runs `ms` of media ticks; the RTP packets sent (SSRC, first payload byte).
+    fn rtp_out(core: &mut CallCore, now: &mut Instant, ms: u64) -> (Vec<(u32, u8)>, Vec<Action>) {
+        let until = *now + Duration::from_millis(ms);
+        let (mut pkts, mut actions) = (Vec::new(), Vec::new());
+        loop {
+            while let Some(t) = core.poll_transmit() {
+                if t.socket == crate::media::session::Socket::Rtp && t.bytes.len() > 12 {
+                    let ssrc =
+                        u32::from_be_bytes([t.bytes[8], t.bytes[9], t.bytes[10], t.bytes[11]]);
+                    pkts.push((ssrc, t.bytes[12]));
+                }
+            }
+            actions.extend(std::iter::from_fn(|| core.poll_action()));
+            match core.poll_timeout() {
+                Some(t) if t <= until && !core.is_ended() => {
+                    *now = (*now).max(t);
+                    core.handle_timeout(*now);
+                }
+                _ => break,
+            }
+        }
+        *now = until;
+        (pkts, actions)
+    }
+
+    fn probe() -> (Box<Probe>, Arc<Mutex<AgentOutput>>) {
+        let next = Arc::new(Mutex::new(AgentOutput::default()));
+        let agent = Box::new(Probe {
+            seen: Default::default(),
+            next: next.clone(),
+        });
+        (agent, next)
+    }
+
+    #[test]
+    fn early_media_sends_183_plays_the_clip_and_answers_once_the_agent_is_ready() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut core = CallCore::inbound(
+            t0,
+            early_config(1000),
+            Some(negotiated(&offer("a=sendrecv"))),
+        );
+        core.handle_dialog(t0, DialogInput::Calling);
+        let a = drain(&mut core);
+        let sdp183 = match &sip(&a)[..] {
+            [SipAction::Progress { sdp }] => sdp.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(sdp183.contains("m=audio 30000 RTP/AVP 0"), "{sdp183}");
+        assert!(
+            a.iter().any(|a| matches!(a, Action::StartAgent(_))),
+            "{a:?}"
+        );
+        assert!(a
+            .iter()
+            .any(|a| matches!(a, Action::Event(CallEvent::EarlyMedia))));
+        // The clip plays (not PCMU silence, 0xff) from SSRC 77 while the
+        // agent is built; building it takes 300 ms.
+        let (pkts, a) = rtp_out(&mut core, &mut now, 300);
+        assert!((14..=16).contains(&pkts.len()), "{}", pkts.len());
+        assert!(
+            pkts.iter().all(|&(ssrc, b)| ssrc == 77 && b != 0xff),
+            "{pkts:?}"
+        );
+        assert!(sip(&a).is_empty(), "{a:?}");
+        let (agent, next) = probe();
+        next.lock().unwrap().audio = vec![0; 1600];
+        core.start_media(now, agent, MediaStart::random(), None);
+        // Not answered before the route's answer delay (1 s after ringing).
+        let (pkts, a) = rtp_out(&mut core, &mut now, 690);
+        assert!(sip(&a).is_empty(), "{a:?}");
+        assert!(pkts.iter().all(|&(_, b)| b != 0xff));
+        let (pkts, a) = rtp_out(&mut core, &mut now, 100);
+        // 200 with the 183's SDP; the agent speaks on the same stream at once.
+        assert!(
+            matches!(&sip(&a)[..], [SipAction::Accept { sdp }] if *sdp == sdp183),
+            "{a:?}"
+        );
+        assert!(a
+            .iter()
+            .any(|a| matches!(a, Action::Event(CallEvent::Answered { agent: "probe", .. }))));
+        assert!(pkts.iter().all(|&(ssrc, _)| ssrc == 77));
+        let first_agent = pkts
+            .iter()
+            .position(|&(_, b)| b == 0xff)
+            .expect("agent audio");
+        assert!(
+            pkts[first_agent..].iter().all(|&(_, b)| b == 0xff),
+            "the clip goes on: {pkts:?}"
+        );
+        // The ACK confirms; a hangup now is a BYE.
+        core.handle_dialog(now, DialogInput::Confirmed { ack_body: vec![] });
+        assert!(drain(&mut core).is_empty());
+        core.handle_hangup(now);
+        let a = drain(&mut core);
+        assert_eq!(sip(&a), vec![SipAction::Bye]);
+        assert_eq!(end(&a), Some(EndReason::HangupByServer));
+    }
+
+    #[test]
+    fn early_media_answers_as_soon_as_a_slow_agent_is_ready_and_a_hangup_waits_for_the_ack() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut core =
+            CallCore::inbound(t0, early_config(0), Some(negotiated(&offer("a=sendrecv"))));
+        core.handle_dialog(t0, DialogInput::Calling);
+        drain(&mut core);
+        // The agent takes 3 s (a webhook, a provider): ringback all along.
+        let (pkts, a) = rtp_out(&mut core, &mut now, 3000);
+        assert!(sip(&a).is_empty(), "{a:?}");
+        assert!(pkts.len() >= 148, "{}", pkts.len());
+        let (agent, _) = probe();
+        core.start_media(now, agent, MediaStart::random(), None);
+        let a = drain(&mut core);
+        assert!(matches!(&sip(&a)[..], [SipAction::Accept { .. }]), "{a:?}");
+        // Hung up before the ACK: the BYE waits for it.
+        core.handle_hangup(now);
+        assert!(sip(&drain(&mut core)).is_empty());
+        assert!(!core.is_ended());
+        core.handle_dialog(now, DialogInput::Confirmed { ack_body: vec![] });
+        let a = drain(&mut core);
+        assert_eq!(sip(&a), vec![SipAction::Bye]);
+        assert_eq!(end(&a), Some(EndReason::HangupByServer));
+    }
+
+    #[test]
+    fn early_media_ends_with_503_on_hangup_and_500_when_the_agent_fails() {
+        for fail in [false, true] {
+            let t0 = Instant::now();
+            let mut core =
+                CallCore::inbound(t0, early_config(0), Some(negotiated(&offer("a=sendrecv"))));
+            core.handle_dialog(t0, DialogInput::Calling);
+            drain(&mut core);
+            if fail {
+                core.agent_failed(&agent::AgentError::Config {
+                    agent: "probe",
+                    problem: "no such provider".into(),
+                });
+            } else {
+                core.handle_hangup(t0);
+            }
+            let a = drain(&mut core);
+            let code = if fail { 500 } else { 503 };
+            assert_eq!(sip(&a), vec![SipAction::Reject { code }]);
+            assert!(core.is_ended());
+            // A late agent is dropped.
+            let (agent, _) = probe();
+            core.start_media(t0, agent, MediaStart::random(), None);
+            assert!(sip(&drain(&mut core)).is_empty());
+        }
+        // An INVITE without an offer rings the plain way (nothing to answer in a 183).
+        let t0 = Instant::now();
+        let mut core = CallCore::inbound(t0, early_config(0), None);
+        core.handle_dialog(t0, DialogInput::Calling);
+        assert_eq!(sip(&drain(&mut core)), vec![SipAction::Ringing]);
     }
 
     #[test]
