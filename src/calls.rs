@@ -464,6 +464,9 @@ impl CallRegistry {
     /// Removes a call from the active set, completes its record and keeps
     /// its last view, with why it ended, among the recent calls.
     pub fn end(&self, id: &str, end: &CallEnd) {
+        // The recent list is locked first, so a `get` never finds the call
+        // in neither place (a 404 for a call that just ended).
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let Some(e) = self.lock().remove(id) else {
             return;
         };
@@ -475,7 +478,6 @@ impl CallRegistry {
         if let Some(store) = &self.store {
             store.call_ended(info.cdr_end(end, at));
         }
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         if recent.len() >= RECENT_CALLS {
             recent.pop_front();
         }

@@ -96,3 +96,123 @@ fn the_caller_hears_ringback_while_the_agent_is_set_up_then_the_agent() {
     let tone = audio::tone_frames(&heard, 425.0);
     assert!(tone.iter().all(|&t| !t), "{ctx}");
 }
+
+/// The AudioSocket fake's input frames with their arrival times (unix s)
+/// and levels (dBFS).
+fn heard_frames(fake: &Fake) -> Vec<(f64, f64)> {
+    let input = audio::read_wav(&fake.input_wav()).unwrap_or_else(|_| Audio::new(8000, vec![]));
+    let times: Vec<f64> = fake
+        .events()
+        .iter()
+        .filter(|e| e["dir"] == "in" && e["kind"] == "audio")
+        .filter_map(|e| e["ts"].as_f64())
+        .collect();
+    input
+        .samples
+        .chunks(160)
+        .zip(times)
+        .map(|(f, t)| (t, audio::rms_dbfs(f)))
+        .collect()
+}
+
+#[test]
+fn an_outbound_calls_early_media_reaches_the_agent_before_the_200() {
+    let Some(sipp) = require_peer("sipp") else {
+        return;
+    };
+    let Some(fake) = Fake::start("fake_audiosocket.py", &[]) else {
+        panic!("fake_audiosocket.py did not start");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let uas = common::free_port();
+    let mut u = std::process::Command::new(&sipp)
+        .arg("-sf")
+        .arg(common::sipp::scenario_path("uas_early_media.xml"))
+        .args(["-i", "127.0.0.1", "-p", &uas.to_string()])
+        .args(["-mp", &common::free_port().to_string()])
+        .args([
+            "-m",
+            "1",
+            "-timeout",
+            "40s",
+            "-timeout_error",
+            "-nostdin",
+            "-bg",
+        ])
+        .args(["-trace_msg"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ = u.wait();
+    let server = Server::start(&format!(
+        "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.1:{uas}\"\nregister = false\n\
+         [[routes]]\ndial = \"out\"\nagent = {{ kind = \"audiosocket\", addr = \"127.0.0.1:{}\" }}\n",
+        fake.port
+    ));
+    let (code, body) = common::http_post(
+        server.api_port,
+        "/calls",
+        r#"{"trunk":"carrier","to":"callee","route":"out"}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 202, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t_post = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while call_info(&server, &id)["state"] != "active" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            server.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let (code, _) =
+        common::http_post(server.api_port, &format!("/calls/{id}/hangup"), "{}").unwrap();
+    assert_eq!(code, 200);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let view = call_info(&server, &id);
+    let ctx = format!(
+        "{view}\n{}\n{}",
+        fake.events_text()
+            .lines()
+            .filter(|l| !l.contains("\"audio\""))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        server.log_text()
+    );
+    assert_eq!(view["early_media"], true, "{ctx}");
+    let answered = view["answered_at_unix_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("not answered\n{ctx}"))
+        / 1000.0;
+    // The callee answered 3 s after its 183.
+    assert!(
+        answered - t_post >= 2.5,
+        "answered {:.1} s after the POST\n{ctx}",
+        answered - t_post
+    );
+    let frames = heard_frames(&fake);
+    let early: Vec<&(f64, f64)> = frames.iter().filter(|(t, _)| *t < answered).collect();
+    let early_voiced = early.iter().filter(|(_, db)| *db > -40.0).count();
+    eprintln!(
+        "outbound early media: the agent got {} frames before the 200 ({early_voiced} with sound), {} in all",
+        early.len(),
+        frames.len()
+    );
+    // ~2.5 s of the callee's early audio reached the agent before the answer.
+    assert!(
+        early_voiced >= 75,
+        "{early_voiced} voiced frames before the answer\n{ctx}"
+    );
+    assert_eq!(view["end_reason"], "hangup by server", "{ctx}");
+}

@@ -239,6 +239,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
                 next_tx: 0,
                 webhook_tally: Default::default(),
                 recording,
+                invite: None,
             };
             let end = driver.run_and_summarize().await;
             shared.dialogs.remove_dialog(&dialog_id);
@@ -297,6 +298,8 @@ struct Driver {
     next_tx: TxId,
     /// This call's webhook deliveries, for its record.
     webhook_tally: Arc<agent::webhooks::DeliveryTally>,
+    /// Outbound early media: the INVITE still waiting for its final answer.
+    invite: Option<PendingInvite>,
 }
 
 /// Sleeps until `t`, or for ever.
@@ -358,6 +361,7 @@ impl Driver {
         let mut buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 1500];
         let mut hangup_seen = false;
+        let mut ring_expired = false;
         loop {
             while let Some(action) = self.core.poll_action() {
                 if let Some(end) = self.act(action, &done_tx).await {
@@ -395,6 +399,14 @@ impl Driver {
                     self.core.handle_hangup(Instant::now());
                 }
                 Some(cmd) = self.commands.recv() => self.core.handle_command(Instant::now(), cmd),
+                p = pending_invite(&mut self.invite, ring_expired) => match p {
+                    Pending::Final(r) => self.on_final(r),
+                    Pending::Timeout => {
+                        ring_expired = true;
+                        info!("not answered in time: CANCEL");
+                        self.dialog.cancel().await.ok();
+                    }
+                },
                 Some(done) = done_rx.recv() => self.on_done(done),
                 st = self.state_rx.recv() => {
                     if let Some(input) = self.dialog_input(st) {
@@ -402,6 +414,26 @@ impl Driver {
                     }
                 }
             }
+        }
+    }
+
+    /// The final response to an INVITE answered early (183).
+    fn on_final(&mut self, r: InviteOutcome) {
+        let Some(p) = self.invite.take() else { return };
+        let now = Instant::now();
+        match final_answer(r, &p.caps) {
+            Ok(neg) => {
+                call_metrics::setup_done(&self.shared.calls, &self.id, "outbound");
+                if let Some(parent) = &p.parent {
+                    self.shared.calls.command(
+                        parent,
+                        crate::calls::CallCommand::BridgeAnswered(self.id.clone()),
+                    );
+                }
+                self.core.handle_answered(now, Ok(neg));
+            }
+            Err(FinalError::BadSdp(e)) => self.core.handle_answered(now, Err(e)),
+            Err(FinalError::End(r)) => self.core.handle_failed(r),
         }
     }
 
@@ -435,6 +467,8 @@ impl Driver {
                     .map(|a| a.body.clone())
                     .unwrap_or_default(),
             },
+            // Before the answer the INVITE's final response says how it ended.
+            DialogState::Terminated(..) if self.invite.is_some() => return None,
             DialogState::Terminated(_, why) => DialogInput::Terminated(reason(&why)),
             DialogState::Updated(_, req, h) => DialogInput::Offer {
                 tx: stash(h),
@@ -507,6 +541,11 @@ impl Driver {
                             .ok(),
                         None => h.reply(code).await.ok(),
                     };
+                }
+            }
+            Action::Sip(SipAction::Cancel) => {
+                if let Err(e) = self.dialog.cancel().await {
+                    debug!(error = %e, "CANCEL failed");
                 }
             }
             Action::Sip(SipAction::Bye) => {
@@ -1026,6 +1065,99 @@ mod caller_id_tests {
 /// How many 3xx redirects an outbound call follows.
 const MAX_REDIRECTS: u32 = 3;
 
+type InviteHandle =
+    rsipstack::platform::JoinHandle<rsipstack::dialog::invitation::InviteAsyncResult>;
+type InviteOutcome =
+    Result<rsipstack::dialog::invitation::InviteAsyncResult, tokio::task::JoinError>;
+
+/// What happens next while an outbound call rings.
+enum Step {
+    Final(InviteOutcome),
+    Stop,
+    State(Box<DialogState>),
+}
+
+/// How ringing ended: a final response, or a 183 whose SDP we take.
+enum Waited {
+    Final(InviteOutcome),
+    Early(Negotiated),
+}
+
+/// An outbound call whose media started on a 183: its INVITE waits for
+/// the final response while the call runs.
+struct PendingInvite {
+    invite: InviteHandle,
+    deadline: tokio::time::Instant,
+    caps: sdp::LocalCaps,
+    /// The call this one is a bridge leg of (told once it answers).
+    parent: Option<String>,
+}
+
+enum FinalError {
+    BadSdp(String),
+    End(EndReason),
+}
+
+/// The SDP of a 183 (early media) we can run media on.
+fn early_answer(resp: &rsipstack::sip::Response, caps: &sdp::LocalCaps) -> Option<Negotiated> {
+    if resp.body().is_empty() {
+        return None;
+    }
+    let body = String::from_utf8_lossy(resp.body());
+    let neg = sdp::SessionDescription::parse(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|s| sdp::accept_answer(&s, caps).map_err(|e| e.to_string()));
+    match neg {
+        Ok(n) => Some(n),
+        Err(e) => {
+            debug!(error = %e, "183 SDP not usable: no early media");
+            None
+        }
+    }
+}
+
+/// An INVITE's final outcome: the answer of its 2xx, or how the call ends.
+fn final_answer(outcome: InviteOutcome, caps: &sdp::LocalCaps) -> Result<Negotiated, FinalError> {
+    match outcome {
+        Ok(Ok((_, Some(resp))))
+            if resp.status_code.kind() == rsipstack::sip::StatusCodeKind::Successful =>
+        {
+            let body = String::from_utf8_lossy(resp.body()).to_string();
+            sdp::SessionDescription::parse(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|s| sdp::accept_answer(&s, caps).map_err(|e| e.to_string()))
+                .map_err(FinalError::BadSdp)
+        }
+        Ok(Ok((_, Some(resp)))) => Err(FinalError::End(EndReason::CallFailed {
+            code: u16::from(resp.status_code.clone()),
+            reason: resp.status_code.to_string(),
+        })),
+        Ok(Ok((_, None))) => Err(FinalError::End(EndReason::NoFinalResponse)),
+        Ok(Err(e)) => Err(FinalError::End(EndReason::InviteFailed(e.to_string()))),
+        Err(e) => Err(FinalError::End(EndReason::TaskFailed(e.to_string()))),
+    }
+}
+
+enum Pending {
+    Final(InviteOutcome),
+    Timeout,
+}
+
+/// The final response of an INVITE still pending or its ring timeout
+/// (once: after it, only the response); never without one.
+async fn pending_invite(p: &mut Option<PendingInvite>, expired: bool) -> Pending {
+    let Some(p) = p else {
+        return std::future::pending().await;
+    };
+    if expired {
+        return Pending::Final((&mut p.invite).await);
+    }
+    tokio::select! {
+        r = &mut p.invite => Pending::Final(r),
+        _ = tokio::time::sleep_until(p.deadline) => Pending::Timeout,
+    }
+}
+
 /// The first Contact of a 3xx response, as the new request-URI.
 fn redirect_target(resp: &rsipstack::sip::Response) -> Option<rsipstack::sip::Uri> {
     if resp.status_code.kind() != rsipstack::sip::StatusCodeKind::Redirection {
@@ -1275,19 +1407,29 @@ pub fn originate_leg(
             let mut state_rx = state_rx;
             let deadline = tokio::time::Instant::now() + ring_timeout;
             let mut redirects = 0;
-            let outcome = loop {
-                let outcome = tokio::select! {
-                    r = &mut invite => Some(r),
-                    _ = tokio::time::sleep_until(deadline) => None,
-                    _ = hangup.cancelled() => None,
+            let waited = loop {
+                let step = tokio::select! {
+                    r = &mut invite => Step::Final(r),
+                    _ = tokio::time::sleep_until(deadline) => Step::Stop,
+                    _ = hangup.cancelled() => Step::Stop,
+                    Some(st) = state_rx.recv() => Step::State(Box::new(st)),
                 };
-                let outcome = match outcome {
-                    Some(r) => r,
-                    None => {
+                let outcome = match step {
+                    Step::State(st) => {
+                        // A 183 with SDP: media (and the agent) start now.
+                        if let DialogState::Early(_, resp) = *st {
+                            if let Some(neg) = early_answer(&resp, &caps) {
+                                break Waited::Early(neg);
+                            }
+                        }
+                        continue;
+                    }
+                    Step::Stop => {
                         info!("not answered in time (or hung up): CANCEL");
                         dialog.cancel().await.ok();
-                        invite.await
+                        break Waited::Final((&mut invite).await);
                     }
+                    Step::Final(r) => r,
                 };
                 // 3xx: try the first Contact (at most MAX_REDIRECTS hops),
                 // with the same offer and credentials.
@@ -1296,7 +1438,7 @@ pub fn originate_leg(
                     _ => None,
                 };
                 let Some(target) = target else {
-                    break outcome;
+                    break Waited::Final(outcome);
                 };
                 redirects += 1;
                 info!(%target, "following redirect");
@@ -1313,79 +1455,77 @@ pub fn originate_leg(
                     }
                     Err(e) => {
                         warn!(error = %e, "cannot follow the redirect");
-                        break outcome;
+                        break Waited::Final(outcome);
                     }
                 }
             };
+            // The media answer to run the call with, and the INVITE still
+            // waiting for its final response when it came in a 183.
+            let answered = match waited {
+                Waited::Early(neg) => Ok((neg, Some(invite))),
+                Waited::Final(outcome) => final_answer(outcome, &caps).map(|neg| (neg, None)),
+            };
             let mut return_summarized = false;
-            let end = match outcome {
-                Ok(Ok((_, Some(resp))))
-                    if resp.status_code.kind() == rsipstack::sip::StatusCodeKind::Successful =>
-                {
-                    let body = String::from_utf8_lossy(resp.body()).to_string();
-                    let neg = sdp::SessionDescription::parse(&body)
-                        .map_err(|e| e.to_string())
-                        .and_then(|s| sdp::accept_answer(&s, &caps).map_err(|e| e.to_string()));
-                    match neg {
-                        Ok(neg) => {
-                            call_metrics::setup_done(&shared.calls, &id, "outbound");
-                            if let Some(p) = &parent {
-                                shared.calls.command(
-                                    p,
-                                    crate::calls::CallCommand::BridgeAnswered(id.clone()),
-                                );
-                            }
-                            let setup = CallSetup {
-                                route,
-                                offer: None,
-                                source: neg
-                                    .remote_rtp
-                                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
-                                transport: trunk.transport,
-                                caller_user: None,
-                                timer: None,
-                                trunk: Some(trunk.name.clone()),
-                            };
-                            let mut cfg = Driver::core_config(&shared, &setup, ports.port);
-                            cfg.srtp_key = srtp_key;
-                            cfg.sdp_session_id = sdp_origin.0;
-                            if setup.route.amd && agent_override.is_none() {
-                                cfg.amd = Some(super::amd::mode_for(&setup.route.amd_action).await);
-                            }
-                            let driver = Driver {
-                                core: CallCore::outbound(cfg, offer, neg),
-                                agent_override,
-                                uuid: String::new(),
-                                shared: shared.clone(),
-                                dialog: dialog.clone(),
-                                state_rx,
-                                ports,
-                                hangup,
-                                commands: cmd_rx,
-                                id: id.clone(),
-                                setup,
-                                pending: Default::default(),
-                                next_tx: 0,
-                                webhook_tally: Default::default(),
-                                recording,
-                            };
-                            return_summarized = true;
-                            driver.run_and_summarize().await
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "answer without usable SDP: BYE");
-                            dialog.bye().await.ok();
-                            EndReason::BadSdpAnswer(e)
+            let end = match answered {
+                Ok((neg, pending)) => {
+                    if pending.is_none() {
+                        call_metrics::setup_done(&shared.calls, &id, "outbound");
+                        if let Some(p) = &parent {
+                            shared
+                                .calls
+                                .command(p, crate::calls::CallCommand::BridgeAnswered(id.clone()));
                         }
                     }
+                    let setup = CallSetup {
+                        route,
+                        offer: None,
+                        source: neg
+                            .remote_rtp
+                            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                        transport: trunk.transport,
+                        caller_user: None,
+                        timer: None,
+                        trunk: Some(trunk.name.clone()),
+                    };
+                    let mut cfg = Driver::core_config(&shared, &setup, ports.port);
+                    cfg.srtp_key = srtp_key;
+                    cfg.sdp_session_id = sdp_origin.0;
+                    if setup.route.amd && agent_override.is_none() {
+                        cfg.amd = Some(super::amd::mode_for(&setup.route.amd_action).await);
+                    }
+                    let early = pending.is_some();
+                    let driver = Driver {
+                        core: CallCore::outbound(cfg, offer, neg, early),
+                        agent_override,
+                        uuid: String::new(),
+                        shared: shared.clone(),
+                        dialog: dialog.clone(),
+                        state_rx,
+                        ports,
+                        hangup,
+                        commands: cmd_rx,
+                        id: id.clone(),
+                        setup,
+                        pending: Default::default(),
+                        next_tx: 0,
+                        webhook_tally: Default::default(),
+                        recording,
+                        invite: pending.map(|i| PendingInvite {
+                            invite: i,
+                            deadline,
+                            caps,
+                            parent: parent.clone(),
+                        }),
+                    };
+                    return_summarized = true;
+                    driver.run_and_summarize().await
                 }
-                Ok(Ok((_, Some(resp)))) => EndReason::CallFailed {
-                    code: u16::from(resp.status_code.clone()),
-                    reason: resp.status_code.to_string(),
-                },
-                Ok(Ok((_, None))) => EndReason::NoFinalResponse,
-                Ok(Err(e)) => EndReason::InviteFailed(e.to_string()),
-                Err(e) => EndReason::TaskFailed(e.to_string()),
+                Err(FinalError::BadSdp(e)) => {
+                    warn!(error = %e, "answer without usable SDP: BYE");
+                    dialog.bye().await.ok();
+                    EndReason::BadSdpAnswer(e)
+                }
+                Err(FinalError::End(r)) => r,
             };
             if !return_summarized {
                 info!(reason = %end, "call ended");

@@ -274,6 +274,8 @@ pub enum SipAction {
         sdp: Option<String>,
     },
     Bye,
+    /// CANCEL our INVITE (an outbound call hung up during early media).
+    Cancel,
     /// RFC 4028 refresh: a re-INVITE with our SDP; the outcome comes back
     /// through [`CallCore::handle_refresh_result`].
     Refresh {
@@ -539,6 +541,9 @@ struct Active {
     /// Answered from early media: the 200 is out and its ACK not yet in
     /// (`true`: a hangup is waiting for it to send the BYE).
     awaiting_ack: Option<bool>,
+    /// An outbound call in early media (183): the agent hears the callee's
+    /// side, what it says is held until the 200.
+    unanswered: bool,
 }
 
 /// The route's filler sound and when it is due.
@@ -564,6 +569,8 @@ pub struct CallCore {
     actions: std::collections::VecDeque<Action>,
     /// The RTCP BYE of a call that just ended, still to be sent.
     last_transmit: Option<Transmit>,
+    /// An outbound call whose media started on a 183: not answered yet.
+    outbound_early: bool,
     final_stats: Option<StatsSnapshot>,
     /// The recording's last frames, taken from the session as it ended.
     recording_tail: std::collections::VecDeque<StereoFrame>,
@@ -582,13 +589,23 @@ impl CallCore {
             sdp_version: 0,
             actions: Default::default(),
             last_transmit: None,
+            outbound_early: false,
             final_stats: None,
             recording_tail: Default::default(),
         }
     }
 
-    /// A call we placed that was answered with `answer` (to our `offer_sdp`).
-    pub fn outbound(cfg: CoreConfig, offer_sdp: String, answer: Negotiated) -> CallCore {
+    /// A call we placed that was answered with `answer` (to our
+    /// `offer_sdp`) - or, with `early`, whose 183 carried it: media and
+    /// the agent start now, the answer comes with
+    /// [`CallCore::handle_answered`] (or the end with
+    /// [`CallCore::handle_failed`]).
+    pub fn outbound(
+        cfg: CoreConfig,
+        offer_sdp: String,
+        answer: Negotiated,
+        early: bool,
+    ) -> CallCore {
         let mut core = CallCore {
             cfg,
             phase: Phase::Ended,
@@ -597,6 +614,7 @@ impl CallCore {
             sdp_version: 1,
             actions: Default::default(),
             last_transmit: None,
+            outbound_early: early,
             final_stats: None,
             recording_tail: Default::default(),
         };
@@ -748,8 +766,16 @@ impl CallCore {
             Phase::AwaitingAck { bye_on_ack } => *bye_on_ack = true,
             // The agent may take long (webhooks, provider connect): end now;
             // a late agent is dropped.
+            Phase::StartingAgent { .. } if self.outbound_early => {
+                self.actions.push_back(Action::Sip(SipAction::Cancel));
+                self.end(EndReason::HangupBeforeAnswer);
+            }
             Phase::StartingAgent { .. } => self.end_with_bye(EndReason::HangupByServer),
             Phase::Active(a) if a.awaiting_ack.is_some() => a.awaiting_ack = Some(true),
+            Phase::Active(a) if a.unanswered => {
+                self.actions.push_back(Action::Sip(SipAction::Cancel));
+                self.end(EndReason::HangupBeforeAnswer);
+            }
             Phase::Active(_) => self.end_with_bye(EndReason::HangupByServer),
             Phase::Ended => {}
         }
@@ -956,6 +982,11 @@ impl CallCore {
     /// The agent could not be built: the call ends.
     pub fn agent_failed(&mut self, error: &agent::AgentError) {
         match self.phase {
+            Phase::StartingAgent { .. } if self.outbound_early => {
+                warn!(%error, "agent failed to start: CANCEL");
+                self.actions.push_back(Action::Sip(SipAction::Cancel));
+                self.end(EndReason::AgentError(error.to_string()));
+            }
             Phase::StartingAgent { .. } => {
                 warn!(%error, "agent failed to start");
                 self.end_with_bye(EndReason::AgentError(error.to_string()));
@@ -1045,13 +1076,20 @@ impl CallCore {
             warn!(error = %e, "caller DSP unavailable for this call");
         }
         session.set_recording(self.cfg.record);
-        info!(codec = neg.codec.encoding_name(), pt = neg.pt, remote = ?neg.remote_rtp,
-              agent = agent.kind(), "call answered");
-        self.actions.push_back(Action::Event(CallEvent::Answered {
-            codec: neg.codec.encoding_name(),
-            remote_rtp: neg.remote_rtp,
-            agent: agent.kind(),
-        }));
+        let unanswered = std::mem::take(&mut self.outbound_early);
+        if unanswered {
+            info!(codec = neg.codec.encoding_name(), remote = ?neg.remote_rtp,
+                  agent = agent.kind(), "early media: the agent hears the callee's side");
+            self.actions.push_back(Action::Event(CallEvent::EarlyMedia));
+        } else {
+            info!(codec = neg.codec.encoding_name(), pt = neg.pt, remote = ?neg.remote_rtp,
+                  agent = agent.kind(), "call answered");
+            self.actions.push_back(Action::Event(CallEvent::Answered {
+                codec: neg.codec.encoding_name(),
+                remote_rtp: neg.remote_rtp,
+                agent: agent.kind(),
+            }));
+        }
         let mut out = AgentOutput::default();
         if let Some(g) = &self.cfg.greeting {
             out.audio = clip_at(&g.pcm, g.rate, rate, "greeting").unwrap_or_default();
@@ -1078,8 +1116,9 @@ impl CallCore {
             barge: BargeIn::new(self.cfg.barge_in_min_ms, self.cfg.dsp.speech_start_ms),
             filler,
             awaiting_ack: None,
+            unanswered,
         });
-        if let Some(mode) = self.cfg.amd.clone() {
+        if let (Some(mode), false) = (self.cfg.amd.clone(), unanswered) {
             let rate = a.session.params().agent_rate;
             a.amd = Some(Box::new(CallAmd::new(mode, rate)));
         }
@@ -1478,6 +1517,10 @@ impl CallCore {
 
     /// Hands the agent's output to the media session.
     fn apply_output(a: &mut Active) {
+        if a.unanswered {
+            // Nobody listens before the 200: the agent's words wait for it.
+            return;
+        }
         let out = &mut a.out;
         if a.amd.as_ref().is_some_and(|d| d.holds_agent()) {
             // A machine gets the route's message, not the agent.
@@ -1663,6 +1706,7 @@ impl CallCore {
             if rx != a.last_rx.1 {
                 a.last_rx = (now, rx);
             } else if !self.cfg.rtp_timeout.is_zero()
+                && !a.unanswered
                 && a.session.params().direction.receives()
                 && now.duration_since(a.last_rx.0) >= self.cfg.rtp_timeout
             {
@@ -1694,8 +1738,99 @@ impl CallCore {
 
     /// Sends a BYE and ends the call.
     fn end_with_bye(&mut self, reason: EndReason) {
-        self.actions.push_back(Action::Sip(SipAction::Bye));
+        let early = match &self.phase {
+            Phase::Active(a) => a.unanswered,
+            Phase::StartingAgent { .. } => self.outbound_early,
+            _ => false,
+        };
+        let how = if early {
+            SipAction::Cancel
+        } else {
+            SipAction::Bye
+        };
+        self.actions.push_back(Action::Sip(how));
         self.end(reason);
+    }
+
+    /// The final 2xx to our INVITE after early media, with its answer (or
+    /// why its SDP is unusable): the media follows the answer if it moved,
+    /// the call is up and the agent's held words go out.
+    pub fn handle_answered(&mut self, now: Instant, answer: Result<Negotiated, String>) {
+        let neg = match answer {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "answer without usable SDP: BYE");
+                if let Some(a) = self.active() {
+                    a.unanswered = false;
+                }
+                self.outbound_early = false;
+                return self.end_with_bye(EndReason::BadSdpAnswer(e));
+            }
+        };
+        if matches!(self.phase, Phase::StartingAgent { .. }) {
+            // Answered before the agent was ready: start_media takes this answer.
+            self.outbound_early = false;
+            self.phase = Phase::StartingAgent { neg: Box::new(neg) };
+            return;
+        }
+        let Phase::Active(a) = &mut self.phase else {
+            return;
+        };
+        if !a.unanswered {
+            return;
+        }
+        let rate = a.agent.sample_rate();
+        let params = self.media_params(&neg, rate);
+        let Phase::Active(a) = &mut self.phase else {
+            return;
+        };
+        let moved = params.remote != a.session.params().remote
+            || params.codec != a.session.params().codec
+            || params.pt != a.session.params().pt;
+        if moved {
+            info!(codec = neg.codec.encoding_name(), remote = ?neg.remote_rtp, "the 200 moved the media");
+            if let Err(e) = a.session.update(params) {
+                warn!(error = %e, "codec setup failed");
+                a.unanswered = false;
+                return self.end_with_bye(EndReason::CodecError(e.to_string()));
+            }
+        }
+        let mut srtp = a.srtp.take();
+        self.apply_srtp(&mut srtp, &neg);
+        let Phase::Active(a) = &mut self.phase else {
+            return;
+        };
+        a.srtp = srtp;
+        a.unanswered = false;
+        a.last_rx = (now, a.session.stats().rx_packets);
+        if let Some(mode) = self.cfg.amd.clone() {
+            let rate = a.session.params().agent_rate;
+            a.amd = Some(Box::new(CallAmd::new(mode, rate)));
+        }
+        info!(
+            codec = neg.codec.encoding_name(),
+            agent = a.agent.kind(),
+            "call answered"
+        );
+        self.actions.push_back(Action::Event(CallEvent::Answered {
+            codec: neg.codec.encoding_name(),
+            remote_rtp: neg.remote_rtp,
+            agent: a.agent.kind(),
+        }));
+        Self::apply_output(a);
+        self.after_input(now);
+    }
+
+    /// The INVITE of an outbound call in early media failed (its final
+    /// status, or no answer in time): the call ends without a BYE.
+    pub fn handle_failed(&mut self, reason: EndReason) {
+        if let Some(a) = self.active() {
+            a.unanswered = false;
+        }
+        self.outbound_early = false;
+        if !self.is_ended() {
+            self.end(reason);
+        }
     }
 
     /// Ends the call: a last RTCP BYE and statistics, the bridged leg hung
@@ -2158,6 +2293,99 @@ mod tests {
         let mut core = CallCore::inbound(t0, early_config(0), None);
         core.handle_dialog(t0, DialogInput::Calling);
         assert_eq!(sip(&drain(&mut core)), vec![SipAction::Ringing]);
+    }
+
+    /// An outbound call whose 183 carried `T0_OFFER`'s media, its agent
+    /// (a probe that says 100 ms at once) started.
+    fn outbound_early() -> (CallCore, Instant, Arc<Mutex<AgentOutput>>, Arc<Mutex<Seen>>) {
+        let t0 = Instant::now();
+        let neg = negotiated(&offer("a=sendrecv"));
+        let mut core = CallCore::outbound(config(None), "v=0 our offer".into(), neg, true);
+        let a = drain(&mut core);
+        assert!(matches!(a[0], Action::StartAgent(_)), "{a:?}");
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let next = Arc::new(Mutex::new(AgentOutput::default()));
+        next.lock().unwrap().audio = vec![0; 800];
+        let agent = Box::new(Probe {
+            seen: seen.clone(),
+            next: next.clone(),
+        });
+        core.start_media(t0, agent, MediaStart::random(), None);
+        let a = drain(&mut core);
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::Event(CallEvent::EarlyMedia))),
+            "{a:?}"
+        );
+        assert!(!a
+            .iter()
+            .any(|a| matches!(a, Action::Event(CallEvent::Answered { .. }))));
+        (core, t0, next, seen)
+    }
+
+    #[test]
+    fn outbound_early_media_reaches_the_agent_and_its_words_wait_for_the_200() {
+        let (mut core, t0, _next, seen) = outbound_early();
+        let mut call = Call {
+            core,
+            now: t0,
+            seen: seen.clone(),
+            next: Default::default(),
+        };
+        // The callee's early audio (ringback, an announcement) reaches the agent.
+        for seq in 0..50 {
+            call.rtp(seq);
+            call.advance(Duration::from_millis(20));
+        }
+        assert!(seen.lock().unwrap().audio_frames >= 45);
+        // Nothing goes out before the answer, and no RTP timeout either.
+        core = call.core;
+        let mut now = call.now;
+        let (pkts, a) = rtp_out(&mut core, &mut now, 40_000);
+        assert!(pkts.is_empty(), "{} packets before the 200", pkts.len());
+        assert!(end(&a).is_none(), "{a:?}");
+        // The 200: answered, and the agent's held 100 ms goes out.
+        core.handle_answered(now, Ok(negotiated(&offer("a=sendrecv"))));
+        let a = drain(&mut core);
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::Event(CallEvent::Answered { agent: "probe", .. }))),
+            "{a:?}"
+        );
+        let (pkts, _) = rtp_out(&mut core, &mut now, 200);
+        assert!(
+            (4..=6).contains(&pkts.len()),
+            "{} packets after the 200",
+            pkts.len()
+        );
+        core.handle_hangup(now);
+        assert_eq!(sip(&drain(&mut core)), vec![SipAction::Bye]);
+    }
+
+    #[test]
+    fn outbound_early_media_ends_with_cancel_or_the_final_error() {
+        let (mut core, t0, _, _) = outbound_early();
+        core.handle_hangup(t0);
+        let a = drain(&mut core);
+        assert_eq!(sip(&a), vec![SipAction::Cancel]);
+        assert_eq!(end(&a), Some(EndReason::HangupBeforeAnswer));
+
+        let (mut core, _, _, _) = outbound_early();
+        let busy = EndReason::CallFailed {
+            code: 486,
+            reason: "Busy Here".into(),
+        };
+        core.handle_failed(busy.clone());
+        let a = drain(&mut core);
+        assert!(sip(&a).is_empty(), "{a:?}");
+        assert_eq!(end(&a), Some(busy));
+
+        // A 200 whose SDP we cannot use: BYE (the dialog is confirmed).
+        let (mut core, t0, _, _) = outbound_early();
+        core.handle_answered(t0, Err("no audio".into()));
+        let a = drain(&mut core);
+        assert_eq!(sip(&a), vec![SipAction::Bye]);
+        assert!(matches!(end(&a), Some(EndReason::BadSdpAnswer(_))));
     }
 
     #[test]
