@@ -412,6 +412,19 @@ mod tests {
                 "key `routes[0].greeting`: a `audiosocket` agent has no voice of its own to speak a text greeting: use greeting_file",
             ),
             (
+                "[[routes]]\ndial = \"x\"\nagent = { kind = \"echo\" }\nearly_media = \"183\"\n",
+                "key `routes[0].early_media`: expected \"none\" or \"ringback\", got \"183\"",
+            ),
+            (
+                "[[routes]]\ndial = \"x\"\nagent = { kind = \"echo\" }\nearly_media = \"ringback\"\n\
+                 ringback_tone = \"fr\"\n",
+                "key `routes[0].ringback_tone`: expected \"us\", \"eu\" or \"uk\", got \"fr\"",
+            ),
+            (
+                "[[routes]]\ndial = \"x\"\nagent = { kind = \"echo\" }\nringback_file = \"r.wav\"\n",
+                "key `routes[0].ringback_file`: only played with early_media = \"ringback\"",
+            ),
+            (
                 "[webhooks]\nurl = \"ftp://x\"\n",
                 "key `webhooks.url`: expected an http(s) URL, got `ftp://x`",
             ),
