@@ -106,6 +106,18 @@ pub async fn run_reloadable(
             }),
         );
     }
+    {
+        // An overloaded node takes no new calls: a dispatcher in front
+        // sends them elsewhere.
+        let overload = sip.shared.overload.clone();
+        readiness.add_check(
+            "overload",
+            Arc::new(move || match overload.overloaded() {
+                false => Ok(()),
+                true => Err("CPU or media lag over the ceiling ([sip] max_cpu, max_media_lag_ms)"),
+            }),
+        );
+    }
     let reloader = Arc::new(Reloader::new(sip.clone(), load));
     let api_task = tokio::spawn(control::serve_on(
         api_listener,

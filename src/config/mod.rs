@@ -94,6 +94,9 @@ pub struct Config {
     pub external_ip: Option<IpAddr>,
     pub trusted: Vec<ipnet::IpNet>,
     pub max_calls: usize,
+    /// Overload control: new calls get 503 past these (see `sip::overload`).
+    pub max_cpu: f64,
+    pub max_media_lag_ms: u32,
     pub user_agent: String,
     pub ring_timeout_s: u64,
     pub nonce_lifetime_s: u64,
@@ -266,6 +269,8 @@ impl Config {
             external_ip: sip.external_ip,
             trusted: sip.trusted,
             max_calls: sip.max_calls,
+            max_cpu: sip.max_cpu,
+            max_media_lag_ms: sip.max_media_lag_ms,
             user_agent: sip.user_agent,
             ring_timeout_s: sip.ring_timeout_s,
             nonce_lifetime_s: sip.nonce_lifetime_s,

@@ -163,6 +163,12 @@ pub(super) struct RawSip {
     #[serde(default)]
     trusted: Vec<String>,
     max_calls: Option<usize>,
+    /// Refuse new calls (503) while this process uses more than this share
+    /// of all cores, 0.05-1.0 (default 0.85).
+    max_cpu: Option<f64>,
+    /// ... or while the calls' media ticks run this late on average (ms,
+    /// 5-1000, default 40).
+    max_media_lag_ms: Option<u32>,
     user_agent: Option<String>,
     ring_timeout_s: Option<u64>,
     nonce_lifetime_s: Option<u64>,
@@ -184,6 +190,8 @@ pub(super) struct SipSection {
     pub external_ip: Option<IpAddr>,
     pub trusted: Vec<ipnet::IpNet>,
     pub max_calls: usize,
+    pub max_cpu: f64,
+    pub max_media_lag_ms: u32,
     pub user_agent: String,
     pub ring_timeout_s: u64,
     pub nonce_lifetime_s: u64,
@@ -232,6 +240,20 @@ impl RawSip {
         if max_calls == 0 {
             return Err(cx.invalid("sip.max_calls", "expected at least 1"));
         }
+        let max_cpu = self.max_cpu.unwrap_or(0.85);
+        if !(0.05..=1.0).contains(&max_cpu) {
+            return Err(cx.invalid(
+                "sip.max_cpu",
+                format!("expected a share of all cores 0.05-1.0, got {max_cpu}"),
+            ));
+        }
+        let max_media_lag_ms = self.max_media_lag_ms.unwrap_or(40);
+        if !(5..=1000).contains(&max_media_lag_ms) {
+            return Err(cx.invalid(
+                "sip.max_media_lag_ms",
+                format!("expected 5-1000, got {max_media_lag_ms}"),
+            ));
+        }
         let min_expires = self.min_expires.unwrap_or(60);
         let max_expires = self.max_expires.unwrap_or(3600);
         if min_expires == 0 || max_expires < min_expires {
@@ -247,6 +269,8 @@ impl RawSip {
             external_ip,
             trusted,
             max_calls,
+            max_cpu,
+            max_media_lag_ms,
             user_agent: self
                 .user_agent
                 .unwrap_or_else(|| format!("agentline/{}", env!("CARGO_PKG_VERSION"))),

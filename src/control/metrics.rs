@@ -67,6 +67,10 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("agentline_circuit_breakers_open", "Providers whose circuit breaker is open."),
     ("agentline_webhook_failures_total", "Webhooks not delivered (after retries) or call_initiated answers missing."),
     ("agentline_backchannels_total", "Short caller speech over the agent (under the route's barge_in_min_ms) that did not interrupt it."),
+    ("agentline_overloaded", "1 while new calls are refused for overload ([sip] max_cpu / max_media_lag_ms)."),
+    ("agentline_cpu_share", "This process's CPU over the last half second, as a share of all cores."),
+    ("agentline_media_lag_seconds", "Mean lateness of the calls' media ticks over the last half second."),
+    ("agentline_calls_refused_overload_total", "New calls refused with 503 (or POST /calls refused) for overload."),
     ("agentline_recording_dropped_frames_total", "Call recording frames (20 ms) dropped because the disk writer fell behind."),
 ];
 
@@ -191,6 +195,13 @@ pub async fn scrape(State(s): State<ApiState>) -> impl IntoResponse {
             .set(if is_open { 1.0 } else { 0.0 });
     }
     metrics::gauge!("agentline_circuit_breakers_open").set(open as f64);
+    let ov = &shared.overload;
+    let f = ov.last();
+    metrics::gauge!("agentline_overloaded").set(if ov.overloaded() { 1.0 } else { 0.0 });
+    metrics::gauge!("agentline_cpu_share").set(f.cpu);
+    metrics::gauge!("agentline_media_lag_seconds").set(f.media_lag_ms / 1000.0);
+    metrics::counter!("agentline_calls_refused_overload_total")
+        .absolute(ov.rejected.load(std::sync::atomic::Ordering::Relaxed));
     let mut body = handle.render();
     body.push_str(&process_text(&ProcessStats::read()));
     (
@@ -227,15 +238,11 @@ pub struct ProcessStats {
     pub max_fds: Option<u64>,
 }
 
-/// `sysconf(_SC_CLK_TCK)` is 100 on every Linux architecture we build for;
-/// reading it would need libc (and `unsafe`) for a constant.
-const CLOCK_TICKS_PER_S: f64 = 100.0;
-
 impl ProcessStats {
     pub fn read() -> ProcessStats {
         let read = |p: &str| std::fs::read_to_string(p).ok();
         ProcessStats {
-            cpu_seconds: read("/proc/self/stat").and_then(|s| cpu_seconds(&s)),
+            cpu_seconds: crate::sip::overload::process_cpu_seconds(),
             resident_bytes: read("/proc/self/status").and_then(|s| resident_bytes(&s)),
             open_fds: std::fs::read_dir("/proc/self/fd")
                 .ok()
@@ -243,17 +250,6 @@ impl ProcessStats {
             max_fds: read("/proc/self/limits").and_then(|s| max_open_files(&s)),
         }
     }
-}
-
-/// utime + stime from `/proc/self/stat`, in seconds. The command name (field
-/// 2) may hold spaces and parentheses, so fields are counted after its last `)`.
-fn cpu_seconds(stat: &str) -> Option<f64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / CLOCK_TICKS_PER_S)
 }
 
 /// `VmRSS` from `/proc/self/status`, in bytes.
@@ -315,16 +311,6 @@ fn process_text(p: &ProcessStats) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_seconds_counts_fields_after_the_command_name() {
-        // A command name with spaces and a `)` must not shift the fields.
-        let stat = "4242 (agent line) x) S 1 4242 4242 0 -1 4194560 2000 0 0 0 \
-                    350 150 0 0 20 0 9 0 100 1000000 500 18446744073709551615";
-        assert_eq!(cpu_seconds(stat), Some(5.0));
-        assert_eq!(cpu_seconds("4242 (agentline) S 1 2"), None);
-        assert_eq!(cpu_seconds("no parenthesis"), None);
-    }
 
     #[test]
     fn provider_label_drops_credentials_and_query() {

@@ -54,8 +54,13 @@ pub fn router(state: ApiState) -> Router {
 async fn health(State(s): State<ApiState>) -> impl IntoResponse {
     let shared = &s.sip.shared;
     let draining = shared.draining.is_cancelled();
+    let overloaded = shared.overload.overloaded();
+    let load = shared.overload.last();
     Json(json!({
-        "status": if draining { "draining" } else { "ok" },
+        "status": if draining { "draining" } else if overloaded { "overloaded" } else { "ok" },
+        "overloaded": overloaded,
+        "cpu_share": (load.cpu * 1000.0).round() / 1000.0,
+        "media_lag_ms": (load.media_lag_ms * 10.0).round() / 10.0,
         "version": env!("CARGO_PKG_VERSION"),
         "active_calls": shared.calls.len(),
         "rtp_ports_in_use": shared.ports.in_use(),
@@ -152,7 +157,9 @@ async fn originate(
             let code = match e {
                 E::UnknownTrunk(_) => StatusCode::NOT_FOUND,
                 E::BadTarget(_) => StatusCode::BAD_REQUEST,
-                E::Draining | E::Full | E::Ports(_) => StatusCode::SERVICE_UNAVAILABLE,
+                E::Draining | E::Full | E::Overloaded | E::Ports(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 E::Invite(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             (code, Json(json!({"error": e.to_string()})))

@@ -125,6 +125,23 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
         .call_id_header()
         .map(|c| c.value().to_string())
         .unwrap_or_default();
+    if shared.overload.overloaded() {
+        info!(call_id, "overloaded: 503");
+        shared.overload.refused();
+        record_rejected(
+            &shared,
+            &req,
+            &setup.route.dial,
+            setup.trunk.clone(),
+            503,
+            "overloaded",
+        );
+        let retry = Header::RetryAfter(rsipstack::sip::headers::RetryAfter::new(
+            RETRY_AFTER_S.to_string(),
+        ));
+        reply_and_finish(tx, StatusCode::ServiceUnavailable, vec![retry]);
+        return;
+    }
     let ports = match shared.ports.allocate() {
         Ok(p) => p,
         Err(e) => {
@@ -392,7 +409,13 @@ impl Driver {
                     Ok((n, from)) => self.core.handle_rtcp(Instant::now(), from, &rtcp_buf[..n]),
                     Err(e) => debug!(error = %e, "RTCP receive error"),
                 },
-                _ = sleep_until(wake) => self.core.handle_timeout(Instant::now()),
+                _ = sleep_until(wake) => {
+                    let now = Instant::now();
+                    if let Some(w) = wake {
+                        self.shared.overload.tick_lag(now.saturating_duration_since(w));
+                    }
+                    self.core.handle_timeout(now);
+                }
                 // Disabled once seen: `cancelled()` stays ready for ever.
                 _ = self.hangup.cancelled(), if !hangup_seen => {
                     hangup_seen = true;
@@ -1065,6 +1088,9 @@ mod caller_id_tests {
 /// How many 3xx redirects an outbound call follows.
 const MAX_REDIRECTS: u32 = 3;
 
+/// What an overloaded server's 503 tells callers to wait, in seconds.
+const RETRY_AFTER_S: u32 = 5;
+
 type InviteHandle =
     rsipstack::platform::JoinHandle<rsipstack::dialog::invitation::InviteAsyncResult>;
 type InviteOutcome =
@@ -1245,6 +1271,8 @@ pub enum OriginateError {
     Draining,
     #[error("max_calls reached")]
     Full,
+    #[error("overloaded: no new calls for now")]
+    Overloaded,
     #[error("no RTP ports: {0}")]
     Ports(String),
     #[error("cannot send the INVITE: {0}")]
@@ -1269,6 +1297,10 @@ pub fn originate_leg(
     use rsipstack::dialog::invitation::InviteOption;
     if shared.draining.is_cancelled() {
         return Err(OriginateError::Draining);
+    }
+    if shared.overload.overloaded() {
+        shared.overload.refused();
+        return Err(OriginateError::Overloaded);
     }
     let (trunk, password) = shared
         .trunks

@@ -10,6 +10,7 @@ pub mod call;
 pub mod call_metrics;
 pub mod core;
 pub mod digest;
+pub mod overload;
 pub mod ports;
 pub mod recorder;
 pub mod registrar;

@@ -210,6 +210,7 @@ pub async fn start(
     let shared = Arc::new(Shared {
         webhooks: arc_swap::ArcSwapOption::new(webhooks.map(Arc::new)),
         breakers: crate::agent::fallback::CircuitBreakers::new(),
+        overload: Arc::default(),
         auth: Authenticator::new(
             &cfg.domain,
             creds,
@@ -229,6 +230,18 @@ pub async fn start(
     });
     let _ = nat.registrar.set(shared.clone());
 
+    let judge = shared.clone();
+    tokio::spawn(super::overload::run(
+        shared.overload.clone(),
+        move || {
+            let c = judge.cfg();
+            super::overload::Limits {
+                max_cpu: c.max_cpu,
+                max_media_lag_ms: f64::from(c.max_media_lag_ms),
+            }
+        },
+        stop.clone(),
+    ));
     let disp = shared.clone();
     tokio::spawn(async move {
         while let Some(tx) = incoming.recv().await {

@@ -41,6 +41,8 @@ pub struct Shared {
     pub webhooks: arc_swap::ArcSwapOption<crate::agent::webhooks::Webhooks>,
     /// Provider circuit breakers, shared by this server's calls.
     pub breakers: crate::agent::fallback::CircuitBreakers,
+    /// Overload control: the calls' tick lateness in, the verdict out.
+    pub overload: Arc<super::overload::Overload>,
 }
 
 impl Shared {
