@@ -149,12 +149,37 @@ pub async fn run_reloadable(
     shutdown.cancelled().await;
     crate::systemd::stopping(&calls);
     let grace = Duration::from_secs(sip.shared.cfg().shutdown_grace_s);
-    info!(active = calls.len(), grace_s = grace.as_secs(), "draining");
+    let waits = sip.shared.cfg().drain_waits;
+    info!(
+        active = calls.len(),
+        grace_s = grace.as_secs(),
+        wait_for_calls = waits,
+        "draining"
+    );
     sip.shared.draining.cancel();
-    calls.hangup_all();
+    let wait_ends = |until: tokio::time::Instant| {
+        let calls = calls.clone();
+        async move {
+            while !calls.is_empty() && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     let deadline = tokio::time::Instant::now() + grace;
-    while !calls.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if waits {
+        // New calls are refused; those up end on their own within the grace.
+        wait_ends(deadline).await;
+        if !calls.is_empty() {
+            info!(
+                left = calls.len(),
+                "grace period over: hanging up the calls left"
+            );
+        }
+        calls.hangup_all();
+        wait_ends(tokio::time::Instant::now() + Duration::from_secs(5)).await;
+    } else {
+        calls.hangup_all();
+        wait_ends(deadline).await;
     }
     if !calls.is_empty() {
         warn!(left = calls.len(), "grace period over with calls still up");

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,7 @@ impl Kamailio {
         .replace("trunk.test:5080", &format!("trunk.test:{port}"))
         .replace("127.0.0.1:5090", &format!("127.0.0.1:{uas}"));
         if let Some((tls_port, cert, key)) = tls {
-            let modules = kamailio_modules_dir().join("tls.so");
+            let modules = common::kamailio::modules_dir().join("tls.so");
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 assert!(
                     modules.exists(),
@@ -155,44 +155,6 @@ did = "trunkuser"
 agent = {{ kind = "echo" }}
 {OUTBOUND_ROUTES}"#
     )
-}
-
-/// The folder kamailio loads its modules from: the "Default paths to
-/// modules" that `kamailio -I` prints (the packaged path differs per
-/// architecture, e.g. /usr/lib/x86_64-linux-gnu or /usr/lib/aarch64-linux-gnu),
-/// else the first `/usr/lib*/**/kamailio/modules` that exists. Panics,
-/// naming what was tried, when kamailio is installed but none is found.
-fn kamailio_modules_dir() -> PathBuf {
-    let info = Command::new("kamailio")
-        .arg("-I")
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let from_info = info
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Default paths to modules:"))
-        .flat_map(|paths| paths.split(':'))
-        .map(|p| PathBuf::from(p.trim()));
-    let mut candidates: Vec<PathBuf> = from_info.collect();
-    for lib in ["/usr/lib", "/usr/lib64", "/usr/local/lib"] {
-        candidates.push(Path::new(lib).join("kamailio/modules"));
-        if let Ok(entries) = std::fs::read_dir(lib) {
-            for e in entries.flatten() {
-                candidates.push(e.path().join("kamailio/modules"));
-            }
-        }
-    }
-    candidates
-        .iter()
-        .find(|p| p.is_dir())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "kamailio is installed but its modules folder was not found; `kamailio -I` \
-                 printed no existing \"Default paths to modules\", tried {candidates:?}"
-            )
-        })
 }
 
 /// sipp's UAS behind the provider's echo@ (one call, echoing RTP), in the

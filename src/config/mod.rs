@@ -103,6 +103,8 @@ pub struct Config {
     pub min_expires: u32,
     pub max_expires: u32,
     pub shutdown_grace_s: u64,
+    /// `[sip] drain = "wait"`: SIGTERM lets calls end on their own first.
+    pub drain_waits: bool,
     /// RFC 4028: the longest session interval we grant, and the shortest we accept.
     pub session_expires_s: u32,
     pub min_se_s: u32,
@@ -277,6 +279,7 @@ impl Config {
             min_expires: sip.min_expires,
             max_expires: sip.max_expires,
             shutdown_grace_s: sip.shutdown_grace_s,
+            drain_waits: sip.drain_waits,
             auth_algorithms: sip.auth_algorithms,
             session_expires_s: sip.session_expires_s,
             min_se_s: sip.min_se_s,
@@ -428,6 +431,14 @@ mod tests {
             (
                 "[[routes]]\ndial = \"x\"\nagent = { kind = \"echo\" }\nringback_file = \"r.wav\"\n",
                 "key `routes[0].ringback_file`: only played with early_media = \"ringback\"",
+            ),
+            (
+                "[sip]\ndrain = \"later\"\n",
+                "key `sip.drain`: expected \"hangup\" or \"wait\", got \"later\"",
+            ),
+            (
+                "[sip]\nmax_cpu = 1.5\n",
+                "key `sip.max_cpu`: expected a share of all cores 0.05-1.0, got 1.5",
             ),
             (
                 "[webhooks]\nurl = \"ftp://x\"\n",

@@ -175,6 +175,10 @@ pub(super) struct RawSip {
     min_expires: Option<u32>,
     max_expires: Option<u32>,
     shutdown_grace_s: Option<u64>,
+    /// SIGTERM: "hangup" (default: BYE every call at once, then wait up to
+    /// the grace for the ends) or "wait" (calls end on their own within the
+    /// grace, the rest are hung up then; for nodes behind a dispatcher).
+    drain: Option<String>,
     auth_algorithms: Option<Vec<String>>,
     session_expires_s: Option<u32>,
     min_se_s: Option<u32>,
@@ -198,6 +202,8 @@ pub(super) struct SipSection {
     pub min_expires: u32,
     pub max_expires: u32,
     pub shutdown_grace_s: u64,
+    /// SIGTERM lets calls end on their own (within the grace) first.
+    pub drain_waits: bool,
     pub auth_algorithms: Vec<DigestAlgorithm>,
     pub session_expires_s: u32,
     pub min_se_s: u32,
@@ -263,6 +269,16 @@ impl RawSip {
             ));
         }
         let auth_algorithms = auth_algorithms(self.auth_algorithms, cx)?;
+        let drain_waits = match self.drain.as_deref().unwrap_or("hangup") {
+            "hangup" => false,
+            "wait" => true,
+            other => {
+                return Err(cx.invalid(
+                    "sip.drain",
+                    format!("expected \"hangup\" or \"wait\", got {other:?}"),
+                ))
+            }
+        };
         Ok(SipSection {
             listen,
             domain,
@@ -279,6 +295,7 @@ impl RawSip {
             min_expires,
             max_expires,
             shutdown_grace_s: self.shutdown_grace_s.unwrap_or(30),
+            drain_waits,
             auth_algorithms,
             session_expires_s: self.session_expires_s.unwrap_or(1800),
             min_se_s: self.min_se_s.unwrap_or(90),

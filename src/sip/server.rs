@@ -296,7 +296,17 @@ fn dispatch(shared: &Arc<Shared>, mut tx: Transaction) {
             let shared = shared.clone();
             tokio::spawn(async move { handle_register(&shared, tx).await });
         }
-        Method::Options => reply_and_finish(tx, StatusCode::OK, capability_headers()),
+        Method::Options => {
+            // A dispatcher's health probe: a draining or overloaded node
+            // says 503 so that new calls go elsewhere.
+            let busy = shared.draining.is_cancelled() || shared.overload.overloaded();
+            let code = if busy {
+                StatusCode::ServiceUnavailable
+            } else {
+                StatusCode::OK
+            };
+            reply_and_finish(tx, code, capability_headers())
+        }
         Method::Invite => on_invite(shared, tx),
         Method::Ack => {}
         Method::Bye | Method::Cancel => {

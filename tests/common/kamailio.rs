@@ -1,0 +1,42 @@
+//! kamailio for the tests that put it in front of (or behind) agentline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The folder kamailio loads its modules from: the "Default paths to
+/// modules" that `kamailio -I` prints (the packaged path differs per
+/// architecture, e.g. /usr/lib/x86_64-linux-gnu or /usr/lib/aarch64-linux-gnu),
+/// else the first `/usr/lib*/**/kamailio/modules` that exists. Panics,
+/// naming what was tried, when kamailio is installed but none is found.
+pub fn modules_dir() -> PathBuf {
+    let info = Command::new("kamailio")
+        .arg("-I")
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let from_info = info
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Default paths to modules:"))
+        .flat_map(|paths| paths.split(':'))
+        .map(|p| PathBuf::from(p.trim()));
+    let mut candidates: Vec<PathBuf> = from_info.collect();
+    for lib in ["/usr/lib", "/usr/lib64", "/usr/local/lib"] {
+        candidates.push(Path::new(lib).join("kamailio/modules"));
+        if let Ok(entries) = std::fs::read_dir(lib) {
+            for e in entries.flatten() {
+                candidates.push(e.path().join("kamailio/modules"));
+            }
+        }
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_dir())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "kamailio is installed but its modules folder was not found; `kamailio -I` \
+                 printed no existing \"Default paths to modules\", tried {candidates:?}"
+            )
+        })
+}
