@@ -319,6 +319,7 @@ pub fn spawn(s: Settings, ctx: &AgentContext) -> Result<Remote, AgentError> {
                 collect_utterances: false,
                 greeting,
                 preroll_ms: 0,
+                end_of_turn: None,
             },
             Some(sink),
             Some(first),

@@ -23,7 +23,9 @@ mod trunks;
 mod users;
 mod webhooks;
 
-pub use agents::{AgentConfig, AgentConfigError, HttpTool, DEFAULT_PREROLL_MS};
+pub use agents::{
+    AgentConfig, AgentConfigError, HttpTool, DEFAULT_END_OF_TURN_MAX_MS, DEFAULT_PREROLL_MS,
+};
 pub use pem::{read_pem, PemError, PemKind};
 pub use routes::{AmdAction, Prompt, RouteConfig};
 pub use rtp::{PortRange, PortRangeError};
