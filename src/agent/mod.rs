@@ -202,12 +202,19 @@ pub fn build_for(cfg: &AgentConfig, ctx: &AgentContext) -> Result<Box<dyn Agent>
             llm_url,
             tts_url,
             system,
+            end_of_turn_max_ms,
         } => Box::new(avr_pipeline::spawn(
             avr_pipeline::Settings {
                 asr_url: asr_url.clone(),
                 llm_url: llm_url.clone(),
                 tts_url: tts_url.clone(),
                 system: system.clone(),
+                // Transcripts come from the AVR ASR: only the longest wait
+                // of a hesitation applies.
+                end_of_turn: end_of_turn_max_ms.map(|max| turn_end::Timing {
+                    min: std::time::Duration::ZERO,
+                    max: std::time::Duration::from_millis(u64::from(max)),
+                }),
             },
             ctx,
         )?),

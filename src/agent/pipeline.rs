@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::error::excerpt;
 use super::remote::{Input, Io, Output};
-use super::turn_end::{EndOfTurn, Step, Timing};
+use super::turn_end::{self, EndOfTurn, Ending, Step, Timing};
 use super::{AgentError, AgentEvent, ProviderError, Stage, TurnLatency};
 use crate::media::dsp::TurnEvent;
 
@@ -549,6 +549,9 @@ pub struct LoopConfig {
     pub preroll_ms: u32,
     /// With `collect_utterances`: adaptive end of turn (see
     /// [`super::turn_end`]); `None` ends every turn at the route's VAD.
+    /// With streamed transcripts: one ending on a hesitation waits for the
+    /// next (joined to it) until `max` of silence after the caller's last
+    /// voiced frame.
     pub end_of_turn: Option<Timing>,
 }
 
@@ -605,6 +608,13 @@ pub async fn conversation(
     // The last speculative transcription: (ASR time, our time before its
     // request, when the request was made).
     let mut spec_done: Option<(Duration, Duration, Instant)> = None;
+    // A streamed transcript ending on a hesitation, held until the next
+    // one or its deadline: (text, deadline, asr_ms).
+    let mut held: Option<(String, Instant, Option<u64>)> = None;
+    let hold_max = cfg
+        .end_of_turn
+        .filter(|_| !cfg.collect_utterances)
+        .map(|t| t.max);
     if let Some(text) = cfg.greeting.clone() {
         turn = Some(Turn {
             task: tokio::spawn(run_turn(
@@ -628,6 +638,7 @@ pub async fn conversation(
             /// the text).
             Spec(u64, Option<Instant>, Option<String>),
             EotTimeout,
+            HeldDue,
         }
         let ev = {
             let turn_fut = async {
@@ -659,6 +670,13 @@ pub async fn conversation(
                 }
             };
             let eot_due = eot.next_timeout();
+            let held_due = held.as_ref().map(|h| h.1);
+            let held_fut = async {
+                match held_due {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             let eot_fut = async {
                 match eot_due {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -671,6 +689,7 @@ pub async fn conversation(
                 r = turn_fut => Ev::TurnDone(r),
                 s = spec_fut => s,
                 () = eot_fut => Ev::EotTimeout,
+                () = held_fut => Ev::HeldDue,
             }
         };
         let mut turn_event: Option<TurnEvent> = None;
@@ -691,6 +710,12 @@ pub async fn conversation(
                 return Ok(());
             }
             Ev::EotTimeout => step = eot.handle_timeout(Instant::now()),
+            Ev::HeldDue => {
+                if let Some((text, _, asr_ms)) = held.take() {
+                    tracing::debug!("hesitation: no more words, the turn ends");
+                    start = Some(TurnInput::Text(text, asr_ms));
+                }
+            }
             Ev::Spec(id, called, text) => {
                 let now = Instant::now();
                 if let Some(s) = spec.take() {
@@ -789,7 +814,18 @@ pub async fn conversation(
                         Some(b) => format!("{} {}", b.trim_end(), text.trim_start()),
                         None => text,
                     };
-                    start = Some(TurnInput::Text(text, Some(asr_ms)));
+                    let text = match held.take() {
+                        Some((h, _, _)) => format!("{} {}", h.trim_end(), text.trim_start()),
+                        None => text,
+                    };
+                    match hold_max {
+                        Some(max) if turn_end::ending(&text) == Ending::Hesitation => {
+                            let base = last_loud.filter(recent).unwrap_or(now);
+                            tracing::debug!("transcript ends on a hesitation: waiting for more");
+                            held = Some((text, base + max, Some(asr_ms)));
+                        }
+                        _ => start = Some(TurnInput::Text(text, Some(asr_ms))),
+                    }
                 }
             }
             Ev::TurnDone(r) => {
@@ -1450,6 +1486,63 @@ mod tests {
             "the answered question is not re-sent"
         );
         assert!(span(&utts[1], -3000).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_streamed_transcript_ending_on_a_hesitation_waits_for_the_next() {
+        let backend = Arc::new(Recorder::default());
+        let (_in_tx, in_rx) = mpsc::channel(1000);
+        let (out_tx, mut out) = mpsc::unbounded_channel();
+        let (tr_tx, tr_rx) = mpsc::unbounded_channel();
+        let cfg = LoopConfig {
+            rate: 8000,
+            system: None,
+            collect_utterances: false,
+            greeting: None,
+            preroll_ms: 0,
+            end_of_turn: Some(Timing {
+                min: Duration::ZERO,
+                max: Duration::from_millis(600),
+            }),
+        };
+        let io = Io {
+            inputs: in_rx,
+            outputs: out_tx,
+        };
+        tokio::spawn(conversation(
+            io,
+            backend.clone(),
+            cfg,
+            None,
+            Some(tr_rx),
+            None,
+        ));
+        let users = || -> Vec<String> {
+            backend
+                .llm_requests
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|r| r.last().unwrap().content.clone())
+                .collect()
+        };
+        tr_tx.send(Ok("I want to, um".into())).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(users().is_empty(), "a hesitation is held");
+        tr_tx.send(Ok("book a table for two.".into())).unwrap();
+        first_audio(&mut out).await;
+        assert_eq!(users(), ["I want to, um book a table for two."]);
+        // A hesitation nothing follows is answered after the longest wait.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = Instant::now();
+        tr_tx.send(Ok("So,".into())).unwrap();
+        first_audio(&mut out).await;
+        assert!(
+            t.elapsed() >= Duration::from_millis(550),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(users().last().map(String::as_str), Some("So,"));
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub enum AgentConfig {
         llm_url: String,
         tts_url: String,
         system: Option<String>,
+        /// A streamed transcript ending on a hesitation ("I want to, um")
+        /// waits for the next one up to this much silence (500-5000 ms)
+        /// before the LLM starts; absent: every transcript starts a turn.
+        end_of_turn_max_ms: Option<u32>,
     },
     /// An AudioSocket server (avr-core, or anything that speaks it).
     Audiosocket { addr: String },
@@ -208,8 +212,12 @@ impl AgentConfig {
                 asr_url,
                 llm_url,
                 tts_url,
+                end_of_turn_max_ms,
                 ..
             } => {
+                if let Some(got) = end_of_turn_max_ms.filter(|m| !(500..=5000).contains(m)) {
+                    return Err(AgentConfigError::EndOfTurnMax { got, min: 0 });
+                }
                 for u in [asr_url, llm_url, tts_url] {
                     url(u, &["http://", "https://"])?;
                 }
