@@ -24,9 +24,9 @@ pub enum AgentConfigError {
     Preroll(u32),
     #[error("end_of_turn_min_ms: expected 100-1000, got {0}")]
     EndOfTurnMin(u32),
-    #[error(
-        "end_of_turn_max_ms: expected 500-5000 and above end_of_turn_min_ms ({min}), got {got}"
-    )]
+    #[error("end_of_turn_max_ms: expected 500-5000, got {0}")]
+    EndOfTurnMaxRange(u32),
+    #[error("end_of_turn_max_ms: expected more than end_of_turn_min_ms ({min}), got {got}")]
     EndOfTurnMax { got: u32, min: u32 },
     #[error("end_of_turn_max_ms: needs end_of_turn_min_ms (adaptive end of turn)")]
     EndOfTurnMaxAlone,
@@ -216,7 +216,7 @@ impl AgentConfig {
                 ..
             } => {
                 if let Some(got) = end_of_turn_max_ms.filter(|m| !(500..=5000).contains(m)) {
-                    return Err(AgentConfigError::EndOfTurnMax { got, min: 0 });
+                    return Err(AgentConfigError::EndOfTurnMaxRange(got));
                 }
                 for u in [asr_url, llm_url, tts_url] {
                     url(u, &["http://", "https://"])?;
@@ -247,7 +247,10 @@ impl AgentConfig {
                     (Some(m), _) if !(100..=1000).contains(&m) => {
                         return Err(AgentConfigError::EndOfTurnMin(m))
                     }
-                    (Some(min), Some(got)) if !(500..=5000).contains(&got) || got <= min => {
+                    (_, Some(got)) if !(500..=5000).contains(&got) => {
+                        return Err(AgentConfigError::EndOfTurnMaxRange(got))
+                    }
+                    (Some(min), Some(got)) if got <= min => {
                         return Err(AgentConfigError::EndOfTurnMax { got, min })
                     }
                     (None, Some(_)) => return Err(AgentConfigError::EndOfTurnMaxAlone),
