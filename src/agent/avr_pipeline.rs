@@ -28,6 +28,8 @@ pub struct Settings {
     pub llm_url: String,
     pub tts_url: String,
     pub system: Option<String>,
+    /// Hold a hesitation-final transcript (see `pipeline::LoopConfig`).
+    pub end_of_turn: Option<super::turn_end::Timing>,
 }
 
 struct AvrPipeline {
@@ -284,6 +286,7 @@ pub fn spawn(s: Settings, ctx: &AgentContext) -> Result<Remote, AgentError> {
     };
     let system = s.system.clone();
     let greeting = ctx.greeting.clone();
+    let end_of_turn = s.end_of_turn;
     let backend = Arc::new(AvrPipeline {
         s,
         uuid: uuid.clone(),
@@ -319,6 +322,7 @@ pub fn spawn(s: Settings, ctx: &AgentContext) -> Result<Remote, AgentError> {
                 collect_utterances: false,
                 greeting,
                 preroll_ms: 0,
+                end_of_turn,
             },
             Some(sink),
             Some(first),

@@ -329,7 +329,8 @@ pub async fn run(url: String, uuid: String, io: Io) -> Result<(), AgentError> {
 }
 
 async fn connection(url: String, uuid: String, mut io: Io) -> Result<(), ProviderError> {
-    let connect = tokio_tungstenite::connect_async(url.as_str());
+    // `true`: TCP_NODELAY, so a 20 ms audio frame is not held back by Nagle.
+    let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true);
     let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| ProviderError::ConnectTimeout {

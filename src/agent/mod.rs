@@ -17,6 +17,7 @@ pub mod openai_realtime;
 pub mod pipeline;
 pub mod remote;
 pub mod say;
+pub mod turn_end;
 pub mod webhooks;
 
 pub use error::{AgentError, ProviderError, Stage};
@@ -37,6 +38,9 @@ pub struct AgentOutput {
     pub hangup_after_playout: bool,
     /// Things to report (transcripts, tool calls, transfer requests, errors).
     pub events: Vec<AgentEvent>,
+    /// The audio from here on starts a reply whose first provider byte
+    /// came at this instant (the call measures when it goes out).
+    pub reply_started: Option<std::time::Instant>,
 }
 
 /// Per-turn latency: caller end of speech to the first agent audio handed
@@ -47,6 +51,16 @@ pub struct TurnLatency {
     pub asr_ms: Option<u64>,
     pub llm_first_token_ms: Option<u64>,
     pub tts_first_byte_ms: Option<u64>,
+    /// The silence waited from the caller's last voiced frame to the
+    /// turn's end (`end_of_turn_ms` of the VAD, or less with adaptive end
+    /// of turn).
+    pub end_of_turn_wait_ms: Option<u64>,
+    /// Agentline's own time on the way in: from the end of turn to the
+    /// ASR request, and from the transcript to the LLM request.
+    pub own_in_ms: Option<u64>,
+    /// Agentline's own time on the way out: from the first TTS audio to
+    /// the first RTP packet of it sent (filled in by the call).
+    pub own_out_ms: Option<u64>,
 }
 
 /// Something an agent reports besides audio.
@@ -157,6 +171,9 @@ pub fn build_for(cfg: &AgentConfig, ctx: &AgentContext) -> Result<Box<dyn Agent>
             api_key_env,
             system,
             preroll_ms,
+            end_of_turn_min_ms,
+            end_of_turn_max_ms,
+            warm_up,
         } => Box::new(openai_compat::spawn(
             openai_compat::Settings::from_config(
                 base_url.as_deref(),
@@ -170,7 +187,14 @@ pub fn build_for(cfg: &AgentConfig, ctx: &AgentContext) -> Result<Box<dyn Agent>
                 api_key_env.as_deref(),
                 system.as_deref(),
             )?
-            .with_preroll(preroll_ms.unwrap_or(crate::config::DEFAULT_PREROLL_MS)),
+            .with_preroll(preroll_ms.unwrap_or(crate::config::DEFAULT_PREROLL_MS))
+            .with_end_of_turn(end_of_turn_min_ms.map(|min| turn_end::Timing {
+                min: std::time::Duration::from_millis(u64::from(min)),
+                max: std::time::Duration::from_millis(u64::from(
+                    end_of_turn_max_ms.unwrap_or(crate::config::DEFAULT_END_OF_TURN_MAX_MS),
+                )),
+            }))
+            .with_warm_up(warm_up.unwrap_or(true)),
             ctx,
         )?),
         AgentConfig::AvrPipeline {
@@ -178,12 +202,19 @@ pub fn build_for(cfg: &AgentConfig, ctx: &AgentContext) -> Result<Box<dyn Agent>
             llm_url,
             tts_url,
             system,
+            end_of_turn_max_ms,
         } => Box::new(avr_pipeline::spawn(
             avr_pipeline::Settings {
                 asr_url: asr_url.clone(),
                 llm_url: llm_url.clone(),
                 tts_url: tts_url.clone(),
                 system: system.clone(),
+                // Transcripts come from the AVR ASR: only the longest wait
+                // of a hesitation applies.
+                end_of_turn: end_of_turn_max_ms.map(|max| turn_end::Timing {
+                    min: std::time::Duration::ZERO,
+                    max: std::time::Duration::from_millis(u64::from(max)),
+                }),
             },
             ctx,
         )?),

@@ -39,11 +39,25 @@ pub struct Settings {
     pub system: Option<String>,
     /// Audio kept from before speech starts (ms).
     pub preroll_ms: u32,
+    /// Adaptive end of turn (`None`: the route VAD's end of turn).
+    pub end_of_turn: Option<crate::agent::turn_end::Timing>,
+    /// Open the connections when the call starts.
+    pub warm_up: bool,
 }
 
 impl Settings {
     pub fn with_preroll(mut self, ms: u32) -> Settings {
         self.preroll_ms = ms;
+        self
+    }
+
+    pub fn with_end_of_turn(mut self, t: Option<crate::agent::turn_end::Timing>) -> Settings {
+        self.end_of_turn = t;
+        self
+    }
+
+    pub fn with_warm_up(mut self, on: bool) -> Settings {
+        self.warm_up = on;
         self
     }
 
@@ -90,6 +104,8 @@ impl Settings {
             api_key,
             system: system.map(str::to_string),
             preroll_ms: crate::config::DEFAULT_PREROLL_MS,
+            end_of_turn: None,
+            warm_up: true,
         })
     }
 }
@@ -452,11 +468,17 @@ pub fn spawn(s: Settings, ctx: &AgentContext) -> Result<Remote, AgentError> {
     let system = s.system.clone();
     let greeting = ctx.greeting.clone();
     let preroll_ms = s.preroll_ms;
+    let end_of_turn = s.end_of_turn;
     let backend = Arc::new(OpenaiCompat { s, http });
     Ok(Remote::spawn(KIND, RATE, move |io| async move {
         // A dead endpoint fails at once (a fallback takes over).
         for u in [&backend.s.asr_url, &backend.s.llm_url, &backend.s.tts_url] {
             pipeline::reachable(u).await?;
+        }
+        if backend.s.warm_up {
+            let urls =
+                [&backend.s.asr_url, &backend.s.llm_url, &backend.s.tts_url].map(|u| u.to_string());
+            tokio::spawn(pipeline::warm_up(backend.http.clone(), urls.to_vec()));
         }
         pipeline::conversation(
             io,
@@ -467,6 +489,7 @@ pub fn spawn(s: Settings, ctx: &AgentContext) -> Result<Remote, AgentError> {
                 collect_utterances: true,
                 greeting,
                 preroll_ms,
+                end_of_turn,
             },
             None,
             None,

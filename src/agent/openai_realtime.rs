@@ -328,13 +328,17 @@ async fn run(s: Settings, mut io: Io) -> Result<(), AgentError> {
             tokio_tungstenite::tungstenite::http::HeaderValue::from_static("realtime=v1"),
         );
     }
-    let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(req))
-        .await
-        .map_err(|_| ProviderError::ConnectTimeout {
-            target: s.url.clone(),
-            timeout: CONNECT_TIMEOUT,
-        })?
-        .map_err(|e| ProviderError::ws_connect(&s.url, e))?;
+    // `true`: TCP_NODELAY, so a 20 ms audio frame is not held back by Nagle.
+    let (ws, _) = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(req, None, true),
+    )
+    .await
+    .map_err(|_| ProviderError::ConnectTimeout {
+        target: s.url.clone(),
+        timeout: CONNECT_TIMEOUT,
+    })?
+    .map_err(|e| ProviderError::ws_connect(&s.url, e))?;
     let (mut tx, mut rx) = ws.split();
     let send = |v: Value| Message::Text(v.to_string().into());
     let sent = |e: tokio_tungstenite::tungstenite::Error| ProviderError::Send(e.to_string());

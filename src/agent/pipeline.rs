@@ -20,9 +20,13 @@ use tokio::sync::mpsc;
 
 use super::error::excerpt;
 use super::remote::{Input, Io, Output};
+use super::turn_end::{self, EndOfTurn, Ending, Step, Timing};
 use super::{AgentError, AgentEvent, ProviderError, Stage, TurnLatency};
 use crate::media::dsp::TurnEvent;
 
+/// Frame level (RMS) that counts as the caller's voice for the adaptive
+/// end of turn (the level `trim_utterance` keeps as sound).
+const EOT_VOICE_RMS: f64 = 300.0;
 /// Consecutive failed turns after which the provider is given up (failover).
 pub const MAX_TURN_FAILURES: u32 = 2;
 /// Connect timeout for every provider request.
@@ -83,6 +87,48 @@ pub struct SentenceSplitter {
     raw: String,
     in_think: bool,
     text: String,
+    /// Something was handed out already: only a reply's first sentence is
+    /// cut at a clause (the later ones are synthesized while the first
+    /// plays, so their wait is not heard).
+    started: bool,
+}
+
+/// A reply's first sentence longer than this goes to TTS clause by clause
+/// (its first clause at once, not after the whole sentence streamed).
+pub const FIRST_CLAUSE_MIN_CHARS: usize = 60;
+/// Words a first clause needs before its cut (shorter ones sound clipped).
+const FIRST_CLAUSE_MIN_WORDS: usize = 4;
+
+/// Where the first clause of `text` ends (after its `,` `;` `:` or dash),
+/// when it has at least [`FIRST_CLAUSE_MIN_WORDS`] words and white space
+/// follows the mark ("1,000" and "a-b" do not cut).
+fn first_clause_end(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let mark_len = match b[i] {
+            b',' | b';' | b':' => 1,
+            // " - " (a spaced hyphen), an en or em dash.
+            b'-' if i > 0 && b[i - 1] == b' ' => 1,
+            _ if b[i..].starts_with("\u{2013}".as_bytes())
+                || b[i..].starts_with("\u{2014}".as_bytes()) =>
+            {
+                3
+            }
+            _ => 0,
+        };
+        if mark_len > 0 {
+            let end = i + mark_len;
+            let words = text[..i].split_whitespace().count();
+            if words >= FIRST_CLAUSE_MIN_WORDS
+                && b.get(end).is_some_and(|c| c.is_ascii_whitespace())
+            {
+                return Some(end);
+            }
+        }
+        i += 1;
+    }
+    None
 }
 
 const THINK_OPEN: &str = "<think>";
@@ -171,11 +217,26 @@ impl SentenceSplitter {
                     }
                 }
             }
-            let Some(end) = end else { break };
+            // No sentence end yet: a long first sentence gives its first
+            // clause now.
+            let end = match end {
+                Some(e) => e,
+                None if !all
+                    && !self.started
+                    && self.text.trim().len() > FIRST_CLAUSE_MIN_CHARS =>
+                {
+                    match first_clause_end(&self.text) {
+                        Some(e) => e,
+                        None => break,
+                    }
+                }
+                None => break,
+            };
             let s: String = self.text.drain(..end).collect();
             let s = s.trim();
             if !s.is_empty() {
                 out.push(s.to_string());
+                self.started = true;
             }
         }
         if all {
@@ -275,28 +336,73 @@ struct Turn {
     task: tokio::task::JoinHandle<Result<(), AgentError>>,
 }
 
+/// A turn's clock: where its latency starts and agentline's own time
+/// spent before the first provider request.
+#[derive(Debug, Clone, Copy)]
+struct TurnClock {
+    /// The end of the deliberate end-of-turn wait (what `total_ms`
+    /// counts from): the VAD's end, or for a speculative transcript the
+    /// moment its ASR request went out.
+    t0: Instant,
+    /// When the turn's input was ready (the loop's decision).
+    ready: Instant,
+    /// Our own time already spent on this turn's input (the speculative
+    /// upload's preparation).
+    own_before: Duration,
+    /// The silence waited from the last voiced frame to `t0`.
+    wait_ms: Option<u64>,
+}
+
+impl TurnClock {
+    fn at(now: Instant) -> TurnClock {
+        TurnClock {
+            t0: now,
+            ready: now,
+            own_before: Duration::ZERO,
+            wait_ms: None,
+        }
+    }
+}
+
+/// A speculative transcription of the utterance so far.
+struct SpecTask {
+    id: u64,
+    decided: Instant,
+    task: tokio::task::JoinHandle<(Instant, Result<String, ProviderError>)>,
+}
+
 /// One turn: transcript (if needed), LLM streamed into sentences, each to
 /// TTS, audio to the call.
 async fn run_turn(
     backend: Arc<dyn Backend>,
     mut history: Vec<Msg>,
     input: TurnInput,
-    t0: Instant,
+    clock: TurnClock,
     rate: u32,
     out: mpsc::UnboundedSender<Output>,
     speaking: Arc<Mutex<Speaking>>,
 ) -> Result<(), AgentError> {
+    let t0 = clock.t0;
+    // Agentline's own share on the way in: before the ASR request and
+    // between the transcript and the LLM request.
+    let mut own_in = clock.own_before;
     // A greeting is the agent's own words: no caller text, no LLM, no
     // turn latency; its sentences go through the same TTS path.
-    let (text, asr_ms, greeting) = match input {
-        TurnInput::Say(t) => (t, None, true),
-        TurnInput::Text(t, ms) => (t, ms, false),
+    let (text, asr_ms, greeting, text_ready) = match input {
+        TurnInput::Say(t) => (t, None, true, Instant::now()),
+        TurnInput::Text(t, ms) => (t, ms, false, clock.ready),
         TurnInput::Audio(pcm) => {
+            own_in += clock.ready.elapsed();
             let t = backend
                 .transcribe(pcm)
                 .await
                 .map_err(AgentError::stage(Stage::Asr))?;
-            (t, Some(t0.elapsed().as_millis() as u64), false)
+            (
+                t,
+                Some(t0.elapsed().as_millis() as u64),
+                false,
+                Instant::now(),
+            )
         }
     };
     let text = text.trim().to_string();
@@ -316,9 +422,12 @@ async fn run_turn(
     let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<String>();
     let llm_started = Instant::now();
     let llm_first = Arc::new(Mutex::new(None::<u64>));
+    let own_llm = Arc::new(Mutex::new(Duration::ZERO));
     let llm = {
         let backend = backend.clone();
+        let own_llm = own_llm.clone();
         async move {
+            *own_llm.lock().unwrap_or_else(|p| p.into_inner()) = text_ready.elapsed();
             if greeting {
                 let _ = piece_tx.send(text);
                 return Ok(());
@@ -386,8 +495,10 @@ async fn run_turn(
                         if tts_first.is_none() {
                             tts_first = Some(tts_started.elapsed().as_millis() as u64);
                         }
-                        let _ = out.send(Output::Audio(a));
                         if first && !greeting {
+                            // Before the audio: the call reports the turn,
+                            // then (`own_out_ms`) when its first packet went.
+                            let own = own_in + *own_llm.lock().unwrap_or_else(|p| p.into_inner());
                             let l = TurnLatency {
                                 total_ms: t0.elapsed().as_millis() as u64,
                                 asr_ms,
@@ -395,9 +506,14 @@ async fn run_turn(
                                     .lock()
                                     .unwrap_or_else(|p| p.into_inner()),
                                 tts_first_byte_ms: tts_first,
+                                end_of_turn_wait_ms: clock.wait_ms,
+                                own_in_ms: Some(own.as_millis() as u64),
+                                own_out_ms: None,
                             };
                             let _ = out.send(Output::Event(AgentEvent::Latency(l)));
+                            let _ = out.send(Output::ReplyStart(now));
                         }
+                        let _ = out.send(Output::Audio(a));
                     }
                 };
                 let (r, ()) = tokio::join!(req, forward);
@@ -431,6 +547,12 @@ pub struct LoopConfig {
     pub greeting: Option<String>,
     /// With `collect_utterances`: audio kept from before the VAD's start.
     pub preroll_ms: u32,
+    /// With `collect_utterances`: adaptive end of turn (see
+    /// [`super::turn_end`]); `None` ends every turn at the route's VAD.
+    /// With streamed transcripts: one ending on a hesitation waits for the
+    /// next (joined to it) until `max` of silence after the caller's last
+    /// voiced frame.
+    pub end_of_turn: Option<Timing>,
 }
 
 /// Hands caller audio to a streaming ASR (`avr_pipeline`).
@@ -481,13 +603,25 @@ pub async fn conversation(
     let mut resumed_text: Option<String> = None;
     let mut failures = 0u32;
     let mut asr_failures = 0u32;
+    let mut eot = EndOfTurn::new(cfg.end_of_turn.filter(|_| cfg.collect_utterances));
+    let mut spec: Option<SpecTask> = None;
+    // The last speculative transcription: (ASR time, our time before its
+    // request, when the request was made).
+    let mut spec_done: Option<(Duration, Duration, Instant)> = None;
+    // A streamed transcript ending on a hesitation, held until the next
+    // one or its deadline: (text, deadline, asr_ms).
+    let mut held: Option<(String, Instant, Option<u64>)> = None;
+    let hold_max = cfg
+        .end_of_turn
+        .filter(|_| !cfg.collect_utterances)
+        .map(|t| t.max);
     if let Some(text) = cfg.greeting.clone() {
         turn = Some(Turn {
             task: tokio::spawn(run_turn(
                 backend.clone(),
                 history.clone(),
                 TurnInput::Say(text),
-                Instant::now(),
+                TurnClock::at(Instant::now()),
                 rate,
                 io.outputs.clone(),
                 speaking.clone(),
@@ -500,6 +634,11 @@ pub async fn conversation(
             In(Option<Input>),
             Transcript(Option<Result<String, ProviderError>>),
             TurnDone(Result<(), AgentError>),
+            /// A speculative transcript: (id, when its request was made,
+            /// the text).
+            Spec(u64, Option<Instant>, Option<String>),
+            EotTimeout,
+            HeldDue,
         }
         let ev = {
             let turn_fut = async {
@@ -517,20 +656,79 @@ pub async fn conversation(
                     None => std::future::pending().await,
                 }
             };
+            let spec_fut = async {
+                match spec.as_mut() {
+                    Some(s) => match (&mut s.task).await {
+                        Ok((called, Ok(text))) => Ev::Spec(s.id, Some(called), Some(text)),
+                        Ok((called, Err(e))) => {
+                            tracing::debug!(error = %e, "speculative transcription failed");
+                            Ev::Spec(s.id, Some(called), None)
+                        }
+                        Err(_) => Ev::Spec(s.id, None, None),
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            let eot_due = eot.next_timeout();
+            let held_due = held.as_ref().map(|h| h.1);
+            let held_fut = async {
+                match held_due {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let eot_fut = async {
+                match eot_due {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 i = io.inputs.recv() => Ev::In(i),
                 t = tr_fut => Ev::Transcript(t),
                 r = turn_fut => Ev::TurnDone(r),
+                s = spec_fut => s,
+                () = eot_fut => Ev::EotTimeout,
+                () = held_fut => Ev::HeldDue,
             }
         };
         let mut turn_event: Option<TurnEvent> = None;
         let mut start: Option<TurnInput> = None;
+        let mut step: Option<Step> = None;
+        // The clock of a turn started here, and what to carry if the
+        // caller goes on (default: the input itself).
+        let mut clock: Option<TurnClock> = None;
+        let mut carry: Option<Carry> = None;
         match ev {
             Ev::In(None) => {
                 if let Some(t) = turn.take() {
                     t.task.abort();
                 }
+                if let Some(s) = spec.take() {
+                    s.task.abort();
+                }
                 return Ok(());
+            }
+            Ev::EotTimeout => step = eot.handle_timeout(Instant::now()),
+            Ev::HeldDue => {
+                if let Some((text, _, asr_ms)) = held.take() {
+                    tracing::debug!("hesitation: no more words, the turn ends");
+                    start = Some(TurnInput::Text(text, asr_ms));
+                }
+            }
+            Ev::Spec(id, called, text) => {
+                let now = Instant::now();
+                if let Some(s) = spec.take() {
+                    // How long the ASR took; our share is the time before
+                    // the request was made.
+                    let asked = called.unwrap_or(s.decided);
+                    spec_done = Some((
+                        now.duration_since(asked),
+                        asked.saturating_duration_since(s.decided),
+                        asked,
+                    ));
+                }
+                step = eot.transcript(now, id, text);
             }
             Ev::In(Some(Input::Audio(frame))) => {
                 if let Some(sink) = audio_sink.as_mut() {
@@ -547,8 +745,14 @@ pub async fn conversation(
                         }
                     }
                 }
-                if rms(&frame) >= 500.0 {
+                let loud = rms(&frame) >= 500.0;
+                if loud {
                     last_loud = Some(Instant::now());
+                }
+                if eot.enabled() {
+                    // A lower bar than `loud`: soft consonants inside a
+                    // word must not look like a pause.
+                    step = eot.frame(Instant::now(), rms(&frame) >= EOT_VOICE_RMS);
                 }
                 let e = evad.feed(&frame, rate);
                 if !route_vad {
@@ -610,7 +814,18 @@ pub async fn conversation(
                         Some(b) => format!("{} {}", b.trim_end(), text.trim_start()),
                         None => text,
                     };
-                    start = Some(TurnInput::Text(text, Some(asr_ms)));
+                    let text = match held.take() {
+                        Some((h, _, _)) => format!("{} {}", h.trim_end(), text.trim_start()),
+                        None => text,
+                    };
+                    match hold_max {
+                        Some(max) if turn_end::ending(&text) == Ending::Hesitation => {
+                            let base = last_loud.filter(recent).unwrap_or(now);
+                            tracing::debug!("transcript ends on a hesitation: waiting for more");
+                            held = Some((text, base + max, Some(asr_ms)));
+                        }
+                        _ => start = Some(TurnInput::Text(text, Some(asr_ms))),
+                    }
                 }
             }
             Ev::TurnDone(r) => {
@@ -654,6 +869,12 @@ pub async fn conversation(
         match turn_event {
             Some(TurnEvent::SpeechStarted) => {
                 let now = Instant::now();
+                if eot.enabled() {
+                    eot.speech_started(now);
+                    if let Some(s) = spec.take() {
+                        s.task.abort();
+                    }
+                }
                 let (playing, heard) = {
                     let s = lock(&speaking);
                     (s.play_until.is_some_and(|u| u > now), s.first_audio)
@@ -718,16 +939,106 @@ pub async fn conversation(
                 }
             }
             Some(TurnEvent::SpeechEnded) => {
-                speech_ended = Some(Instant::now());
                 if cfg.collect_utterances {
-                    if let Some(u) = utterance.take() {
-                        if let Some(u) = trim_utterance(u, rate) {
-                            start = Some(TurnInput::Audio(u));
-                        }
+                    let was_early = eot.early();
+                    step = eot.vad_ended(Instant::now());
+                    if was_early {
+                        // The turn ended early; what came since is silence.
+                        utterance = None;
                     }
+                } else {
+                    speech_ended = Some(Instant::now());
                 }
             }
             None => {}
+        }
+
+        match step.take() {
+            None => {}
+            Some(Step::Speculate(id)) => {
+                let decided = Instant::now();
+                match utterance
+                    .as_ref()
+                    .and_then(|u| trim_utterance(u.clone(), rate))
+                {
+                    Some(u) => {
+                        let b = backend.clone();
+                        let task = tokio::spawn(async move {
+                            let called = Instant::now();
+                            (called, b.transcribe(u).await)
+                        });
+                        spec = Some(SpecTask { id, decided, task });
+                    }
+                    // Too little sound to transcribe: this pause ends the
+                    // usual way.
+                    None => {
+                        let _ = eot.transcript(decided, id, None);
+                    }
+                }
+            }
+            Some(Step::EndWithText { text, early }) => {
+                let now = Instant::now();
+                let (asr, own, asked) =
+                    spec_done
+                        .take()
+                        .unwrap_or((Duration::ZERO, Duration::ZERO, now));
+                // The turn's clock starts where the ASR would have started
+                // had it been asked now; the ASR time was spent earlier.
+                let t0 = now.checked_sub(asr).unwrap_or(asked).max(asked);
+                let audio = utterance.take().unwrap_or_default();
+                if early {
+                    // Keep listening: the caller may go on (`Resumed`).
+                    utterance = Some(Vec::new());
+                }
+                speech_ended = Some(t0);
+                clock = Some(TurnClock {
+                    t0,
+                    ready: now,
+                    own_before: own,
+                    wait_ms: last_loud.map(|l| t0.saturating_duration_since(l).as_millis() as u64),
+                });
+                carry = Some(Carry::Audio(audio));
+                start = Some(TurnInput::Text(text, Some(asr.as_millis() as u64)));
+            }
+            Some(Step::EndWithAudio) => {
+                let now = Instant::now();
+                speech_ended = Some(now);
+                clock = Some(TurnClock {
+                    wait_ms: last_loud.map(|l| now.saturating_duration_since(l).as_millis() as u64),
+                    ..TurnClock::at(now)
+                });
+                if let Some(u) = utterance.take() {
+                    if let Some(u) = trim_utterance(u, rate) {
+                        start = Some(TurnInput::Audio(u));
+                    }
+                }
+            }
+            Some(Step::Resumed) => {
+                let now = Instant::now();
+                let (playing, heard) = {
+                    let s = lock(&speaking);
+                    (s.play_until.is_some_and(|u| u > now), s.first_audio)
+                };
+                if turn.is_some() && !heard && !playing {
+                    // The early end was wrong: the caller goes on. The
+                    // turn starts over from all of the audio.
+                    if let Some(t) = turn.take() {
+                        t.task.abort();
+                    }
+                    {
+                        let mut s = lock(&speaking);
+                        s.user_text = None;
+                        s.agent_text.clear();
+                    }
+                    if let Some(Carry::Audio(mut a)) = pending.take() {
+                        a.extend(utterance.take().unwrap_or_default());
+                        utterance = Some(a);
+                    }
+                    tracing::debug!("caller went on after an early end of turn");
+                }
+                // Otherwise what follows is the caller's next turn (the
+                // audio since the early end is its start).
+            }
         }
 
         if let Some(input) = start {
@@ -741,17 +1052,20 @@ pub async fn conversation(
                 s.user_text = None;
                 s.agent_text.clear();
             }
-            pending = match &input {
+            pending = carry.take().or_else(|| match &input {
                 TurnInput::Audio(a) => Some(Carry::Audio(a.clone())),
                 TurnInput::Text(t, _) => Some(Carry::Text(t.clone())),
                 TurnInput::Say(_) => None,
-            };
-            let t0 = speech_ended.unwrap_or_else(Instant::now);
+            });
+            let clock = clock.unwrap_or_else(|| TurnClock {
+                t0: speech_ended.unwrap_or_else(Instant::now),
+                ..TurnClock::at(Instant::now())
+            });
             let task = tokio::spawn(run_turn(
                 backend.clone(),
                 history.clone(),
                 input,
-                t0,
+                clock,
                 rate,
                 io.outputs.clone(),
                 speaking.clone(),
@@ -778,12 +1092,52 @@ fn trim_utterance(mut u: Vec<i16>, rate: u32) -> Option<Vec<i16>> {
     Some(u)
 }
 
-/// A reqwest client with the provider timeouts.
+/// How long an idle provider connection is kept for the next turn (a
+/// conversation's turns are seconds apart; servers close theirs after
+/// 5-75 s, and reqwest opens a new one when they did).
+pub const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// The reqwest client of one agent (all its turns share its connection
+/// pool): provider timeouts, HTTP keep-alive, TCP_NODELAY (a request's
+/// last bytes are not held back by Nagle's algorithm).
 pub fn http_client() -> Result<reqwest::Client, AgentError> {
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(POOL_IDLE)
+        .tcp_keepalive(Duration::from_secs(30))
         .build()
         .map_err(AgentError::HttpClient)
+}
+
+/// Opens a pooled connection (TCP, and TLS for https) to each distinct
+/// origin of `urls` with a `HEAD /`, so the call's first turn does not pay
+/// for the set-up. Whatever the answer, the connection stays in the pool;
+/// failures only mean the first turn connects itself.
+pub async fn warm_up(http: reqwest::Client, urls: Vec<String>) {
+    let mut origins: Vec<String> = Vec::new();
+    for u in &urls {
+        if let Ok(u) = reqwest::Url::parse(u) {
+            let o = u.origin().ascii_serialization();
+            if !origins.contains(&o) {
+                origins.push(o);
+            }
+        }
+    }
+    let reqs = origins.into_iter().map(|o| {
+        let http = http.clone();
+        async move {
+            let t = Instant::now();
+            let r = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                let resp = http.head(format!("{o}/")).send().await?;
+                resp.bytes().await
+            })
+            .await;
+            tracing::debug!(origin = %o, ms = t.elapsed().as_millis() as u64,
+                ok = matches!(r, Ok(Ok(_))), "provider connection warmed up");
+        }
+    });
+    futures_util::future::join_all(reqs).await;
 }
 
 /// Sends a request, waiting at most [`IDLE_TIMEOUT`] for the headers;
@@ -890,6 +1244,52 @@ mod tests {
     }
 
     #[test]
+    fn a_long_first_sentence_gives_its_first_clause_at_once() {
+        let mut s = SentenceSplitter::default();
+        // Under the length nothing is cut, even at a comma.
+        assert!(s.push("The capital of France, as you").is_empty());
+        // Past 60 characters without a sentence end: the first clause goes.
+        assert_eq!(
+            s.push(" may know, is Paris, which has about two million"),
+            vec!["The capital of France,"]
+        );
+        // The rest of that sentence waits for its end; later sentences are
+        // not cut at clauses.
+        assert_eq!(
+            s.push(" people. Later sentences, however long they are, never cut at a comma. "),
+            vec![
+                "as you may know, is Paris, which has about two million people.",
+                "Later sentences, however long they are, never cut at a comma."
+            ]
+        );
+        // A clause needs four words; numbers and hyphens do not cut; a
+        // spaced dash or an em dash does.
+        assert_eq!(
+            split_all(&[
+                "Yes, it costs 1,000 euros for a well-known two-day trip - booked",
+                " online. Ok."
+            ]),
+            vec![
+                "Yes, it costs 1,000 euros for a well-known two-day trip -",
+                "booked online.",
+                "Ok."
+            ]
+        );
+        let mut s = SentenceSplitter::default();
+        assert_eq!(
+            s.push(
+                "Well that depends on the day \u{2014} most trains leave every hour on weekdays"
+            ),
+            vec!["Well that depends on the day \u{2014}"]
+        );
+        // A short first sentence is whole, as before.
+        assert_eq!(
+            split_all(&["Sure, I can help. Bye"]),
+            vec!["Sure, I can help.", "Bye"]
+        );
+    }
+
+    #[test]
     fn think_is_stripped_even_when_split() {
         assert_eq!(
             split_all(&[
@@ -983,6 +1383,7 @@ mod tests {
             collect_utterances: true,
             greeting: None,
             preroll_ms: 1000,
+            end_of_turn: None,
         };
         tokio::spawn(conversation(io, backend, cfg, None, None, None));
         (in_tx, out_rx)
@@ -1085,6 +1486,63 @@ mod tests {
             "the answered question is not re-sent"
         );
         assert!(span(&utts[1], -3000).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_streamed_transcript_ending_on_a_hesitation_waits_for_the_next() {
+        let backend = Arc::new(Recorder::default());
+        let (_in_tx, in_rx) = mpsc::channel(1000);
+        let (out_tx, mut out) = mpsc::unbounded_channel();
+        let (tr_tx, tr_rx) = mpsc::unbounded_channel();
+        let cfg = LoopConfig {
+            rate: 8000,
+            system: None,
+            collect_utterances: false,
+            greeting: None,
+            preroll_ms: 0,
+            end_of_turn: Some(Timing {
+                min: Duration::ZERO,
+                max: Duration::from_millis(600),
+            }),
+        };
+        let io = Io {
+            inputs: in_rx,
+            outputs: out_tx,
+        };
+        tokio::spawn(conversation(
+            io,
+            backend.clone(),
+            cfg,
+            None,
+            Some(tr_rx),
+            None,
+        ));
+        let users = || -> Vec<String> {
+            backend
+                .llm_requests
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|r| r.last().unwrap().content.clone())
+                .collect()
+        };
+        tr_tx.send(Ok("I want to, um".into())).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(users().is_empty(), "a hesitation is held");
+        tr_tx.send(Ok("book a table for two.".into())).unwrap();
+        first_audio(&mut out).await;
+        assert_eq!(users(), ["I want to, um book a table for two."]);
+        // A hesitation nothing follows is answered after the longest wait.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = Instant::now();
+        tr_tx.send(Ok("So,".into())).unwrap();
+        first_audio(&mut out).await;
+        assert!(
+            t.elapsed() >= Duration::from_millis(550),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(users().last().map(String::as_str), Some("So,"));
     }
 
     #[test]

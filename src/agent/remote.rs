@@ -38,6 +38,9 @@ pub enum Output {
     /// Hang up once the queued audio has been played.
     HangupAfterPlayout,
     Event(AgentEvent),
+    /// The audio that follows starts a reply; its first provider byte came
+    /// at this instant (for `own_out_ms`).
+    ReplyStart(std::time::Instant),
 }
 
 /// Frames of caller audio buffered towards a provider (1 s at 20 ms).
@@ -147,8 +150,16 @@ impl Agent for Remote {
                 Ok(Output::Audio(a)) => out.audio.extend_from_slice(&a),
                 Ok(Output::Clear) => {
                     out.audio.clear();
+                    out.reply_started = None;
                     out.clear = true;
                 }
+                // Marks the reply's first audio: only when nothing is
+                // ahead of it in this batch (otherwise the mark would
+                // point at older audio).
+                Ok(Output::ReplyStart(at)) if out.audio.is_empty() => {
+                    out.reply_started = Some(at);
+                }
+                Ok(Output::ReplyStart(_)) => {}
                 Ok(Output::HangupAfterPlayout) => out.hangup_after_playout = true,
                 Ok(Output::Hangup) => {
                     out.hangup = true;

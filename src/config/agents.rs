@@ -22,6 +22,14 @@ pub enum AgentConfigError {
     CompatUrls,
     #[error("preroll_ms: expected 500-5000, got {0}")]
     Preroll(u32),
+    #[error("end_of_turn_min_ms: expected 100-1000, got {0}")]
+    EndOfTurnMin(u32),
+    #[error("end_of_turn_max_ms: expected 500-5000, got {0}")]
+    EndOfTurnMaxRange(u32),
+    #[error("end_of_turn_max_ms: expected more than end_of_turn_min_ms ({min}), got {got}")]
+    EndOfTurnMax { got: u32, min: u32 },
+    #[error("end_of_turn_max_ms: needs end_of_turn_min_ms (adaptive end of turn)")]
+    EndOfTurnMaxAlone,
 }
 
 /// What answers a routed call.
@@ -66,6 +74,10 @@ pub enum AgentConfig {
         llm_url: String,
         tts_url: String,
         system: Option<String>,
+        /// A streamed transcript ending on a hesitation ("I want to, um")
+        /// waits for the next one up to this much silence (500-5000 ms)
+        /// before the LLM starts; absent: every transcript starts a turn.
+        end_of_turn_max_ms: Option<u32>,
     },
     /// An AudioSocket server (avr-core, or anything that speaks it).
     Audiosocket { addr: String },
@@ -89,11 +101,24 @@ pub enum AgentConfig {
         /// utterance's first syllable reaches the ASR (500-5000 ms,
         /// default 1000; trimmed to 200 ms before the first sound).
         preroll_ms: Option<u32>,
+        /// Adaptive end of turn: after this much silence (100-1000 ms) the
+        /// utterance so far is transcribed, and a finished sentence ends
+        /// the turn at once. Absent: every turn waits for the route VAD's
+        /// `end_of_turn_ms`.
+        end_of_turn_min_ms: Option<u32>,
+        /// With `end_of_turn_min_ms`: the longest silence a hesitation
+        /// ("I want to, um") waits for (500-5000 ms, default 1500).
+        end_of_turn_max_ms: Option<u32>,
+        /// Open a connection to each endpoint when the call starts, so the
+        /// first turn does not pay for TCP/TLS set-up (default true).
+        warm_up: Option<bool>,
     },
 }
 
 /// Default pre-roll of VAD-cut utterances.
 pub const DEFAULT_PREROLL_MS: u32 = 1000;
+/// Default longest silence of a hesitation (adaptive end of turn).
+pub const DEFAULT_END_OF_TURN_MAX_MS: u32 = 1500;
 
 /// A tool the OpenAI Realtime model may call: its JSON arguments are
 /// POSTed to `url`, and the response body is handed back to the model.
@@ -187,8 +212,12 @@ impl AgentConfig {
                 asr_url,
                 llm_url,
                 tts_url,
+                end_of_turn_max_ms,
                 ..
             } => {
+                if let Some(got) = end_of_turn_max_ms.filter(|m| !(500..=5000).contains(m)) {
+                    return Err(AgentConfigError::EndOfTurnMaxRange(got));
+                }
                 for u in [asr_url, llm_url, tts_url] {
                     url(u, &["http://", "https://"])?;
                 }
@@ -207,10 +236,25 @@ impl AgentConfig {
                 llm_url,
                 tts_url,
                 preroll_ms,
+                end_of_turn_min_ms,
+                end_of_turn_max_ms,
                 ..
             } => {
                 if let Some(p) = preroll_ms.filter(|p| !(500..=5000).contains(p)) {
                     return Err(AgentConfigError::Preroll(p));
+                }
+                match (*end_of_turn_min_ms, *end_of_turn_max_ms) {
+                    (Some(m), _) if !(100..=1000).contains(&m) => {
+                        return Err(AgentConfigError::EndOfTurnMin(m))
+                    }
+                    (_, Some(got)) if !(500..=5000).contains(&got) => {
+                        return Err(AgentConfigError::EndOfTurnMaxRange(got))
+                    }
+                    (Some(min), Some(got)) if got <= min => {
+                        return Err(AgentConfigError::EndOfTurnMax { got, min })
+                    }
+                    (None, Some(_)) => return Err(AgentConfigError::EndOfTurnMaxAlone),
+                    _ => {}
                 }
                 for u in [base_url, asr_url, llm_url, tts_url].into_iter().flatten() {
                     url(u, &["http://", "https://"])?;

@@ -23,7 +23,9 @@ mod trunks;
 mod users;
 mod webhooks;
 
-pub use agents::{AgentConfig, AgentConfigError, HttpTool, DEFAULT_PREROLL_MS};
+pub use agents::{
+    AgentConfig, AgentConfigError, HttpTool, DEFAULT_END_OF_TURN_MAX_MS, DEFAULT_PREROLL_MS,
+};
 pub use pem::{read_pem, PemError, PemKind};
 pub use routes::{AmdAction, Prompt, RouteConfig};
 pub use rtp::{PortRange, PortRangeError};
@@ -409,6 +411,28 @@ mod tests {
                 "[[routes]]\ndial = \"x\"\nagent = { kind = \"openai_compat\", \
                  base_url = \"http://h/v1\", preroll_ms = 100 }\n",
                 "key `routes[0].agent`: preroll_ms: expected 500-5000, got 100",
+            ),
+            (
+                "[[routes]]\ndial = \"x\"\nagent = { kind = \"openai_compat\", \
+                 base_url = \"http://h/v1\", end_of_turn_min_ms = 50 }\n",
+                "key `routes[0].agent`: end_of_turn_min_ms: expected 100-1000, got 50",
+            ),
+            (
+                "[[routes]]\ndial = \"x\"\nagent = { kind = \"openai_compat\", \
+                 base_url = \"http://h/v1\", end_of_turn_min_ms = 800, end_of_turn_max_ms = 700 }\n",
+                "key `routes[0].agent`: end_of_turn_max_ms: expected more than \
+                 end_of_turn_min_ms (800), got 700",
+            ),
+            (
+                "[[routes]]\ndial = \"x\"\nagent = { kind = \"openai_compat\", \
+                 base_url = \"http://h/v1\", end_of_turn_max_ms = 2000 }\n",
+                "key `routes[0].agent`: end_of_turn_max_ms: needs end_of_turn_min_ms \
+                 (adaptive end of turn)",
+            ),
+            (
+                "[[routes]]\ndial = \"x\"\nagent = { kind = \"avr_pipeline\", asr_url = \"http://a\", \
+                 llm_url = \"http://l\", tts_url = \"http://t\", end_of_turn_max_ms = 9000 }\n",
+                "key `routes[0].agent`: end_of_turn_max_ms: expected 500-5000, got 9000",
             ),
             (
                 "[[routes]]\ndial = \"x\"\nagent = { kind = \"echo\" }\nbarge_in_min_ms = 9000\n",

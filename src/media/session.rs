@@ -218,6 +218,9 @@ pub enum MediaEvent {
     /// Whether the frame just decoded was speech (route DSP with VAD), for
     /// decisions finer than a turn (a backchannel over the agent).
     Voice(bool),
+    /// The first packet of an agent reply marked with
+    /// [`Session::mark_reply`] went out this long after the mark's instant.
+    ReplySent(std::time::Duration),
 }
 
 /// Per-call media counters.
@@ -279,6 +282,9 @@ pub struct Session {
     /// Wall clock at `Instant` zero of this session, for NTP timestamps.
     wall_base: (Instant, SystemTime),
     playout: VecDeque<i16>,
+    /// Where in `playout` a reply starts, and when its first byte reached
+    /// us (see `mark_reply`).
+    reply_mark: Option<(usize, Instant)>,
     jitter: JitterBuffer,
     codec: Transcoder,
     /// Caller-side denoise/VAD/gain at the agent's rate, if the route asks.
@@ -348,6 +354,7 @@ impl Session {
             marker_next: true,
             latched: None,
             playout: VecDeque::new(),
+            reply_mark: None,
             jitter,
             codec,
             dsp: None,
@@ -401,6 +408,7 @@ impl Session {
             // Queued audio was for the old format; start a new talk spurt
             // and a new jitter timeline.
             self.playout.clear();
+            self.reply_mark = None;
             self.marker_next = true;
             self.jitter = JitterBuffer::new(jitter_config(&params));
             if let Some(tap) = &mut self.recording {
@@ -711,8 +719,29 @@ impl Session {
         self.playout.extend(pcm.iter().copied());
     }
 
+    /// The agent audio queued next starts a reply whose first byte came
+    /// from the provider at `at`: its first packet reports
+    /// [`MediaEvent::ReplySent`] (agentline's own share on the way out).
+    pub fn mark_reply(&mut self, at: Instant) {
+        self.reply_mark = Some((self.playout.len(), at));
+    }
+
+    /// `n` queued samples leave; `Some(mark)` when the reply's first one
+    /// is among them.
+    fn take_mark(&mut self, n: usize) -> Option<Instant> {
+        let (off, at) = self.reply_mark?;
+        if off < n {
+            self.reply_mark = None;
+            Some(at)
+        } else {
+            self.reply_mark = Some((off - n, at));
+            None
+        }
+    }
+
     /// Drops all queued agent audio at once (barge-in).
     pub fn clear_playout(&mut self) {
+        self.reply_mark = None;
         self.playout.clear();
     }
 
@@ -726,6 +755,7 @@ impl Session {
         if self.playout.len() > max {
             let keep = self.params.agent_frame_samples();
             let excess = self.playout.len() - keep;
+            let _ = self.take_mark(excess);
             self.playout.drain(..excess);
             self.stats.tx_trimmed_ms += (excess * 1000 / rate) as u64;
         }
@@ -776,6 +806,7 @@ impl Session {
                 // The tone replaces this tick's audio; drop that audio so
                 // the queue keeps its timing.
                 let drop = n.min(self.playout.len());
+                let _ = self.take_mark(drop);
                 self.playout.drain(..drop);
                 self.record_tick(&[]);
                 if self.params.direction.sends() {
@@ -798,6 +829,7 @@ impl Session {
             }
         }
         let take = n.min(self.playout.len());
+        let reply = self.take_mark(take);
         let mut frame: Vec<i16> = self.playout.drain(..take).collect();
         frame.resize(n, 0);
         if let Some((amb, pos, gain)) = &mut self.ambient {
@@ -835,6 +867,10 @@ impl Session {
         self.marker_next = false;
         self.sent_any = true;
         self.stats.tx_packets += 1;
+        if let Some(at) = reply {
+            self.events
+                .push_back(MediaEvent::ReplySent(now.saturating_duration_since(at)));
+        }
     }
 
     fn push_rtp(

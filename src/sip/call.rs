@@ -729,6 +729,11 @@ impl Driver {
                     }
                 });
             }
+            CallEvent::ReplySent { ms } => calls.update(id, |c| {
+                if let Some(t) = c.turns.last_mut().filter(|t| t.own_out_ms.is_none()) {
+                    t.own_out_ms = Some(ms);
+                }
+            }),
             CallEvent::Backchannel => {
                 metrics::counter!("agentline_backchannels_total").increment(1);
                 calls.update(id, |c| c.backchannels += 1);

@@ -312,6 +312,11 @@ pub enum CallEvent {
     /// The caller said something short over the agent ("mm-hm") that did
     /// not interrupt it.
     Backchannel,
+    /// The first packet of an agent's reply went out this long after the
+    /// provider's first byte of it (the turn's `own_out_ms`).
+    ReplySent {
+        ms: u64,
+    },
     Latched(SocketAddr),
     /// A re-INVITE/UPDATE changed the media.
     MediaUpdated {
@@ -1539,6 +1544,9 @@ impl CallCore {
             if std::mem::take(&mut a.filler.playing) {
                 a.session.clear_playout();
             }
+            if let Some(at) = out.reply_started.take() {
+                a.session.mark_reply(at);
+            }
             a.session.handle_agent_audio(&out.audio);
             out.audio.clear();
         }
@@ -1635,6 +1643,9 @@ impl CallCore {
                         events.push(CallEvent::Backchannel);
                     }
                 },
+                MediaEvent::ReplySent(d) => events.push(CallEvent::ReplySent {
+                    ms: d.as_millis() as u64,
+                }),
                 MediaEvent::Latched(addr) => {
                     info!(%addr, "RTP latched");
                     events.push(CallEvent::Latched(addr));

@@ -32,6 +32,10 @@
 #   E2E_LEAD_SECS   silence before the question (default 0.5)
 #   E2E_KEEP=1      keep the work folder (logs, WAVs, profile) even on success
 #   E2E_SPEED_TOLERANCE  playback-speed (pitch ratio) tolerance (default 0.04)
+#   E2E_EOT_MIN_MS  the agent's end_of_turn_min_ms (adaptive end of turn; default 300,
+#                   0 = off: every turn waits for the VAD's 700 ms)
+#   E2E_OWN_MAX_MS  agentline's own share of a turn (own_in_ms + own_out_ms, p95 of
+#                   the run's turns) must stay under this (default 30)
 #   E2E_PORT_ASR / E2E_PORT_LLM / E2E_PORT_TTS / E2E_PORT_SIP / E2E_PORT_API
 #                   fixed ports (default: free ones)
 # Exit status: 0 when every check passed.
@@ -55,6 +59,10 @@ else
     EXPECT_ANSWER=${E2E_EXPECT_ANSWER:-}
 fi
 SYSTEM="You are a helpful phone assistant. Answer in one short, complete sentence."
+EOT_MIN_MS=${E2E_EOT_MIN_MS:-300}
+OWN_MAX_MS=${E2E_OWN_MAX_MS:-30}
+EOT_OPT=
+if [ "$EOT_MIN_MS" != 0 ]; then EOT_OPT=", end_of_turn_min_ms = $EOT_MIN_MS"; fi
 T_RUN=$(now)
 
 # ---- preconditions ------------------------------------------------------------
@@ -189,7 +197,7 @@ listen = "127.0.0.1:$P_API"
 
 [[routes]]
 dial = "assistant"
-agent = { kind = "openai_compat", asr_url = "http://127.0.0.1:$P_ASR/v1/audio/transcriptions", llm_url = "http://127.0.0.1:$P_LLM/v1/chat/completions", tts_url = "http://127.0.0.1:$P_TTS/v1/audio/speech", asr_model = "whisper-1", llm_model = "$LLM_ALIAS", tts_model = "tts-1", voice = "$VOICE", system = "$SYSTEM" }
+agent = { kind = "openai_compat", asr_url = "http://127.0.0.1:$P_ASR/v1/audio/transcriptions", llm_url = "http://127.0.0.1:$P_LLM/v1/chat/completions", tts_url = "http://127.0.0.1:$P_TTS/v1/audio/speech", asr_model = "whisper-1", llm_model = "$LLM_ALIAS", tts_model = "tts-1", voice = "$VOICE", system = "$SYSTEM"$EOT_OPT }
 dsp = { vad = true }
 EOF
 "$AGENTLINE_BIN" check-config --profile "$PROFILE" >"$W/check-config.log" 2>&1 ||
@@ -295,11 +303,12 @@ ASR_BACK_SECS=$(since "$t")
 set +e
 # (the ASR venv's Python: it has numpy, for the pitch)
 "$E2E_DIR/asr/bin/python" - "$CALL_JSON" "$W/agentline.log" "$HEARD" "${SENT:-}" "$SPEECH_END" "$HEARD_TEXT" \
-    "$P_TTS" "$VOICE" "${E2E_SPEED_TOLERANCE:-0.04}" "$EXPECT_UNDERSTOOD" "$EXPECT_ANSWER" <<'EOF'
+    "$P_TTS" "$VOICE" "${E2E_SPEED_TOLERANCE:-0.04}" "$EXPECT_UNDERSTOOD" "$EXPECT_ANSWER" "$OWN_MAX_MS" <<'EOF'
 import array, json, re, sys, wave
 
 call_json, log_path, heard_wav, sent_wav, speech_end, heard_text, tts_port, voice, speed_tol = sys.argv[1:10]
-expect_understood, expect_answer = sys.argv[10:12]
+expect_understood, expect_answer, own_max = sys.argv[10:13]
+own_max = float(own_max)
 speech_end, speed_tol = float(speech_end), float(speed_tol)
 fails = []
 
@@ -344,7 +353,23 @@ if turns:
         rest = (f"; rest {t['total_ms'] - sum(parts)} ms = LLM tokens up to the end of the first "
                 "sentence + agentline's own share" if None not in parts else "")
         print(f"TURN LATENCY (agentline, {source}) turn {i}: total {t['total_ms']} ms"
-              + (f" ({stages}{rest})" if stages else ""))
+              + (f" ({stages}{rest})" if stages else "")
+              + (f"; end-of-turn wait {t['end_of_turn_wait_ms']} ms before it"
+                 if t.get("end_of_turn_wait_ms") is not None else ""))
+    # agentline's own share: end of turn -> ASR request + transcript -> LLM
+    # request (own_in_ms), first TTS audio -> its first RTP packet (own_out_ms).
+    own = [t["own_in_ms"] + t["own_out_ms"] for t in turns
+           if t.get("own_in_ms") is not None and t.get("own_out_ms") is not None]
+    if own:
+        own.sort()
+        p95 = own[min(len(own) - 1, int(round(0.95 * (len(own) - 1))))]
+        print(f"OWN SHARE (agentline): p95 {p95} ms over {len(own)} turn(s) "
+              + ", ".join(f"in {t.get('own_in_ms')} + out {t.get('own_out_ms')}" for t in turns)
+              + f" (limit {own_max:.0f} ms)")
+        if p95 >= own_max:
+            fails.append(f"agentline's own share of a turn is {p95} ms at p95 (limit {own_max:.0f} ms)")
+    else:
+        fails.append("agentline reported no own share (own_in_ms/own_out_ms) for any turn")
 else:
     fails.append("agentline reported no turn latency (no `turns` in GET /calls/{id}, no \"turn latency\" log line)")
 
