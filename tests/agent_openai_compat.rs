@@ -101,10 +101,17 @@ fn caller_speech_is_transcribed_answered_sentence_by_sentence_and_heard() {
         let (a, info) =
             audio::read_wav_info(&fake.record.path().join(u["file"].as_str().unwrap())).unwrap();
         assert_eq!((info.rate, info.channels), (16000, 1));
-        let (_, corr) = audio::find_segment(&a, &sp).unwrap();
+        let (at, corr) = audio::find_segment(&a, &sp).unwrap();
+        // Piece by piece (250 ms, each within 45 ms of the last): a 20 ms
+        // frame the jitter buffer concealed or stretched on a loaded
+        // machine shifts the rest of a phrase, which whole-phrase
+        // correlation punishes like distortion; lost or garbled speech
+        // still fails here.
+        let pieces = audio::worst_piece_corr(&a, &sp, at, 250.0, 45.0);
+        eprintln!("uploaded utterance vs the caller's phrase: corr {corr:.3}, worst 250 ms piece {pieces:.3}");
         assert!(
-            corr >= 0.85,
-            "uploaded utterance vs the caller's phrase: corr {corr:.2}"
+            pieces >= 0.85,
+            "uploaded utterance vs the caller's phrase: corr {corr:.3}, worst 250 ms piece {pieces:.3}"
         );
     }
 
