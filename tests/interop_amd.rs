@@ -160,6 +160,12 @@ fn voicemail_with_a_beep_gets_machine_and_the_message_after_the_beep() {
         "{hooks:?}"
     );
     assert_eq!(by("machine")["ms"], amd["ms"], "{hooks:?}");
+    // ... and Prometheus counts them.
+    let (_, metrics) = common::http_get(server.api_port, "/metrics").unwrap();
+    for result in ["machine", "beep"] {
+        let line = format!("agentline_amd_results_total{{result=\"{result}\"}} 1");
+        assert!(metrics.contains(&line), "no `{line}` in /metrics");
+    }
     assert_eq!(by("beep")["beep"]["hz"], amd["beep"]["hz"], "{hooks:?}");
     // The callee heard the message, starting after the beep ended (on the
     // clock of what it played) and within a second of it.

@@ -67,6 +67,7 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("agentline_circuit_breakers_open", "Providers whose circuit breaker is open."),
     ("agentline_webhook_failures_total", "Webhooks not delivered (after retries) or call_initiated answers missing."),
     ("agentline_backchannels_total", "Short caller speech over the agent (under the route's barge_in_min_ms) that did not interrupt it."),
+    ("agentline_amd_results_total", "Answering-machine detection results on outbound calls: human, machine, notsure, beep, greeting_ended."),
     ("agentline_overloaded", "1 while new calls are refused for overload ([sip] max_cpu / max_media_lag_ms)."),
     ("agentline_cpu_share", "This process's CPU over the last half second, as a share of all cores."),
     ("agentline_media_lag_seconds", "Mean lateness of the calls' media ticks over the last half second."),

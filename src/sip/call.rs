@@ -749,6 +749,7 @@ impl Driver {
                 at_ms,
                 report,
             } => {
+                metrics::counter!("agentline_amd_results_total", "result" => kind).increment(1);
                 let mut payload = serde_json::json!({ "result": kind, "ms": at_ms });
                 if let Some(d) = &report.decision {
                     payload["cause"] = d.cause.as_str().into();
