@@ -78,6 +78,8 @@ for tool in sipp curl jq sox awk; do
 done
 [ -x "$BIN" ] || die "no agentline binary at $BIN (cargo build --release, or set AGENTLINE_BIN)"
 
+# Each call holds two UDP sockets in agentline and one or two in sipp.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 W=$(mktemp -d /tmp/agentline-load.XXXXXX)
 AGENT_PID=""
 SIPP_PID=""
@@ -131,7 +133,12 @@ if [ -z "$PCAP_DIR" ] && [[ " $CASES " =~ \ (g722|opus)\  ]]; then
         PCAP_DIR=""
     fi
 fi
-[ -n "$PCAP_DIR" ] || log "no G.722/Opus captures: the g722 and opus cases are skipped"
+SKIP_WHY="no capture (see LOAD_PCAP_DIR)"
+if [ "$(id -u)" != 0 ]; then
+    PCAP_DIR=""
+    SKIP_WHY="sipp's play_pcap_audio needs root (raw socket)"
+fi
+[ -n "$PCAP_DIR" ] || log "the g722 and opus cases are skipped: $SKIP_WHY"
 
 # ---------------------------------------------------------------- scenarios
 # One answered call: INVITE with one codec, 200 (rtd: INVITE->200), ACK,
@@ -461,7 +468,7 @@ for n in $CALLS; do
             plain|vad|full) run_case "$c" "$W/pcmu.xml" "$n" ;;
             g722|opus)
                 if [ -n "$PCAP_DIR" ]; then run_case "$c" "$W/$c.xml" "$n"
-                else MEDIA_ROWS+=("| $c | $n | skipped: no capture (see LOAD_PCAP_DIR) |"); fi ;;
+                else MEDIA_ROWS+=("| $c | $n | skipped: $SKIP_WHY |"); fi ;;
             setup) ;;
             *) die "unknown case $c" ;;
         esac
@@ -472,7 +479,7 @@ kill -0 "$AGENT_PID" 2>/dev/null || die "agentline died"
 PEAK_RSS=$(awk '/^VmHWM/{print $2}' "/proc/$AGENT_PID/status")
 
 echo
-echo "agentline $COMMIT, $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(date -u '+%Y-%m-%d %H:%M UTC'), idle RSS $IDLE_RSS kB, peak RSS $PEAK_RSS kB, steady window ${STEADY} s"
+echo "agentline $COMMIT, $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(date -u '+%Y-%m-%d %H:%M UTC'), idle RSS $IDLE_RSS kB, peak RSS $PEAK_RSS kB, steady window ${STEADY} s, load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "| case | calls | up | sipp ok/failed | agentline cores | calls per core | x plain | x AVR Core (0.5-1.5 cores/call) | RSS per call (kB) | late % | concealed % | tx underrun % | rx % of 50/s | tx % of 50/s | codec errors | sipp cores |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
