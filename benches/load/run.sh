@@ -21,9 +21,12 @@
 #   --quick              50 calls, 2 s steady window, 200 set-up calls at 100/s
 #                        (~30 s in all on 2 cores)
 #   --calls "N ..."      concurrent calls per media case (default "300")
-#   --steady S           steady window in seconds (default 10)
+#   --steady S           steady window in seconds (default 10; each call
+#                        publishes its counters once a second, so the
+#                        rx/tx % columns are only approximate below ~10 s)
 #   --rate R             new calls per second while ramping up (default 100)
-#   --cases "a b ..."    which cases, in order (default: all above)
+#   --cases "a b ..."    which cases, in order (default: all above); `case:N`
+#                        runs that case once with N calls instead of --calls
 #   --setup-rate R       set-up case: calls per second offered (default 500)
 #   --setup-calls M      set-up case: total calls (default 5000)
 #   --keep               keep the work dir (profile, logs, sipp stats)
@@ -64,7 +67,7 @@ while [ $# -gt 0 ]; do
         --setup-rate) SETUP_RATE=$2; shift ;;
         --setup-calls) SETUP_CALLS=$2; shift ;;
         --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -120,7 +123,7 @@ calc() { awk "BEGIN{ printf \"$1\", ($2) }"; }
 SPEECH=$REPO/tests/data/speech_8k.wav
 sox "$SPEECH" -t ul -r 8000 -c 1 "$W/speech.ulaw"
 PCAP_DIR=${LOAD_PCAP_DIR:-}
-if [ -z "$PCAP_DIR" ] && [[ " $CASES " =~ \ (g722|opus)\  ]]; then
+if [ -z "$PCAP_DIR" ] && [[ " $CASES " =~ \ (g722|opus)[:\ ] ]]; then
     PCAP_DIR=$W/pcap
     GEN=$REPO/target/release/examples/load_pcap
     if [ ! -x "$GEN" ] && command -v cargo >/dev/null; then
@@ -233,7 +236,9 @@ fi
 
 # ---------------------------------------------------------------- agentline
 MAXN=0
-for n in $CALLS; do [ "$n" -gt "$MAXN" ] && MAXN=$n; done
+for n in $CALLS $(tr ' ' '\n' <<<"$CASES" | sed -n 's/.*://p'); do
+    [ "$n" -gt "$MAXN" ] && MAXN=$n
+done
 SIP_PORT=$(free_port)
 API_PORT=$(free_port)
 cat >"$W/profile.toml" <<EOF
@@ -462,8 +467,16 @@ run_setup() {
 }
 
 # ---------------------------------------------------------------- run
-for n in $CALLS; do
+first=1
+for n0 in $CALLS; do
     for c in $CASES; do
+        n=$n0
+        if [[ "$c" == *:* ]]; then
+            # case:N runs once, with N calls, whatever --calls says.
+            [ "$first" = 1 ] || continue
+            n=${c#*:}
+            c=${c%%:*}
+        fi
         case "$c" in
             plain|vad|full) run_case "$c" "$W/pcmu.xml" "$n" ;;
             g722|opus)
@@ -473,8 +486,9 @@ for n in $CALLS; do
             *) die "unknown case $c" ;;
         esac
     done
+    first=0
 done
-[[ " $CASES " == *" setup "* ]] && run_setup
+if [[ " $CASES " == *" setup "* ]]; then run_setup; fi
 kill -0 "$AGENT_PID" 2>/dev/null || die "agentline died"
 PEAK_RSS=$(awk '/^VmHWM/{print $2}' "/proc/$AGENT_PID/status")
 
