@@ -6,7 +6,7 @@
 # GET /calls (delta over the window), and measures call set-up rate and
 # INVITE->200 latency. Prints markdown tables on stdout; progress on stderr.
 #
-#   benches/load/run.sh --quick                 # 50 calls per case, ~30 s (CI)
+#   benches/load/run.sh --quick                 # 50 calls per case, ~40 s (CI)
 #   benches/load/run.sh --calls "300 500"       # full run
 #
 # Cases (--cases, default all):
@@ -19,7 +19,7 @@
 #
 # Options:
 #   --quick              50 calls, 2 s steady window, 200 set-up calls at 100/s
-#                        (~30 s in all on 2 cores)
+#                        (~40 s in all on 2 cores)
 #   --calls "N ..."      concurrent calls per media case (default "300")
 #   --steady S           steady window in seconds (default 10; each call
 #                        publishes its counters once a second, so the
