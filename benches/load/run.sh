@@ -36,7 +36,7 @@
 #                   `cargo run --release --example load_pcap -- DIR SECONDS`);
 #                   default: made here with target/release/examples/load_pcap,
 #                   built with cargo if missing
-#   LOAD_RTP_PORTS  agentline's RTP range (default 36000-39999)
+#   LOAD_RTP_PORTS  agentline's RTP range (default 34000-41999)
 #   LOAD_SIPP_MP    sipp's RTP base port (default 44000)
 #
 # Exit status: 0 when every case ran (whatever the figures), 1 on a harness
@@ -52,7 +52,7 @@ CASES="plain vad full g722 opus setup"
 SETUP_RATE=500
 SETUP_CALLS=5000
 KEEP=0
-RTP_PORTS=${LOAD_RTP_PORTS:-36000-39999}
+RTP_PORTS=${LOAD_RTP_PORTS:-34000-41999}
 SIPP_MP=${LOAD_SIPP_MP:-44000}
 SETTLE=2
 MARGIN=4
