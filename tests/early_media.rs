@@ -125,27 +125,13 @@ fn an_outbound_calls_early_media_reaches_the_agent_before_the_200() {
     };
     let dir = tempfile::tempdir().unwrap();
     let uas = common::free_port();
-    let mut u = std::process::Command::new(&sipp)
-        .arg("-sf")
-        .arg(common::sipp::scenario_path("uas_early_media.xml"))
-        .args(["-i", "127.0.0.1", "-p", &uas.to_string()])
-        .args(["-mp", &common::free_port().to_string()])
-        .args([
-            "-m",
-            "1",
-            "-timeout",
-            "40s",
-            "-timeout_error",
-            "-nostdin",
-            "-bg",
-        ])
-        .args(["-trace_msg"])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _ = u.wait();
+    common::sipp::start_uas(
+        &sipp,
+        "uas_early_media.xml",
+        uas,
+        &["-trace_msg"],
+        dir.path(),
+    );
     let server = Server::start(&format!(
         "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.1:{uas}\"\nregister = false\n\
          [[routes]]\ndial = \"out\"\nagent = {{ kind = \"audiosocket\", addr = \"127.0.0.1:{}\" }}\n",

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::pg::Postgres;
@@ -52,17 +52,7 @@ impl Kamailio {
                 common::kamailio::modules_dir().display()
             ),
         );
-        let path = dir.path().join("kamailio.cfg");
-        std::fs::write(&path, cfg).unwrap();
-        let log = std::fs::File::create(dir.path().join("kamailio.log")).unwrap();
-        let child = Command::new("kamailio")
-            .args(["-DD", "-E", "-f"])
-            .arg(&path)
-            .args(["-Y", dir.path().to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = common::kamailio::spawn(&cfg, dir.path());
         let k = Kamailio { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !k.log().contains("INFO") && Instant::now() < deadline {

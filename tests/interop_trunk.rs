@@ -78,17 +78,7 @@ impl Kamailio {
                     1,
                 );
         }
-        let path = dir.path().join("kamailio.cfg");
-        std::fs::write(&path, cfg).unwrap();
-        let log = std::fs::File::create(dir.path().join("kamailio.log")).unwrap();
-        let child = Command::new("kamailio")
-            .args(["-DD", "-E", "-f"])
-            .arg(&path)
-            .args(["-Y", dir.path().to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = common::kamailio::spawn(&cfg, dir.path());
         // Ready when it answers an OPTIONS (the config replies 200 to them).
         let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         probe
@@ -160,29 +150,16 @@ agent = {{ kind = "echo" }}
 /// sipp's UAS behind the provider's echo@ (one call, echoing RTP), in the
 /// background; its messages go to `log`.
 fn start_echo_uas(sipp: &std::path::Path, port: u16, log: &std::path::Path) {
-    let mut uas = Command::new(sipp)
-        .arg("-sf")
-        .arg(common::sipp::scenario_path("uas_echo.xml"))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-mp", &common::free_port().to_string(), "-rtp_echo"])
-        .args([
-            "-m",
-            "1",
-            "-timeout",
-            "40s",
-            "-timeout_error",
-            "-nostdin",
-            "-bg",
-        ])
-        .args(["-trace_msg", "-message_file"])
-        .arg(log)
-        // sipp drops default-named logs in its working directory.
-        .current_dir(log.parent().unwrap_or(Path::new(".")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _ = uas.wait();
+    let log_s = log.to_str().expect("utf-8 path");
+    // sipp drops default-named logs in its working directory.
+    let dir = log.parent().unwrap_or(Path::new("."));
+    common::sipp::start_uas(
+        sipp,
+        "uas_echo.xml",
+        port,
+        &["-rtp_echo", "-trace_msg", "-message_file", log_s],
+        dir,
+    );
 }
 
 fn trunk(server: &Server) -> serde_json::Value {

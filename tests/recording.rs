@@ -431,26 +431,7 @@ fn an_outbound_call_on_a_recorded_route_is_recorded_too() {
     };
     let dir = tempfile::tempdir().unwrap();
     let uas = common::free_port();
-    let mut u = Command::new(&sipp)
-        .arg("-sf")
-        .arg(common::sipp::scenario_path("uas_echo.xml"))
-        .args(["-i", "127.0.0.1", "-p", &uas.to_string()])
-        .args(["-mp", &common::free_port().to_string(), "-rtp_echo"])
-        .args([
-            "-m",
-            "1",
-            "-timeout",
-            "40s",
-            "-timeout_error",
-            "-nostdin",
-            "-bg",
-        ])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _ = u.wait();
+    common::sipp::start_uas(&sipp, "uas_echo.xml", uas, &["-rtp_echo"], dir.path());
     let server = Server::start(&format!(
         "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.1:{uas}\"\nregister = false\n\
          [[routes]]\ndial = \"demo\"\nagent = {{ kind = \"demo\" }}\nrecord = true\n"

@@ -1,7 +1,7 @@
 //! kamailio for the tests that put it in front of (or behind) agentline.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 /// The folder kamailio loads its modules from: the "Default paths to
 /// modules" that `kamailio -I` prints (the packaged path differs per
@@ -39,4 +39,21 @@ pub fn modules_dir() -> PathBuf {
                  printed no existing \"Default paths to modules\", tried {candidates:?}"
             )
         })
+}
+
+/// Writes `cfg` to `dir/kamailio.cfg` and runs kamailio on it in the
+/// foreground (`-DD -E`), its log in `dir/kamailio.log`.
+pub fn spawn(cfg: &str, dir: &Path) -> Child {
+    let path = dir.join("kamailio.cfg");
+    std::fs::write(&path, cfg).expect("write kamailio.cfg");
+    let log = std::fs::File::create(dir.join("kamailio.log")).expect("kamailio.log");
+    Command::new("kamailio")
+        .args(["-DD", "-E", "-f"])
+        .arg(&path)
+        .arg("-Y")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn kamailio")
 }

@@ -382,3 +382,31 @@ pub fn ulaw_tone(hz: f64, ms: u32) -> Vec<u8> {
 
 /// ITU-T G.711 u-law encoding of one 16-bit linear sample (the library's).
 pub use agentline::media::g711::linear_to_ulaw;
+
+/// Starts sipp as a one-call UAS playing `scenario` on `port`, in the
+/// background (`-bg`: returns once sipp has forked), working in `dir` (where
+/// sipp drops its default-named logs). `extra` adds arguments
+/// (`-rtp_echo`, `-trace_msg` ...).
+pub fn start_uas(sipp: &Path, scenario: &str, port: u16, extra: &[&str], dir: &Path) {
+    let mut uas = Command::new(sipp)
+        .arg("-sf")
+        .arg(scenario_path(scenario))
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-mp", &super::free_port().to_string()])
+        .args([
+            "-m",
+            "1",
+            "-timeout",
+            "40s",
+            "-timeout_error",
+            "-nostdin",
+            "-bg",
+        ])
+        .args(extra)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sipp");
+    let _ = uas.wait();
+}
