@@ -638,10 +638,8 @@ impl CallCore {
 
     /// The next RTP/RTCP datagram to send (SRTP applied).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let (session, srtp) = match &mut self.phase {
-            Phase::Active(a) => (&mut a.session, &mut a.srtp),
-            Phase::Early(e) => (&mut e.session, &mut e.srtp),
-            _ => return self.last_transmit.take(),
+        let Some((session, srtp)) = self.media() else {
+            return self.last_transmit.take();
         };
         loop {
             let mut t = session.poll_transmit()?;
@@ -1169,28 +1167,10 @@ impl CallCore {
 
     /// A datagram from the RTP or RTCP socket, SRTP removed, to the session.
     fn media_in(&mut self, now: Instant, from: SocketAddr, bytes: &[u8], rtcp: bool) {
-        if let Phase::Early(e) = &mut self.phase {
-            // Latching and RTCP count from the first packet; the audio
-            // itself goes nowhere before the answer.
-            let plain = match &mut e.srtp {
-                None => None,
-                Some(s) => match s.unprotect(bytes) {
-                    Some(p) => Some(p),
-                    None => return,
-                },
-            };
-            let bytes = plain.as_deref().unwrap_or(bytes);
-            if rtcp {
-                e.session.handle_rtcp(now, from, bytes);
-            } else {
-                e.session.handle_rtp(now, from, bytes);
-            }
-            return Self::early_media(e);
-        }
-        let Phase::Active(a) = &mut self.phase else {
+        let Some((session, srtp)) = self.media() else {
             return;
         };
-        let plain = match &mut a.srtp {
+        let plain = match srtp {
             None => None,
             Some(s) => match s.unprotect(bytes) {
                 Some(p) => Some(p),
@@ -1200,11 +1180,26 @@ impl CallCore {
         };
         let bytes = plain.as_deref().unwrap_or(bytes);
         if rtcp {
-            a.session.handle_rtcp(now, from, bytes);
+            session.handle_rtcp(now, from, bytes);
         } else {
-            a.session.handle_rtp(now, from, bytes);
+            session.handle_rtp(now, from, bytes);
         }
-        self.after_input(now);
+        match &mut self.phase {
+            // Latching and RTCP count from the first packet; the audio
+            // itself goes nowhere before the answer.
+            Phase::Early(e) => Self::early_media(e),
+            _ => self.after_input(now),
+        }
+    }
+
+    /// The media session and its SRTP context, while there is one (early
+    /// media or an active call).
+    fn media(&mut self) -> Option<(&mut Session, &mut Option<SrtpSession>)> {
+        match &mut self.phase {
+            Phase::Active(a) => Some((&mut a.session, &mut a.srtp)),
+            Phase::Early(e) => Some((&mut e.session, &mut e.srtp)),
+            _ => None,
+        }
     }
 
     /// A request from the API or another call.
