@@ -16,13 +16,19 @@ use super::pcm;
 /// waiting for the rest of it.
 pub const MAX_HEADER: usize = 64 * 1024;
 
+/// Sample rates a WAV may declare. Outside it the rate is refused: a
+/// streamed answer's resampler is sized by the rate ratio, and a garbage
+/// rate (found by the fuzz tests: 4 294 967 295 Hz) asked it for more
+/// memory than the machine has, aborting the process.
+pub const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 4_000..=192_000;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WavError {
     #[error("not a RIFF/WAVE file")]
     NotWave,
     #[error("WAV format: expected 16-bit PCM, got format {format} with {bits} bits")]
     Unsupported { format: u16, bits: u16 },
-    #[error("WAV format: {channels} channels at {rate} Hz")]
+    #[error("WAV format: {channels} channels at {rate} Hz (1 or more channels at 4000-192000 Hz)")]
     BadLayout { channels: u16, rate: u32 },
     #[error("WAV file has no `{0}` chunk")]
     MissingChunk(&'static str),
@@ -79,7 +85,7 @@ pub fn header(buf: &[u8]) -> Result<HeaderStatus, WavError> {
             if !(format == 1 || format == 0xfffe) || bits != 16 {
                 return Err(WavError::Unsupported { format, bits });
             }
-            if channels == 0 || sample_rate == 0 {
+            if channels == 0 || !SAMPLE_RATES.contains(&sample_rate) {
                 return Err(WavError::BadLayout {
                     channels,
                     rate: sample_rate,
@@ -269,9 +275,21 @@ mod tests {
                 rate: 0
             })
         );
-        let mut not_wave = bytes;
+        let mut not_wave = bytes.clone();
         not_wave[8] = b'X';
         assert_eq!(header(&not_wave), Err(WavError::NotWave));
+        // A garbage rate would size a resampler past the machine's memory.
+        for (rate, ok) in [
+            (3_999, false),
+            (4_000, true),
+            (192_000, true),
+            (192_001, false),
+            (u32::MAX, false),
+        ] {
+            let mut b = bytes.clone();
+            b[24..28].copy_from_slice(&rate.to_le_bytes());
+            assert_eq!(header(&b).is_ok(), ok, "{rate} Hz");
+        }
     }
 
     #[test]
