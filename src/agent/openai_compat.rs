@@ -309,6 +309,19 @@ fn sse_content(data: &str) -> Result<Option<String>, ProviderError> {
     ))
 }
 
+/// The next complete `data:` payload in `buf` (consumed with the lines
+/// before it: comments, `event:`, `id:`, blank lines).
+fn next_sse_data(buf: &mut Vec<u8>) -> Option<String> {
+    while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = buf.drain(..=nl).collect();
+        let line = String::from_utf8_lossy(&line);
+        if let Some(data) = line.trim().strip_prefix("data:") {
+            return Some(data.trim().to_string());
+        }
+    }
+    None
+}
+
 /// The text of a `chat.completion`.
 fn completion_text(body: &[u8]) -> Result<String, ProviderError> {
     let text = String::from_utf8_lossy(body);
@@ -392,15 +405,9 @@ impl Backend for OpenaiCompat {
                 if let Some(c) = chunk {
                     buf.extend_from_slice(&c);
                 }
-                while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=nl).collect();
-                    let line = String::from_utf8_lossy(&line);
-                    let line = line.trim();
-                    let Some(data) = line.strip_prefix("data:") else {
-                        continue; // comments, event:, id:, blank lines
-                    };
+                while let Some(data) = next_sse_data(&mut buf) {
                     got_data = true;
-                    match sse_content(data.trim())? {
+                    match sse_content(&data)? {
                         Some(t) => {
                             let _ = tx.send(t);
                         }
@@ -497,6 +504,38 @@ pub fn spawn(s: Settings, ctx: &AgentContext) -> Result<Remote, AgentError> {
         )
         .await
     }))
+}
+
+/// For the fuzz tests (`tests/fuzz.rs`), not an API: a streamed speech
+/// answer (raw or WAV) cut into pieces at `cuts`, as `tts` reads it.
+#[doc(hidden)]
+pub fn fuzz_speech(bytes: &[u8], cuts: &[usize], pcm_rate: u32) {
+    let mut dec = SpeechDecoder::with_pcm_rate(pcm_rate);
+    let mut at = 0;
+    for &c in cuts {
+        let end = c.clamp(at, bytes.len());
+        if dec.push(&bytes[at..end]).is_err() {
+            return;
+        }
+        at = end;
+    }
+    if dec.push(&bytes[at..]).is_ok() {
+        let _ = dec.finish();
+    }
+}
+
+/// For the fuzz tests, not an API: a streamed chat answer (SSE lines) as
+/// `llm` reads it, a whole `chat.completion`, a transcription.
+#[doc(hidden)]
+pub fn fuzz_llm_answer(bytes: &[u8]) {
+    let mut buf = bytes.to_vec();
+    while let Some(data) = next_sse_data(&mut buf) {
+        if !matches!(sse_content(&data), Ok(Some(_))) {
+            break;
+        }
+    }
+    let _ = completion_text(bytes);
+    let _ = transcription_text(bytes);
 }
 
 #[cfg(test)]

@@ -517,6 +517,26 @@ async fn call_http_tool(http: &reqwest::Client, t: &HttpTool, args: &str) -> Str
     }
 }
 
+/// For the fuzz tests (`tests/fuzz.rs`), not an API: one server event as
+/// the session loop takes it (decode, base64 audio in each format, the
+/// `transfer_call` arguments).
+#[doc(hidden)]
+pub fn fuzz_server_event(text: &str) {
+    match ServerEvent::decode(text) {
+        Ok(ServerEvent::AudioDelta { delta, .. }) => {
+            if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(&delta) {
+                for f in [Format::Pcmu, Format::Pcma, Format::Pcm16] {
+                    let _ = (f.ms(bytes.len()), f.decode(&bytes));
+                }
+            }
+        }
+        Ok(ServerEvent::FunctionCall { arguments, .. }) => {
+            let _ = serde_json::from_str::<TransferArgs>(&arguments);
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

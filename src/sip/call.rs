@@ -66,7 +66,7 @@ fn uri_user(value: &str) -> Option<String> {
 }
 
 /// Caller ID: P-Asserted-Identity (set by trunks), else the From user.
-fn caller_id(req: &rsipstack::sip::Request) -> Option<String> {
+pub(crate) fn caller_id(req: &rsipstack::sip::Request) -> Option<String> {
     let pai = req.headers.iter().find_map(|h| match h {
         Header::PAssertedIdentity(v) => Some(v.value().to_string()),
         Header::Other(n, v) if n.eq_ignore_ascii_case("P-Asserted-Identity") => Some(v.clone()),
@@ -1191,7 +1191,7 @@ async fn pending_invite(p: &mut Option<PendingInvite>, expired: bool) -> Pending
 }
 
 /// The first Contact of a 3xx response, as the new request-URI.
-fn redirect_target(resp: &rsipstack::sip::Response) -> Option<rsipstack::sip::Uri> {
+pub(crate) fn redirect_target(resp: &rsipstack::sip::Response) -> Option<rsipstack::sip::Uri> {
     if resp.status_code.kind() != rsipstack::sip::StatusCodeKind::Redirection {
         return None;
     }

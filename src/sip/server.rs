@@ -269,7 +269,7 @@ pub async fn start(
     Ok(handle)
 }
 
-fn to_tag(req: &Request) -> Option<String> {
+pub(crate) fn to_tag(req: &Request) -> Option<String> {
     req.to_header()
         .ok()
         .and_then(|t| t.tag().ok().flatten())
@@ -341,7 +341,7 @@ fn now_unix() -> u64 {
     crate::calls::unix_ms() / 1000
 }
 
-fn header_value(req: &Request, name: &str) -> Option<String> {
+pub(crate) fn header_value(req: &Request, name: &str) -> Option<String> {
     req.headers.iter().find_map(|h| match (name, h) {
         ("Authorization", Header::Authorization(v)) => Some(v.value().to_string()),
         ("Proxy-Authorization", Header::ProxyAuthorization(v)) => Some(v.value().to_string()),
