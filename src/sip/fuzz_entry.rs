@@ -39,6 +39,7 @@ fn received(msg: SipMessage) {
         return;
     };
     let _ = msg.cseq_header().map(|c| c.value().to_string());
+    typed_headers(msg.headers());
     match &msg {
         SipMessage::Request(req) => {
             let _ = TransactionKey::from_request(req, TransactionRole::Server);
@@ -75,6 +76,45 @@ pub fn stream(bytes: &[u8], cuts: &[usize]) {
                 // The connection is closed on a framing error.
                 Err(_) => return,
             }
+        }
+    }
+}
+
+/// Every header with a typed form, as the dialog layer and the trunk
+/// client read them (From/To/Contact of a new dialog, Route sets, the
+/// challenge of a 401/407).
+fn typed_headers(headers: &rsipstack::sip::Headers) {
+    use rsipstack::sip::headers::ToTypedHeader;
+    for h in headers.iter() {
+        match h {
+            Header::From(v) => {
+                let _ = v.typed();
+            }
+            Header::To(v) => {
+                let _ = v.typed();
+            }
+            Header::Via(v) => {
+                let _ = v.typed();
+            }
+            Header::CSeq(v) => {
+                let _ = v.typed();
+            }
+            Header::WwwAuthenticate(v) => {
+                let _ = v.typed();
+            }
+            Header::ProxyAuthenticate(v) => {
+                let _ = v.typed();
+            }
+            Header::Route(v) => {
+                let _ = v.typed();
+            }
+            Header::RecordRoute(v) => {
+                let _ = v.typed();
+            }
+            Header::Contact(v) => {
+                let _ = v.typed();
+            }
+            _ => {}
         }
     }
 }
