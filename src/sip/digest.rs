@@ -390,6 +390,9 @@ fn quote(value: &str) -> String {
     out
 }
 
+/// Parameters a Digest header value may have (RFC 7616 defines 14).
+const MAX_PARAMS: usize = 32;
+
 /// The `name=value` parameters of a Digest header value, names lowercased.
 struct Params(Vec<(String, String)>);
 
@@ -440,6 +443,12 @@ impl Params {
                 return Err(cur.error("`,` between parameters"));
             }
             let name = name.to_ascii_lowercase();
+            // The duplicate check below is quadratic: a 64 KB header of
+            // `a1=1,a2=1,...` would cost tens of milliseconds of CPU per
+            // message. A Digest response has about a dozen parameters.
+            if params.len() >= MAX_PARAMS {
+                return Err(cur.error("at most 32 parameters"));
+            }
             // A repeated parameter is ambiguous, and two components picking
             // different copies is how authentication gets bypassed.
             if params.iter().any(|(n, _)| *n == name) {
@@ -1021,5 +1030,20 @@ mod tests {
         assert_eq!(a.check(&nonce, T0, "r"), NonceStatus::Valid);
         assert_eq!(b.check(&nonce, T0, "r"), NonceStatus::Invalid);
         assert!(format!("{a:?}").contains("redacted"));
+    }
+    #[test]
+    fn a_header_with_too_many_parameters_is_refused_before_the_quadratic_check() {
+        let mut v = String::from(RFC2617_AUTHORIZATION);
+        for i in 0..40 {
+            v.push_str(&format!(", x{i}=1"));
+        }
+        assert!(matches!(
+            DigestResponse::parse(&v),
+            Err(DigestError::Syntax { .. })
+        ));
+        let long: String = (0..20_000).map(|i| format!("p{i}=1,")).collect();
+        let started = std::time::Instant::now();
+        assert!(DigestResponse::parse(&format!("Digest {long}")).is_err());
+        assert!(started.elapsed() < std::time::Duration::from_millis(20));
     }
 }
