@@ -444,8 +444,8 @@ impl Params {
             }
             let name = name.to_ascii_lowercase();
             // The duplicate check below is quadratic: a 64 KB header of
-            // `a1=1,a2=1,...` would cost tens of milliseconds of CPU per
-            // message. A Digest response has about a dozen parameters.
+            // `a1=1,a2=1,...` (~10 000 names) would be ~5*10^7 string
+            // compares per message. A Digest response has about a dozen.
             if params.len() >= MAX_PARAMS {
                 return Err(cur.error("at most 32 parameters"));
             }
