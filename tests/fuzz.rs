@@ -102,6 +102,7 @@ fn every_parser_takes_mutated_input_without_a_panic_in_bounded_memory() {
         fuzz_rtp,
         fuzz_rtcp,
         fuzz_srtp,
+        fuzz_media_session,
         fuzz_dtmf,
         fuzz_wav,
         fuzz_audiosocket,
@@ -514,6 +515,125 @@ fn fuzz_srtp() -> Result<(), String> {
     t.corpus.extend(rtp_seeds());
     t.max_len = 1500;
     fuzz(t, 100_000)
+}
+
+/// Datagrams of one input are separated by this (a dictionary token, so
+/// mutations add and remove packet boundaries).
+const PACKET_SEP: &[u8] = b"|PKT|";
+
+/// A call's media session fed the datagrams of one input 20 ms apart, as
+/// the driver does (RTCP-looking ones to `handle_rtcp`), with its timers
+/// run and its output drained: jitter buffer, decoders (garbage G.722 and
+/// Opus payloads too), DTMF, loss concealment, RTCP.
+fn media_session_target(d: &[u8]) {
+    use agentline::media::codec::Codec;
+    use agentline::media::session::{Direction, MediaParams, Session};
+    let (codec, pt) = match d.first().map_or(0, |b| b & 3) {
+        0 => (Codec::Pcmu, 0),
+        1 => (Codec::Pcma, 8),
+        2 => (Codec::G722, 9),
+        _ => (Codec::Opus, 111),
+    };
+    let params = MediaParams {
+        send_silence: true,
+        codec,
+        pt,
+        te_pt: Some(101),
+        ptime_ms: 20,
+        remote: Some(([127, 0, 0, 1], 4000).into()),
+        remote_rtcp: None,
+        rtcp_mux: d.get(1).is_some_and(|b| b & 1 == 1),
+        direction: Direction::SendRecv,
+        jitter_min_ms: 20,
+        jitter_max_ms: 200,
+        agent_rate: 16_000,
+        codec_fmtp: None,
+    };
+    let t0 = Instant::now();
+    let Ok(mut s) = Session::new(t0, std::time::UNIX_EPOCH, params, 1, 100, 1000) else {
+        return;
+    };
+    let from = ([127, 0, 0, 1], 4000).into();
+    let mut now = t0;
+    let rest = d.get(2..).unwrap_or_default();
+    let mut packets: Vec<&[u8]> = Vec::new();
+    let mut at = 0;
+    while let Some(i) = rest[at..]
+        .windows(PACKET_SEP.len())
+        .position(|w| w == PACKET_SEP)
+    {
+        packets.push(&rest[at..at + i]);
+        at += i + PACKET_SEP.len();
+    }
+    packets.push(&rest[at..]);
+    for p in packets.into_iter().take(200) {
+        now += std::time::Duration::from_millis(20);
+        if rtp::looks_like_rtcp(p) {
+            s.handle_rtcp(now, from, p);
+        } else {
+            s.handle_rtp(now, from, p);
+        }
+        s.handle_agent_audio(&[0; 320]);
+        let mut rounds = 0;
+        while s.next_timeout() <= now {
+            s.handle_timeout(now);
+            rounds += 1;
+            assert!(
+                rounds < 1000,
+                "handle_timeout does not move next_timeout past now"
+            );
+        }
+        while s.poll_transmit().is_some() {}
+        while s.poll_event().is_some() {}
+    }
+    let _ = (s.stats(), s.quality(), s.jitter_stats());
+}
+
+fn fuzz_media_session() -> Result<(), String> {
+    let mut corpus = Vec::new();
+    for (sel, pt, payload) in [
+        (0u8, 0u8, vec![0xffu8; 160]),
+        (1, 8, vec![0xd5; 160]),
+        (2, 9, vec![0x7f; 160]),
+        (3, 111, vec![0xf8, 0xff, 0xfe]),
+        (0, 101, vec![5, 0x8a, 0x03, 0x20]),
+    ] {
+        let mut input = vec![sel, 0];
+        for i in 0..30u16 {
+            let mut buf = Vec::new();
+            RtpPacket {
+                marker: i == 0,
+                payload_type: PayloadType(pt),
+                seq: SeqNo(65_520u16.wrapping_add(i)),
+                timestamp: 0xffff_f000u32.wrapping_add(160 * u32::from(i)),
+                ssrc: Ssrc(0x0a0b_0c0d),
+                payload: &payload,
+            }
+            .write(&mut buf);
+            input.extend_from_slice(&buf);
+            input.extend_from_slice(PACKET_SEP);
+        }
+        input.extend_from_slice(&corpus_rtcp());
+        corpus.push(input);
+    }
+    fuzz(
+        Target {
+            name: "media_session",
+            corpus,
+            dict: [PACKET_SEP, b"\x80\x00", b"\x80\x65", b"\x81\xc8"]
+                .iter()
+                .map(|w| w.to_vec())
+                .collect(),
+            max_len: 16 * 1024,
+            run: media_session_target,
+        },
+        8_000,
+    )
+}
+
+/// The baresip SR+SDES capture, to end the session seeds with RTCP.
+fn corpus_rtcp() -> Vec<u8> {
+    corpus("rtcp").into_iter().next().unwrap_or_default()
 }
 
 fn fuzz_dtmf() -> Result<(), String> {
