@@ -7,6 +7,7 @@ mod cdrs;
 pub mod metrics;
 pub mod ready;
 mod reload;
+mod security;
 
 use std::net::SocketAddr;
 
@@ -44,6 +45,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/calls/{id}/transfer", post(transfer))
         .merge(ami::routes())
         .merge(cdrs::routes())
+        .merge(security::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

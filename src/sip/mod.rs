@@ -10,6 +10,8 @@ pub mod call;
 pub mod call_metrics;
 pub mod core;
 pub mod digest;
+pub mod edge;
+pub mod guard;
 pub mod overload;
 pub mod ports;
 pub mod recorder;
