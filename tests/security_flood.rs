@@ -189,9 +189,9 @@ fn a_register_and_scanner_flood_is_banned_cheaply_and_a_call_stays_clean() {
     let banned_by = Instant::now() + Duration::from_secs(1);
     loop {
         let (a, b) = (ban_of(&server, "127.0.0.2"), ban_of(&server, "127.0.0.3"));
-        if a.is_some() && b.is_some() {
-            assert_eq!(a.unwrap()["reason"], "auth_failures");
-            assert_eq!(b.unwrap()["reason"], "scanner");
+        if let (Some(a), Some(b)) = (a, b) {
+            assert_eq!(a["reason"], "auth_failures");
+            assert_eq!(b["reason"], "scanner");
             break;
         }
         assert!(
