@@ -315,3 +315,88 @@ fn a_register_and_scanner_flood_is_banned_cheaply_and_a_call_stays_clean() {
     assert_eq!(h["dialogs"].as_u64(), Some(0), "{h}");
     stop.store(true, Ordering::Relaxed);
 }
+
+/// With `[security]` off nothing is banned: every INVITE of a 2,000/s flood
+/// is challenged. The 407s are stateless, so rsipstack keeps no finished
+/// transaction and no `waiting_ack` entry for them (whose cleanup scans
+/// every such entry: the 100 % CPU outage ~33 s after such a flood,
+/// docs/upstream/rsipstack-waiting-ack.md), and the process stays cheap
+/// through the time those cleanups would run.
+#[test]
+fn an_unbanned_invite_flood_is_challenged_statelessly_and_leaves_no_transactions() {
+    let full = std::env::var("AGENTLINE_FLOOD_FULL").is_ok_and(|v| v == "1");
+    let (flood_s, watch_s) = if full { (30, 60) } else { (5, 36) };
+    let profile = format!(
+        "[sip]\ndomain = \"{REALM}\"\n\n[security]\nenabled = false\n\n\
+         [[users]]\nname = \"1000\"\npassword = \"right-password\"\n\n\
+         [[routes]]\ndial = \"echo\"\nagent = {{ kind = \"echo\" }}\n"
+    );
+    let server = Server::start(&profile);
+    let sp = server.sip_port;
+    let pid = server.pid().unwrap();
+    let answers = Arc::new(AtomicU64::new(0));
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    let sender = flood(
+        RawSip::bind("127.0.0.2", sp),
+        2000,
+        flood_s,
+        Arc::new(AtomicBool::new(false)),
+        Arc::clone(&answers),
+        move |c, i| {
+            let ruri = format!("sip:echo@127.0.0.1:{sp}");
+            c.request("INVITE", &ruri, &format!("{}", 100 + i % 900), "")
+        },
+    );
+    let mut most = serde_json::json!({});
+    let mut peak = 0;
+    while !sender.is_finished() {
+        let tx = server.health()["sip_transactions"].clone();
+        let held = tx["finished"].as_u64().unwrap() + tx["waiting_ack"].as_u64().unwrap();
+        if held >= peak {
+            peak = held;
+            most = tx;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sent = sender.join().unwrap();
+    // Late answers.
+    std::thread::sleep(Duration::from_millis(500));
+    let answered = answers.load(Ordering::Relaxed);
+    let flood_cpu = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
+    // Through the time rsipstack's cleanups of a stateful flood would run.
+    let cpu1 = cpu_seconds(pid);
+    let t1 = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while t0.elapsed() < Duration::from_secs(flood_s + watch_s) {
+        let asked = Instant::now();
+        let h = server.health();
+        slowest = slowest.max(asked.elapsed());
+        assert_eq!(h["status"], "ok", "{h}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let after_cpu = (cpu_seconds(pid) - cpu1) / t1.elapsed().as_secs_f64();
+    eprintln!(
+        "unbanned flood: {sent} INVITEs, {answered} answered 407, CPU {:.1} % of a core during, \
+         {:.1} % in the {:.0} s after, slowest /health {:.0} ms, most transactions held {most}",
+        flood_cpu * 100.0,
+        after_cpu * 100.0,
+        t1.elapsed().as_secs_f64(),
+        slowest.as_secs_f64() * 1000.0
+    );
+    assert!(
+        answered as f64 >= 0.95 * sent as f64,
+        "{answered} of {sent} answered"
+    );
+    assert_eq!(most["waiting_ack"], 0, "{most}");
+    assert!(most["finished"].as_u64().unwrap() < 10, "{most}");
+    assert!(
+        after_cpu < 0.1,
+        "{:.0} % of a core after the flood",
+        after_cpu * 100.0
+    );
+    assert!(
+        slowest < Duration::from_millis(500),
+        "/health took {slowest:?}"
+    );
+}

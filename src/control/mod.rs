@@ -68,6 +68,7 @@ async fn health(State(s): State<ApiState>) -> impl IntoResponse {
         "rtp_ports_in_use": shared.ports.in_use(),
         "dialogs": s.sip.dialog_count(),
         "registrations": s.sip.registration_count(),
+        "sip_transactions": s.sip.transaction_stats(),
         "trunks_registered": shared.trunks.snapshot().iter()
             .filter(|t| t.state == crate::sip::trunk::TrunkState::Registered).count(),
     }))

@@ -60,6 +60,16 @@ impl SipHandle {
     pub fn registration_count(&self) -> usize {
         self.shared.registrar.count(Instant::now())
     }
+    /// What rsipstack holds: running and finished (cached for
+    /// retransmissions) transactions, and INVITEs waiting for their ACK.
+    pub fn transaction_stats(&self) -> serde_json::Value {
+        let st = self.endpoint.get_stats();
+        serde_json::json!({
+            "running": st.running_transactions,
+            "finished": st.finished_transactions,
+            "waiting_ack": st.waiting_ack,
+        })
+    }
 }
 
 /// Reads a PEM file named by the profile (checked by the profile's
