@@ -16,6 +16,7 @@ mod agents;
 mod pem;
 mod routes;
 mod rtp;
+mod security;
 mod service;
 mod sip;
 mod store;
@@ -29,6 +30,7 @@ pub use agents::{
 pub use pem::{read_pem, PemError, PemKind};
 pub use routes::{AmdAction, Prompt, RouteConfig};
 pub use rtp::{PortRange, PortRangeError};
+pub use security::{BanAction, SecurityConfig, DEFAULT_SCANNER_USER_AGENTS};
 pub use service::{ApiToken, LogFormat, LogFormatError};
 pub use sip::{DigestAlgorithm, ListenAddr, ListenAddrError, SipTransport, UnsupportedAlgorithm};
 pub use store::{redact_url, StoreConfig};
@@ -86,6 +88,8 @@ struct RawProfile {
     webhooks: Option<webhooks::RawWebhooks>,
     #[serde(default)]
     store: store::RawStore,
+    #[serde(default)]
+    security: security::RawSecurity,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +145,8 @@ pub struct Config {
     pub webhooks: Option<WebhookConfig>,
     /// Where call records go, and for how long.
     pub store: StoreConfig,
+    /// SIP edge protection (`[security]`).
+    pub security: SecurityConfig,
 }
 
 /// Command-line values that win over the profile.
@@ -265,6 +271,7 @@ impl Config {
         let trunks = trunks::validate(raw.trunks, &cx)?;
         let webhooks = raw.webhooks.map(|w| w.validate(&cx)).transpose()?;
         let store = raw.store.validate(&cx)?;
+        let security = raw.security.validate(&cx)?;
         check_tls_files(&sip, &trunks, &cx)?;
         Ok(Config {
             origin: origin.to_string(),
@@ -304,6 +311,7 @@ impl Config {
             trunks,
             webhooks,
             store,
+            security,
         })
     }
 

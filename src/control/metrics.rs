@@ -72,6 +72,9 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("agentline_cpu_share", "This process's CPU over the last half second, as a share of all cores."),
     ("agentline_media_lag_seconds", "Mean lateness of the calls' media ticks over the last half second."),
     ("agentline_calls_refused_overload_total", "New calls refused with 503 (or POST /calls refused) for overload."),
+    ("agentline_security_bans_total", "SIP sources banned ([security]: rate, auth_failures, scanner)."),
+    ("agentline_security_dropped_total", "SIP requests dropped or refused at the edge, by reason: banned, rate, scanner, calls_per_source, calls_per_user."),
+    ("agentline_security_banned_sources", "SIP sources banned now."),
     ("agentline_recording_dropped_frames_total", "Call recording frames (20 ms) dropped because the disk writer fell behind."),
 ];
 
@@ -203,6 +206,16 @@ pub async fn scrape(State(s): State<ApiState>) -> impl IntoResponse {
     metrics::gauge!("agentline_media_lag_seconds").set(f.media_lag_ms / 1000.0);
     metrics::counter!("agentline_calls_refused_overload_total")
         .absolute(ov.rejected.load(std::sync::atomic::Ordering::Relaxed));
+    {
+        let g = shared.guard.lock();
+        metrics::counter!("agentline_security_bans_total").absolute(g.bans_total());
+        for r in crate::sip::guard::DropReason::ALL {
+            metrics::counter!("agentline_security_dropped_total", "reason" => r.as_str())
+                .absolute(g.dropped(r));
+        }
+        metrics::gauge!("agentline_security_banned_sources")
+            .set(g.banned_sources(Instant::now()) as f64);
+    }
     let mut body = handle.render();
     body.push_str(&process_text(&ProcessStats::read()));
     (

@@ -7,6 +7,7 @@ mod cdrs;
 pub mod metrics;
 pub mod ready;
 mod reload;
+mod security;
 
 use std::net::SocketAddr;
 
@@ -44,6 +45,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/calls/{id}/transfer", post(transfer))
         .merge(ami::routes())
         .merge(cdrs::routes())
+        .merge(security::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -66,6 +68,7 @@ async fn health(State(s): State<ApiState>) -> impl IntoResponse {
         "rtp_ports_in_use": shared.ports.in_use(),
         "dialogs": s.sip.dialog_count(),
         "registrations": s.sip.registration_count(),
+        "sip_transactions": s.sip.transaction_stats(),
         "trunks_registered": shared.trunks.snapshot().iter()
             .filter(|t| t.state == crate::sip::trunk::TrunkState::Registered).count(),
     }))

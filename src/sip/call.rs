@@ -42,6 +42,9 @@ pub struct CallSetup {
     pub timer: Option<super::timer::SessionTimer>,
     /// The trunk the call came in on (or goes out through).
     pub trunk: Option<String>,
+    /// The call's place under `[security]` max_calls_per_source/user,
+    /// given back when the call (its driver) ends.
+    pub slot: Option<super::guard::CallSlot>,
 }
 
 pub use super::core::local_caps;
@@ -1524,6 +1527,7 @@ pub fn originate_leg(
                         caller_user: None,
                         timer: None,
                         trunk: Some(trunk.name.clone()),
+                        slot: None,
                     };
                     let mut cfg = Driver::core_config(&shared, &setup, ports.port);
                     cfg.srtp_key = srtp_key;

@@ -16,6 +16,7 @@
 //! need the message body hash and no SIP peer we care about requires it.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use hmac::digest::{Key, KeyInit};
 use hmac::{Hmac, Mac};
@@ -33,6 +34,10 @@ const NONCE_FUTURE_SKEW_SECS: u64 = 5;
 /// Bytes of the HMAC tag kept in a nonce; 128 bits is ample against forgery
 /// and keeps the nonce short enough for SIP headers.
 const NONCE_TAG_LEN: usize = 16;
+
+/// Random bytes in a source-bound nonce, so that two challenges to the same
+/// address in the same second differ (per-nonce `nc` tracking needs that).
+const NONCE_SALT_LEN: usize = 8;
 
 /// Errors from parsing Digest header values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -342,7 +347,10 @@ impl NonceIssuer {
         {
             return NonceStatus::Invalid;
         }
-        let issued = u64::from_be_bytes(*stamp);
+        self.age_status(u64::from_be_bytes(*stamp), now_unix_secs)
+    }
+
+    fn age_status(&self, issued: u64, now_unix_secs: u64) -> NonceStatus {
         if issued > now_unix_secs.saturating_add(NONCE_FUTURE_SKEW_SECS) {
             NonceStatus::Invalid
         } else if now_unix_secs.saturating_sub(issued) > self.lifetime_secs {
@@ -350,6 +358,85 @@ impl NonceIssuer {
         } else {
             NonceStatus::Valid
         }
+    }
+
+    /// A nonce for `realm` stamped with `now_unix_secs`, bound to the
+    /// client's IP `source` and salted, so that it only verifies for
+    /// requests from that address and no two challenges share a nonce:
+    /// `hex(timestamp_be_u64 || salt || HMAC-SHA256(key, timestamp ||
+    /// realm || salt || ip)[..16])`.
+    pub fn issue_for(&self, now_unix_secs: u64, realm: &str, source: IpAddr) -> String {
+        use rand::RngCore;
+        let mut salt = [0u8; NONCE_SALT_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        self.issue_salted(now_unix_secs, realm, source, salt)
+    }
+
+    fn issue_salted(
+        &self,
+        now_unix_secs: u64,
+        realm: &str,
+        source: IpAddr,
+        salt: [u8; NONCE_SALT_LEN],
+    ) -> String {
+        let stamp = now_unix_secs.to_be_bytes();
+        let tag = self.bound_tag(&stamp, realm, &salt, source);
+        let mut raw = Vec::with_capacity(stamp.len() + NONCE_SALT_LEN + NONCE_TAG_LEN);
+        raw.extend_from_slice(&stamp);
+        raw.extend_from_slice(&salt);
+        raw.extend(tag.finalize().into_bytes().iter().take(NONCE_TAG_LEN));
+        hex::encode(raw)
+    }
+
+    /// Checks a nonce from [`NonceIssuer::issue_for`] that a client at
+    /// `source` sent back: `Invalid` when it was issued to another address.
+    pub fn check_for(
+        &self,
+        nonce: &str,
+        now_unix_secs: u64,
+        realm: &str,
+        source: IpAddr,
+    ) -> NonceStatus {
+        if nonce.bytes().any(|b| b.is_ascii_uppercase()) {
+            return NonceStatus::Invalid;
+        }
+        let Ok(raw) = hex::decode(nonce) else {
+            return NonceStatus::Invalid;
+        };
+        let Some((stamp, rest)) = raw.split_first_chunk::<8>() else {
+            return NonceStatus::Invalid;
+        };
+        let Some((salt, tag)) = rest.split_first_chunk::<NONCE_SALT_LEN>() else {
+            return NonceStatus::Invalid;
+        };
+        if tag.len() != NONCE_TAG_LEN
+            || self
+                .bound_tag(stamp, realm, salt, source)
+                .verify_truncated_left(tag)
+                .is_err()
+        {
+            return NonceStatus::Invalid;
+        }
+        self.age_status(u64::from_be_bytes(*stamp), now_unix_secs)
+    }
+
+    fn bound_tag(
+        &self,
+        stamp: &[u8; 8],
+        realm: &str,
+        salt: &[u8; NONCE_SALT_LEN],
+        source: IpAddr,
+    ) -> HmacSha256 {
+        // One form per address: an IPv4 client seen through a dual-stack
+        // socket (::ffff:a.b.c.d) is the same client.
+        let ip = match source.to_canonical() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        let mut mac = self.tag(stamp, realm);
+        mac.update(salt);
+        mac.update(&ip.octets());
+        mac
     }
 
     fn tag(&self, stamp: &[u8; 8], realm: &str) -> HmacSha256 {
@@ -1020,6 +1107,55 @@ mod tests {
         reference.update(&stamp);
         reference.update(b"r");
         assert_eq!(ours, reference.finalize().into_bytes());
+    }
+
+    #[test]
+    fn bound_nonce_only_verifies_for_its_source_and_is_never_repeated() {
+        let issuer = NonceIssuer::new(KEY, 300);
+        let phone: IpAddr = "192.0.2.10".parse().unwrap();
+        let attacker: IpAddr = "198.51.100.7".parse().unwrap();
+        let nonce = issuer.issue_for(T0, "agentline", phone);
+        assert_eq!(nonce.len(), 64);
+        assert_eq!(
+            issuer.check_for(&nonce, T0 + 10, "agentline", phone),
+            NonceStatus::Valid
+        );
+        // The same address seen through a dual-stack socket.
+        let mapped: IpAddr = "::ffff:192.0.2.10".parse().unwrap();
+        assert_eq!(
+            issuer.check_for(&nonce, T0, "agentline", mapped),
+            NonceStatus::Valid
+        );
+        assert_eq!(
+            issuer.check_for(&nonce, T0, "agentline", attacker),
+            NonceStatus::Invalid
+        );
+        assert_eq!(
+            issuer.check_for(&nonce, T0 + 301, "agentline", phone),
+            NonceStatus::Stale
+        );
+        assert_eq!(
+            issuer.check_for(&nonce, T0, "other", phone),
+            NonceStatus::Invalid
+        );
+        // An unbound nonce is not a bound one, and the other way round.
+        let unbound = issuer.issue(T0, "agentline");
+        assert_eq!(
+            issuer.check_for(&unbound, T0, "agentline", phone),
+            NonceStatus::Invalid
+        );
+        assert_eq!(issuer.check(&nonce, T0, "agentline"), NonceStatus::Invalid);
+        // Same second, same source: still two nonces.
+        assert_ne!(nonce, issuer.issue_for(T0, "agentline", phone));
+        // The salt is covered by the tag.
+        let a = issuer.issue_salted(T0, "agentline", phone, [1; 8]);
+        let mut forged = a.clone().into_bytes();
+        forged[16] = if forged[16] == b'0' { b'1' } else { b'0' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert_eq!(
+            issuer.check_for(&forged, T0, "agentline", phone),
+            NonceStatus::Invalid
+        );
     }
 
     #[test]

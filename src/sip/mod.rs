@@ -10,8 +10,10 @@ pub mod call;
 pub mod call_metrics;
 pub mod core;
 pub mod digest;
+pub mod edge;
 #[doc(hidden)]
 pub mod fuzz_entry;
+pub mod guard;
 pub mod overload;
 pub mod ports;
 pub mod recorder;

@@ -60,6 +60,16 @@ impl SipHandle {
     pub fn registration_count(&self) -> usize {
         self.shared.registrar.count(Instant::now())
     }
+    /// What rsipstack holds: running and finished (cached for
+    /// retransmissions) transactions, and INVITEs waiting for their ACK.
+    pub fn transaction_stats(&self) -> serde_json::Value {
+        let st = self.endpoint.get_stats();
+        serde_json::json!({
+            "running": st.running_transactions,
+            "finished": st.finished_transactions,
+            "waiting_ack": st.waiting_ack,
+        })
+    }
 }
 
 /// Reads a PEM file named by the profile (checked by the profile's
@@ -99,6 +109,10 @@ pub async fn start(
     // Phones that register over TCP without keep-alives would otherwise be
     // dropped after rsipstack's 300 s idle timeout.
     tl.set_stream_idle_timeout(Duration::from_secs(3600));
+    // [security]: every datagram and connection passes the guard before
+    // rsipstack parses it (banned and flooding sources are dropped here).
+    let edge = super::edge::EdgeFilter::default();
+    tl.set_whitelist(edge.clone());
     // TLS connections we open (trunks) verify the peer against these anchors.
     if cfg.trunks.iter().any(|t| t.transport == SipTransport::Tls) {
         let ca = read_pem(&cfg.tls_ca, "sip.tls_ca", PemKind::Certificate)?;
@@ -211,6 +225,7 @@ pub async fn start(
         webhooks: arc_swap::ArcSwapOption::new(webhooks.map(Arc::new)),
         breakers: crate::agent::fallback::CircuitBreakers::new(),
         overload: Arc::default(),
+        guard: Arc::default(),
         auth: Authenticator::new(
             &cfg.domain,
             creds,
@@ -229,6 +244,7 @@ pub async fn start(
         config: arc_swap::ArcSwap::new(cfg),
     });
     let _ = nat.registrar.set(shared.clone());
+    let _ = edge.0.set(Arc::downgrade(&shared));
 
     let judge = shared.clone();
     tokio::spawn(super::overload::run(
@@ -291,6 +307,10 @@ fn dispatch(shared: &Arc<Shared>, mut tx: Transaction) {
         }
         return;
     }
+    let source = source_of(&tx.original).map(|(a, _)| a.ip());
+    let Some(tx) = super::edge::screen(shared, tx, source) else {
+        return;
+    };
     match tx.original.method {
         Method::Register => {
             let shared = shared.clone();
@@ -351,8 +371,13 @@ pub(crate) fn header_value(req: &Request, name: &str) -> Option<String> {
 
 /// 401 with WWW-Authenticate (registrar) or 407 with Proxy-Authenticate
 /// (calls), one header per configured digest algorithm.
-fn challenge(shared: &Shared, tx: Transaction, stale: bool, proxy: bool) {
-    let values = shared.auth.challenges(now_unix(), stale).into_iter();
+/// Sent statelessly ([`super::edge::reply_stateless`]): a flood of
+/// unauthenticated requests leaves no transaction state behind.
+fn challenge(shared: &Shared, tx: Transaction, stale: bool, proxy: bool, source: IpAddr) {
+    let values = shared
+        .auth
+        .challenges(now_unix(), stale, source)
+        .into_iter();
     let (code, headers) = if proxy {
         (
             StatusCode::ProxyAuthenticationRequired,
@@ -366,20 +391,34 @@ fn challenge(shared: &Shared, tx: Transaction, stale: bool, proxy: bool) {
             values.map(|v| Header::WwwAuthenticate(v.into())).collect(),
         )
     };
-    reply_and_finish(tx, code, headers);
+    super::edge::reply_stateless(tx, code, headers);
 }
 
 async fn handle_register(shared: &Arc<Shared>, mut tx: Transaction) {
     let req = tx.original.clone();
+    let Some((source, transport)) = source_of(&req) else {
+        reply_and_finish(tx, StatusCode::BadRequest, vec![]);
+        return;
+    };
     let auth = header_value(&req, "Authorization");
-    let outcome = shared.auth.check(auth.as_deref(), "REGISTER", now_unix());
+    let outcome = shared.auth.check(
+        auth.as_deref(),
+        "REGISTER",
+        &req.uri.to_string(),
+        source.ip(),
+        now_unix(),
+    );
     let user = match outcome {
         AuthOutcome::Authenticated(u) => u,
         AuthOutcome::Challenge { stale, reason } => {
             if auth.is_some() {
-                info!(reason, source = ?source_of(&req).map(|s| s.0), "REGISTER rejected");
+                info!(reason, %source, "REGISTER rejected");
             }
-            challenge(shared, tx, stale, false);
+            if outcome.is_failure() && super::edge::auth_failed(shared, source.ip()) {
+                super::edge::refuse(shared, tx, super::guard::DropReason::Banned);
+                return;
+            }
+            challenge(shared, tx, stale, false, source.ip());
             return;
         }
     };
@@ -393,10 +432,6 @@ async fn handle_register(shared: &Arc<Shared>, mut tx: Transaction) {
         reply_and_finish(tx, StatusCode::Forbidden, vec![]);
         return;
     }
-    let Some((source, transport)) = source_of(&req) else {
-        reply_and_finish(tx, StatusCode::BadRequest, vec![]);
-        return;
-    };
     let default_expires = req
         .expires_header()
         .and_then(|e| e.value().trim().parse::<u32>().ok());
@@ -506,13 +541,24 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
         None
     } else {
         let cred = header_value(req, "Proxy-Authorization");
-        match shared.auth.check(cred.as_deref(), "INVITE", now_unix()) {
+        let outcome = shared.auth.check(
+            cred.as_deref(),
+            "INVITE",
+            &req.uri.to_string(),
+            source.ip(),
+            now_unix(),
+        );
+        match outcome {
             AuthOutcome::Authenticated(u) => Some(u),
             AuthOutcome::Challenge { stale, reason } => {
                 if cred.is_some() {
                     info!(reason, %source, "INVITE authentication failed");
                 }
-                challenge(shared, tx, stale, true);
+                if outcome.is_failure() && super::edge::auth_failed(shared, source.ip()) {
+                    super::edge::refuse(shared, tx, super::guard::DropReason::Banned);
+                    return;
+                }
+                challenge(shared, tx, stale, true, source.ip());
                 return;
             }
         }
@@ -591,6 +637,20 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
             return;
         }
     };
+    let slot = match shared.guard.call_slot(
+        source.ip(),
+        caller_user.clone(),
+        &cfg.security,
+        super::edge::exempt(shared, source.ip()),
+    ) {
+        Ok(slot) => slot,
+        Err(e) => {
+            info!(dialled, %source, user = ?caller_user, limit = %e, "call limit: 486");
+            call::record_rejected(shared, req, &route.dial, trunk, 486, "call limit");
+            reply_and_finish(tx, StatusCode::BusyHere, vec![]);
+            return;
+        }
+    };
     let setup = CallSetup {
         route,
         offer,
@@ -599,6 +659,7 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
         caller_user,
         timer,
         trunk,
+        slot: Some(slot),
     };
     call::admit(shared.clone(), tx, setup);
 }

@@ -43,6 +43,8 @@ pub struct Shared {
     pub breakers: crate::agent::fallback::CircuitBreakers,
     /// Overload control: the calls' tick lateness in, the verdict out.
     pub overload: Arc<super::overload::Overload>,
+    /// SIP edge protection (`[security]`): rate limits, bans, call limits.
+    pub guard: Arc<super::guard::Guard>,
 }
 
 impl Shared {

@@ -7,6 +7,7 @@ pub mod baresip;
 pub mod fakes;
 pub mod kamailio;
 pub mod pg;
+pub mod rawsip;
 pub mod sipp;
 
 use std::io::{Read, Write};
@@ -267,6 +268,14 @@ pub fn http_post(port: u16, path: &str, json: &str) -> std::io::Result<(u16, Str
             "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
             json.len()
         ),
+    )
+}
+
+/// Minimal HTTP/1.0 DELETE on 127.0.0.1.
+pub fn http_delete(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(
+        port,
+        &format!("DELETE {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"),
     )
 }
 
