@@ -73,6 +73,7 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("agentline_media_lag_seconds", "Mean lateness of the calls' media ticks over the last half second."),
     ("agentline_calls_refused_overload_total", "New calls refused with 503 (or POST /calls refused) for overload."),
     ("agentline_recording_dropped_frames_total", "Call recording frames (20 ms) dropped because the disk writer fell behind."),
+    ("agentline_log_lines_dropped_total", "Log lines not written: stderr is a closed pipe, or its reader fell behind."),
 ];
 
 /// Turn-latency stages, initialised to zero so dashboards see them at once.
@@ -159,6 +160,7 @@ fn describe() {
         "agentline_playout_underruns_total",
         "agentline_provider_failovers_total",
         "agentline_webhook_failures_total",
+        "agentline_log_lines_dropped_total",
     ] {
         metrics::counter!(name).increment(0);
     }

@@ -377,7 +377,11 @@ async fn handle_register(shared: &Arc<Shared>, mut tx: Transaction) {
         AuthOutcome::Authenticated(u) => u,
         AuthOutcome::Challenge { stale, reason } => {
             if auth.is_some() {
-                info!(reason, source = ?source_of(&req).map(|s| s.0), "REGISTER rejected");
+                info!(
+                    reason,
+                    source = source_of(&req).map(|s| tracing::field::display(s.0)),
+                    "REGISTER rejected"
+                );
             }
             challenge(shared, tx, stale, false);
             return;
@@ -533,7 +537,7 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
         None => cfg.route(&dialled),
     };
     let Some(route) = route.cloned() else {
-        info!(dialled, to = ?to_user, trunk = ?trunk, %source, "no route: 404");
+        info!(dialled, to = to_user.as_deref(), trunk = trunk.as_deref(), %source, "no route: 404");
         call::record_rejected(shared, req, &dialled, trunk, 404, "no route");
         reply_and_finish(tx, StatusCode::NotFound, vec![]);
         return;
