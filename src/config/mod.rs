@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod agents;
+mod limits;
 mod pem;
 mod routes;
 mod rtp;
@@ -26,6 +27,7 @@ mod webhooks;
 pub use agents::{
     AgentConfig, AgentConfigError, HttpTool, DEFAULT_END_OF_TURN_MAX_MS, DEFAULT_PREROLL_MS,
 };
+pub use limits::ListenerLimits;
 pub use pem::{read_pem, PemError, PemKind};
 pub use routes::{AmdAction, Prompt, RouteConfig};
 pub use rtp::{PortRange, PortRangeError};
@@ -86,6 +88,9 @@ struct RawProfile {
     webhooks: Option<webhooks::RawWebhooks>,
     #[serde(default)]
     store: store::RawStore,
+    /// `[security]`: listener limits (this file's keys only).
+    #[serde(default)]
+    security: limits::RawLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +146,8 @@ pub struct Config {
     pub webhooks: Option<WebhookConfig>,
     /// Where call records go, and for how long.
     pub store: StoreConfig,
+    /// `[security]` TCP connection and message-size limits.
+    pub limits: ListenerLimits,
 }
 
 /// Command-line values that win over the profile.
@@ -265,6 +272,7 @@ impl Config {
         let trunks = trunks::validate(raw.trunks, &cx)?;
         let webhooks = raw.webhooks.map(|w| w.validate(&cx)).transpose()?;
         let store = raw.store.validate(&cx)?;
+        let limits = raw.security.validate(&cx)?;
         check_tls_files(&sip, &trunks, &cx)?;
         Ok(Config {
             origin: origin.to_string(),
@@ -304,6 +312,7 @@ impl Config {
             trunks,
             webhooks,
             store,
+            limits,
         })
     }
 

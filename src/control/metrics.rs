@@ -74,6 +74,9 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("agentline_calls_refused_overload_total", "New calls refused with 503 (or POST /calls refused) for overload."),
     ("agentline_recording_dropped_frames_total", "Call recording frames (20 ms) dropped because the disk writer fell behind."),
     ("agentline_log_lines_dropped_total", "Log lines not written: stderr is a closed pipe, or its reader fell behind."),
+    ("agentline_tcp_connections_refused_total", "SIP TCP connections closed at once: the source already held [security] max_tcp_per_source."),
+    ("agentline_tcp_unauthenticated_closed_total", "SIP TCP connections closed for carrying no authenticated request within [security] tcp_auth_timeout_s."),
+    ("agentline_tcp_accept_errors_total", "Failed accepts on the SIP TCP listener (EMFILE, ENFILE, ...); each backs off 100 ms."),
 ];
 
 /// Turn-latency stages, initialised to zero so dashboards see them at once.

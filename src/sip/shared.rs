@@ -43,6 +43,8 @@ pub struct Shared {
     pub breakers: crate::agent::fallback::CircuitBreakers,
     /// Overload control: the calls' tick lateness in, the verdict out.
     pub overload: Arc<super::overload::Overload>,
+    /// Open SIP TCP flows per source, and which authenticated.
+    pub tcp_flows: super::tcp_listener::TcpFlows,
 }
 
 impl Shared {
