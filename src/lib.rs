@@ -5,6 +5,7 @@ pub mod calls;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod logging;
 pub mod media;
 pub mod sdp;
 pub mod server;

@@ -5,9 +5,25 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::io::Write;
+
 use agentline::config::{Config, ListenAddr, LogFormat, Overrides, PasswordSource, PortRange};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+
+/// `eprintln!` that ignores a closed stderr (`eprintln!` panics on it).
+macro_rules! err_line {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+/// `println!` that ignores a closed stdout (`agentline cdrs | head -1`).
+macro_rules! out_line {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
 
 #[derive(Parser)]
 #[command(
@@ -111,18 +127,6 @@ impl ProfileArgs {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rsipstack=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
@@ -134,7 +138,7 @@ fn main() -> ExitCode {
             };
             match agentline::tls::write_pair(&a.dir, &names, a.force) {
                 Ok((c, k)) => {
-                    println!(
+                    out_line!(
                         "wrote {} and {} (self-signed, for {})",
                         c.display(),
                         k.display(),
@@ -143,7 +147,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("agentline gen-cert: {e}");
+                    err_line!("agentline gen-cert: {e}");
                     ExitCode::from(1)
                 }
             }
@@ -154,7 +158,7 @@ fn main() -> ExitCode {
                 for (i, u) in cfg.users.iter().enumerate() {
                     if let PasswordSource::Env(var) = &u.password {
                         if std::env::var(var).map(|v| v.is_empty()).unwrap_or(true) {
-                            eprintln!(
+                            err_line!(
                                 "profile {}: key `users[{i}].password_env`: environment variable `{var}` is not set or empty",
                                 cfg.origin
                             );
@@ -162,7 +166,7 @@ fn main() -> ExitCode {
                         }
                     }
                 }
-                println!(
+                out_line!(
                     "{}: ok ({} listeners, {} users, {} routes)",
                     cfg.origin,
                     cfg.sip_listen.len(),
@@ -172,7 +176,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{e}");
+                err_line!("{e}");
                 ExitCode::from(1)
             }
         },
@@ -180,18 +184,20 @@ fn main() -> ExitCode {
             let cfg = match args.load() {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("{e}");
+                    err_line!("{e}");
                     return ExitCode::from(1);
                 }
             };
-            init_logging(cfg.log_format);
+            // Logging never blocks or panics, whatever stderr is; the guard
+            // writes out the queued lines at exit.
+            let log = agentline::logging::init(cfg.log_format);
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
+                    tracing::error!(error = %e, "cannot start the runtime");
                     return ExitCode::from(1);
                 }
             };
@@ -208,14 +214,17 @@ fn main() -> ExitCode {
                 });
                 agentline::server::run_reloadable(cfg, Some(load), shutdown).await
             });
-            match result {
+            let code = match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "agentline failed");
-                    eprintln!("agentline: {e}");
+                    log.flush(std::time::Duration::from_secs(2));
+                    err_line!("agentline: {e}");
                     ExitCode::from(1)
                 }
-            }
+            };
+            drop(log);
+            code
         }
     }
 }
@@ -226,7 +235,7 @@ fn cdrs(a: CdrsArgs) -> ExitCode {
     let cfg = match a.profile.load() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            err_line!("{e}");
             return ExitCode::from(1);
         }
     };
@@ -250,7 +259,7 @@ fn cdrs(a: CdrsArgs) -> ExitCode {
             cursor: a.cursor.clone(),
         },
         (Err(e), _) | (_, Err(e)) => {
-            eprintln!("agentline cdrs: {e}");
+            err_line!("agentline cdrs: {e}");
             return ExitCode::from(2);
         }
     };
@@ -260,7 +269,7 @@ fn cdrs(a: CdrsArgs) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
+            err_line!("cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
     };
@@ -283,16 +292,16 @@ fn cdrs(a: CdrsArgs) -> ExitCode {
     });
     match out {
         Ok(Some(text)) => {
-            println!("{text}");
+            out_line!("{text}");
             ExitCode::SUCCESS
         }
         Ok(None) => {
-            eprintln!("agentline cdrs: no record `{}`", a.id.unwrap_or_default());
+            err_line!("agentline cdrs: no record `{}`", a.id.unwrap_or_default());
             ExitCode::from(1)
         }
         Err(e) => {
             let e: agentline::store::StoreError = e;
-            eprintln!("agentline cdrs: {e}");
+            err_line!("agentline cdrs: {e}");
             ExitCode::from(1)
         }
     }

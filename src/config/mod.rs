@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod agents;
+mod limits;
 mod pem;
 mod routes;
 mod rtp;
@@ -27,6 +28,7 @@ mod webhooks;
 pub use agents::{
     AgentConfig, AgentConfigError, HttpTool, DEFAULT_END_OF_TURN_MAX_MS, DEFAULT_PREROLL_MS,
 };
+pub use limits::ListenerLimits;
 pub use pem::{read_pem, PemError, PemKind};
 pub use routes::{AmdAction, Prompt, RouteConfig};
 pub use rtp::{PortRange, PortRangeError};
@@ -88,6 +90,7 @@ struct RawProfile {
     webhooks: Option<webhooks::RawWebhooks>,
     #[serde(default)]
     store: store::RawStore,
+    /// `[security]`: edge protection and listener limits.
     #[serde(default)]
     security: security::RawSecurity,
 }
@@ -147,6 +150,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// SIP edge protection (`[security]`).
     pub security: SecurityConfig,
+    /// `[security]` TCP connection and message-size limits.
+    pub limits: ListenerLimits,
 }
 
 /// Command-line values that win over the profile.
@@ -271,7 +276,9 @@ impl Config {
         let trunks = trunks::validate(raw.trunks, &cx)?;
         let webhooks = raw.webhooks.map(|w| w.validate(&cx)).transpose()?;
         let store = raw.store.validate(&cx)?;
-        let security = raw.security.validate(&cx)?;
+        let mut raw_security = raw.security;
+        let limits = raw_security.take_limits().validate(&cx)?;
+        let security = raw_security.validate(&cx)?;
         check_tls_files(&sip, &trunks, &cx)?;
         Ok(Config {
             origin: origin.to_string(),
@@ -312,6 +319,7 @@ impl Config {
             webhooks,
             store,
             security,
+            limits,
         })
     }
 

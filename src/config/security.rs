@@ -66,6 +66,10 @@ pub(super) struct RawSecurity {
     /// Networks never limited or banned (besides `[sip] trusted` and the
     /// trunks' sources).
     trusted: Option<Vec<String>>,
+    /// Listener limits (validated by `limits`).
+    max_tcp_per_source: Option<u32>,
+    tcp_auth_timeout_s: Option<u64>,
+    max_message_bytes: Option<usize>,
 }
 
 /// `[security]`, validated, with defaults filled in.
@@ -133,6 +137,15 @@ impl SecurityConfig {
 }
 
 impl RawSecurity {
+    /// The listener-limit keys of the section, taken out for `limits`.
+    pub(super) fn take_limits(&mut self) -> super::limits::RawLimits {
+        super::limits::RawLimits {
+            max_tcp_per_source: self.max_tcp_per_source.take(),
+            tcp_auth_timeout_s: self.tcp_auth_timeout_s.take(),
+            max_message_bytes: self.max_message_bytes.take(),
+        }
+    }
+
     pub(super) fn validate(self, cx: &Ctx) -> Result<SecurityConfig, ConfigError> {
         self.validate_with(cx)
     }

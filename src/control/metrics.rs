@@ -76,6 +76,10 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("agentline_security_dropped_total", "SIP requests dropped or refused at the edge, by reason: banned, rate, scanner, calls_per_source, calls_per_user."),
     ("agentline_security_banned_sources", "SIP sources banned now."),
     ("agentline_recording_dropped_frames_total", "Call recording frames (20 ms) dropped because the disk writer fell behind."),
+    ("agentline_log_lines_dropped_total", "Log lines not written: stderr is a closed pipe, or its reader fell behind."),
+    ("agentline_tcp_connections_refused_total", "SIP TCP connections closed at once: the source already held [security] max_tcp_per_source."),
+    ("agentline_tcp_unauthenticated_closed_total", "SIP TCP connections closed for carrying no authenticated request within [security] tcp_auth_timeout_s."),
+    ("agentline_tcp_accept_errors_total", "Failed accepts on the SIP TCP listener (EMFILE, ENFILE, ...); each backs off 100 ms."),
 ];
 
 /// Turn-latency stages, initialised to zero so dashboards see them at once.
@@ -162,6 +166,7 @@ fn describe() {
         "agentline_playout_underruns_total",
         "agentline_provider_failovers_total",
         "agentline_webhook_failures_total",
+        "agentline_log_lines_dropped_total",
     ] {
         metrics::counter!(name).increment(0);
     }

@@ -808,8 +808,13 @@ impl Driver {
                 self.webhook("interruption", serde_json::json!({}));
             }
             E::Latency(l) => {
-                info!(total_ms = l.total_ms, asr_ms = ?l.asr_ms, llm_first_token_ms = ?l.llm_first_token_ms,
-                      tts_first_byte_ms = ?l.tts_first_byte_ms, "turn latency");
+                info!(
+                    total_ms = l.total_ms,
+                    asr_ms = l.asr_ms,
+                    llm_first_token_ms = l.llm_first_token_ms,
+                    tts_first_byte_ms = l.tts_first_byte_ms,
+                    "turn latency"
+                );
                 calls.update(id, |c| {
                     if c.turns.len() >= 50 {
                         c.turns.remove(0);
@@ -871,7 +876,7 @@ impl Driver {
                 dtmf = s.rx_dtmf_digits,
                 lost = q.packets_lost,
                 jitter_ms = format!("{:.1}", q.jitter_ms),
-                rtt_ms = ?q.rtt_ms.map(|r| format!("{r:.1}")),
+                rtt_ms = q.rtt_ms.map(|r| format!("{r:.1}")),
                 mos = format!("{:.2}", q.mos),
                 "media summary"
             );

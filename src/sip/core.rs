@@ -1081,12 +1081,21 @@ impl CallCore {
         session.set_recording(self.cfg.record);
         let unanswered = std::mem::take(&mut self.outbound_early);
         if unanswered {
-            info!(codec = neg.codec.encoding_name(), remote = ?neg.remote_rtp,
-                  agent = agent.kind(), "early media: the agent hears the callee's side");
+            info!(
+                codec = neg.codec.encoding_name(),
+                remote = neg.remote_rtp.map(tracing::field::display),
+                agent = agent.kind(),
+                "early media: the agent hears the callee's side"
+            );
             self.actions.push_back(Action::Event(CallEvent::EarlyMedia));
         } else {
-            info!(codec = neg.codec.encoding_name(), pt = neg.pt, remote = ?neg.remote_rtp,
-                  agent = agent.kind(), "call answered");
+            info!(
+                codec = neg.codec.encoding_name(),
+                pt = neg.pt,
+                remote = neg.remote_rtp.map(tracing::field::display),
+                agent = agent.kind(),
+                "call answered"
+            );
             self.actions.push_back(Action::Event(CallEvent::Answered {
                 codec: neg.codec.encoding_name(),
                 remote_rtp: neg.remote_rtp,
@@ -1385,7 +1394,11 @@ impl CallCore {
                 a.last_refresh = now;
             }
             other => {
-                warn!(outcome = ?other, "session refresh failed: hanging up");
+                let outcome = match &other {
+                    Ok(code) => code.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                warn!(%outcome, "session refresh failed: hanging up");
                 self.end_with_bye(EndReason::SessionRefreshFailed);
             }
         }
@@ -1487,7 +1500,7 @@ impl CallCore {
         let was_held = !a.session.params().direction.sends();
         let held = !n.direction.sends();
         info!(direction = %n.direction, codec = n.codec.encoding_name(),
-              remote = ?n.remote_rtp, "re-INVITE answered");
+              remote = n.remote_rtp.map(tracing::field::display), "re-INVITE answered");
         let params = self.media_params(&n, rate);
         let Phase::Active(a) = &mut self.phase else {
             return;
@@ -1794,7 +1807,11 @@ impl CallCore {
             || params.codec != a.session.params().codec
             || params.pt != a.session.params().pt;
         if moved {
-            info!(codec = neg.codec.encoding_name(), remote = ?neg.remote_rtp, "the 200 moved the media");
+            info!(
+                codec = neg.codec.encoding_name(),
+                remote = neg.remote_rtp.map(tracing::field::display),
+                "the 200 moved the media"
+            );
             if let Err(e) = a.session.update(params) {
                 warn!(error = %e, "codec setup failed");
                 a.unanswered = false;

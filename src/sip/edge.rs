@@ -43,25 +43,31 @@ pub struct EdgeFilter(pub Arc<OnceLock<Weak<Shared>>>);
 #[async_trait::async_trait]
 impl TransportWhitelist for EdgeFilter {
     async fn allow(&self, ip: IpAddr) -> bool {
-        let Some(shared) = self.0.get().and_then(Weak::upgrade) else {
-            return true;
-        };
-        let cfg = shared.cfg();
-        if !cfg.security.enabled {
-            return true;
+        match self.0.get().and_then(Weak::upgrade) {
+            Some(shared) => admits(&shared, ip),
+            None => true,
         }
-        let exempt = exempt(&shared, ip);
-        let verdict = shared
-            .guard
-            .lock()
-            .packet(ip, Instant::now(), &cfg.security, exempt);
-        match verdict {
-            Verdict::Pass => true,
-            // In `403` mode a banned source's requests go on to the
-            // dispatcher, which refuses them statelessly.
-            Verdict::Drop(DropReason::Banned) => cfg.security.ban_action == BanAction::Forbidden,
-            Verdict::Drop(_) => false,
-        }
+    }
+}
+
+/// The guard's verdict on one datagram or new connection from `ip`: used by
+/// the transport whitelist and by our own TCP accept loop.
+pub fn admits(shared: &Shared, ip: IpAddr) -> bool {
+    let cfg = shared.cfg();
+    if !cfg.security.enabled {
+        return true;
+    }
+    let exempt = exempt(shared, ip);
+    let verdict = shared
+        .guard
+        .lock()
+        .packet(ip, Instant::now(), &cfg.security, exempt);
+    match verdict {
+        Verdict::Pass => true,
+        // In `403` mode a banned source's requests go on to the
+        // dispatcher, which refuses them statelessly.
+        Verdict::Drop(DropReason::Banned) => cfg.security.ban_action == BanAction::Forbidden,
+        Verdict::Drop(_) => false,
     }
 }
 

@@ -21,5 +21,6 @@ pub mod registrar;
 pub mod reload;
 pub mod server;
 pub mod shared;
+pub mod tcp_listener;
 pub mod timer;
 pub mod trunk;

@@ -208,14 +208,14 @@ impl Reloader {
             routes = summary.routes,
             trunks = summary.trunks,
             registrations_dropped = summary.registrations_dropped,
-            trunks_added = ?summary.trunks_added,
-            trunks_removed = ?summary.trunks_removed,
-            trunks_changed = ?summary.trunks_changed,
+            trunks_added = %summary.trunks_added.join(","),
+            trunks_removed = %summary.trunks_removed.join(","),
+            trunks_changed = %summary.trunks_changed.join(","),
             "profile reloaded"
         );
         if !summary.needs_restart.is_empty() {
             warn!(
-                settings = ?summary.needs_restart,
+                settings = %summary.needs_restart.join(","),
                 "changed settings not applied: they need a restart"
             );
         }

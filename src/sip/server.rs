@@ -13,7 +13,7 @@ use rsipstack::sip::{Header, Method, Request, StatusCode};
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transport::connection::SipConnection;
 use rsipstack::transport::tls::{TlsConfig, TlsListenerConnection};
-use rsipstack::transport::{udp::UdpConnection, TcpListenerConnection, TransportLayer};
+use rsipstack::transport::{udp::UdpConnection, TransportLayer};
 use rsipstack::EndpointBuilder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -125,6 +125,7 @@ pub async fn start(
     let adv_ip = advertised_ip(&cfg, first_bind);
     let mut contacts = Vec::new();
     let mut first_udp: Option<UdpConnection> = None;
+    let mut tcp_listeners = Vec::new();
     for l in &cfg.sip_listen {
         let adv = SocketAddr::new(advertised_ip(&cfg, l.addr.ip()), l.addr.port());
         let external = (cfg.external_ip.is_some() || l.addr.ip().is_unspecified()).then_some(adv);
@@ -171,19 +172,18 @@ pub async fn start(
                 ));
             }
             SipTransport::Tcp => {
-                // rsipstack binds TCP later and only logs a failure: probe now
-                // so a port conflict stops the start with a clear error.
-                std::net::TcpListener::bind(l.addr).map_err(|e| SipError::Listen {
-                    addr: l.to_string(),
-                    message: e.to_string(),
-                })?;
-                let conn = TcpListenerConnection::new(l.addr, external)
-                    .await
-                    .map_err(|e| SipError::Listen {
+                // Our own accept loop (per-source limit, back-off on EMFILE):
+                // see `tcp_listener`; started once the endpoint runs.
+                let listener =
+                    std::net::TcpListener::bind(l.addr).map_err(|e| SipError::Listen {
                         addr: l.to_string(),
                         message: e.to_string(),
                     })?;
-                tl.add_transport(conn.into());
+                let local = rsipstack::transport::SipAddr {
+                    r#type: Some(rsipstack::sip::Transport::Tcp),
+                    addr: external.unwrap_or(l.addr).into(),
+                };
+                tcp_listeners.push((listener, local));
                 contacts.push((
                     SipTransport::Tcp,
                     format!("sip:agentline@{adv};transport=tcp"),
@@ -226,6 +226,7 @@ pub async fn start(
         breakers: crate::agent::fallback::CircuitBreakers::new(),
         overload: Arc::default(),
         guard: Arc::default(),
+        tcp_flows: Default::default(),
         auth: Authenticator::new(
             &cfg.domain,
             creds,
@@ -245,6 +246,16 @@ pub async fn start(
     });
     let _ = nat.registrar.set(shared.clone());
     let _ = edge.0.set(Arc::downgrade(&shared));
+    for (listener, local) in tcp_listeners {
+        super::tcp_listener::spawn(
+            listener,
+            local,
+            ep.inner.clone(),
+            Arc::downgrade(&shared),
+            stop.clone(),
+        )
+        .map_err(|e| SipError::Stack(e.to_string()))?;
+    }
 
     let judge = shared.clone();
     tokio::spawn(super::overload::run(
@@ -496,6 +507,9 @@ async fn handle_register(shared: &Arc<Shared>, mut tx: Transaction) {
                 .collect();
             headers.push(Header::Date(httpdate_now().into()));
             info!(user, %source, contacts = bindings.len(), "registered");
+            if transport == SipTransport::Tcp {
+                shared.tcp_flows.authenticated(source);
+            }
             if let Err(e) = tx.reply_with(StatusCode::OK, headers, None).await {
                 debug!(error = %e, "REGISTER reply failed");
             }
@@ -563,6 +577,10 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
             }
         }
     };
+    if transport == SipTransport::Tcp {
+        // Trusted, a trunk, or the digest passed: the flow may stay.
+        shared.tcp_flows.authenticated(source);
+    }
     let dialled = req.uri.user().unwrap_or_default().to_string();
     // From a trunk: the DID is the request-URI user, or the To user when the
     // provider sends to our registered contact.
@@ -579,7 +597,7 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
         None => cfg.route(&dialled),
     };
     let Some(route) = route.cloned() else {
-        info!(dialled, to = ?to_user, trunk = ?trunk, %source, "no route: 404");
+        info!(dialled, to = to_user.as_deref(), trunk = trunk.as_deref(), %source, "no route: 404");
         call::record_rejected(shared, req, &dialled, trunk, 404, "no route");
         reply_and_finish(tx, StatusCode::NotFound, vec![]);
         return;

@@ -45,6 +45,8 @@ pub struct Shared {
     pub overload: Arc<super::overload::Overload>,
     /// SIP edge protection (`[security]`): rate limits, bans, call limits.
     pub guard: Arc<super::guard::Guard>,
+    /// Open SIP TCP flows per source, and which authenticated.
+    pub tcp_flows: super::tcp_listener::TcpFlows,
 }
 
 impl Shared {

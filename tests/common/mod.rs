@@ -79,6 +79,18 @@ impl Server {
     }
 
     pub fn start_with_args(profile: &str, extra_args: &[&str]) -> Server {
+        Self::start_custom(profile, extra_args, None, &[])
+    }
+
+    /// [`Server::start_with_args`] with the server's stderr sent to `stderr`
+    /// instead of [`Server::log`] (which then stays empty), and `env` added
+    /// to its environment.
+    pub fn start_custom(
+        profile: &str,
+        extra_args: &[&str],
+        stderr: Option<Stdio>,
+        env: &[(&str, &str)],
+    ) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let profile_path = dir.path().join("profile.toml");
         std::fs::write(&profile_path, profile).expect("write profile");
@@ -87,6 +99,7 @@ impl Server {
         let rtp = free_rtp_range(100);
         let log = dir.path().join("agentline.log");
         let logf = std::fs::File::create(&log).expect("log file");
+        let stderr = stderr.unwrap_or_else(|| logf.into());
         let child = Command::new(env!("CARGO_BIN_EXE_agentline"))
             .arg("run")
             .arg("--profile")
@@ -103,8 +116,9 @@ impl Server {
                 std::env::var("AGENTLINE_TEST_LOG")
                     .unwrap_or_else(|_| "info,rsipstack=warn".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(logf)
+            .stderr(stderr)
             .spawn()
             .expect("spawn agentline");
         let mut s = Server {
