@@ -25,6 +25,7 @@ use crate::calls::{
 };
 use crate::config::SipTransport;
 use crate::media::dsp::{DspConfig, TurnEvent};
+use crate::media::latch::LatchPolicy;
 use crate::media::recording::StereoFrame;
 use crate::media::session::{natural_rate, MediaEvent, MediaParams, Session, Transmit};
 use crate::media::srtp::{SrtpSession, MASTER_KEY_LEN};
@@ -434,6 +435,8 @@ pub struct CoreConfig {
     /// answer and this clip looped while the agent is set up; the 200 goes
     /// once the agent is ready (and `answer_delay` has passed).
     pub early: Option<EarlyMedia>,
+    /// Who may feed the media: the re-latch window and the INVITE's source.
+    pub latch: LatchPolicy,
 }
 
 /// What early media plays, and where its RTP stream starts (it is the
@@ -579,7 +582,14 @@ pub struct CallCore {
     final_stats: Option<StatsSnapshot>,
     /// The recording's last frames, taken from the session as it ended.
     recording_tail: std::collections::VecDeque<StereoFrame>,
+    /// Sources that sent to our RTP port before our answer could tell
+    /// anyone this call's port (a killed server's old calls): they never
+    /// latch.
+    pre_answer: Vec<SocketAddr>,
 }
+
+/// At most this many pre-answer sources are remembered.
+const MAX_PRE_ANSWER: usize = 16;
 
 impl CallCore {
     /// An INVITE we will answer (after `answer_delay`).
@@ -597,6 +607,7 @@ impl CallCore {
             outbound_early: false,
             final_stats: None,
             recording_tail: Default::default(),
+            pre_answer: Vec::new(),
         }
     }
 
@@ -622,6 +633,7 @@ impl CallCore {
             outbound_early: early,
             final_stats: None,
             recording_tail: Default::default(),
+            pre_answer: Vec::new(),
         };
         core.start_agent(answer);
         core
@@ -855,7 +867,7 @@ impl CallCore {
         let params = self.media_params(&neg, None);
         let st = early.start;
         let session = match Session::new(now, st.wall, params, st.ssrc, st.seq, st.ts) {
-            Ok(s) => s,
+            Ok(s) => self.guarded(s),
             Err(e) => {
                 warn!(error = %e, "no early media: codec setup failed");
                 self.offer = Some(neg);
@@ -1046,7 +1058,7 @@ impl CallCore {
         };
         let params = self.media_params(&neg, agent.sample_rate());
         let session = match Session::new(now, start.wall, params, start.ssrc, start.seq, start.ts) {
-            Ok(s) => s,
+            Ok(s) => self.guarded(s),
             Err(e) => {
                 warn!(error = %e, "codec setup failed");
                 self.end_with_bye(EndReason::CodecError(e.to_string()));
@@ -1165,11 +1177,32 @@ impl CallCore {
         self.media_in(now, from, bytes, true);
     }
 
+    /// The call's latching rules on a new media session.
+    fn guarded(&self, mut session: Session) -> Session {
+        session.set_latch_policy(self.cfg.latch);
+        session.refuse_sources(&self.pre_answer);
+        session
+    }
+
     /// A datagram from the RTP or RTCP socket, SRTP removed, to the session.
     fn media_in(&mut self, now: Instant, from: SocketAddr, bytes: &[u8], rtcp: bool) {
         let Some((session, srtp)) = self.media() else {
+            // Before our answer nobody can know this call's port: whoever
+            // sends now is a stale stream (a killed server's call).
+            let unanswered = matches!(self.phase, Phase::Trying { .. } | Phase::Ringing { .. });
+            if unanswered
+                && self.pre_answer.len() < MAX_PRE_ANSWER
+                && !self.pre_answer.contains(&from)
+            {
+                info!(%from, "RTP before our answer: this source will not latch");
+                self.pre_answer.push(from);
+            }
             return;
         };
+        if srtp.is_some() && !session.screen(now, from, bytes, rtcp) {
+            // A stranger's packet is not even authenticated.
+            return self.after_input(now);
+        }
         let plain = match srtp {
             None => None,
             Some(s) => match s.unprotect(bytes) {
@@ -1909,6 +1942,7 @@ mod tests {
             record: false,
             amd: None,
             early: None,
+            latch: LatchPolicy::default(),
         }
     }
 
