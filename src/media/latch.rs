@@ -5,8 +5,9 @@
 //!   caller looks to be behind NAT (the SDP address is private or
 //!   unspecified, or differs from where the signalling came from) any port
 //!   of the SDP's IP or of the signalling source's IP may latch. A source
-//!   that was already sending before our answer (so it cannot know this
-//!   call's port: a killed server's old call) never latches.
+//!   other than the SDP's exact address that was already sending before
+//!   our answer (so it cannot know this call's port: a killed server's old
+//!   call) never latches.
 //! - After latching, RTP/RTCP from any other address is dropped; another
 //!   SSRC from the latched address is dropped unless a re-INVITE/UPDATE
 //!   just signalled a change or the old SSRC has been silent for the
@@ -158,11 +159,13 @@ impl Latch {
 
     /// May `from` latch before any packet did?
     fn may_latch_first(&self, from: SocketAddr) -> bool {
+        if Some(from) == self.sdp {
+            // Even if it sent before our answer: a phone calling back
+            // from its fixed RTP port may trail its last call's packets.
+            return true;
+        }
         if self.stale.contains(&from) {
             return false;
-        }
-        if Some(from) == self.sdp {
-            return true;
         }
         let known_ip = self.sdp.is_some_and(|s| s.ip() == from.ip())
             || self.policy.signal_ip == Some(from.ip());
@@ -196,7 +199,7 @@ impl Latch {
                 Err(Refusal::Ssrc)
             };
         }
-        if !l.exact && Some(from) == self.sdp && !self.stale.contains(&from) {
+        if !l.exact && Some(from) == self.sdp {
             // The SDP's own address beats a NAT guess.
             return Ok(());
         }

@@ -2060,6 +2060,64 @@ mod tests {
         }
     }
 
+    /// A stream that hit our port while the call was still ringing (a
+    /// killed server's old call, from the caller's NAT IP) is dropped
+    /// after the answer; the caller's own stream from the same IP latches.
+    #[test]
+    fn rtp_arriving_before_the_answer_never_latches_the_call() {
+        let mut cfg = config(None);
+        // Behind NAT: the INVITE came from another IP than the SDP's.
+        cfg.latch.signal_ip = Some("203.0.113.5".parse().unwrap());
+        let t0 = Instant::now();
+        let mut core = CallCore::inbound(t0, cfg, Some(negotiated(&offer("a=sendrecv"))));
+        core.handle_dialog(t0, DialogInput::Calling);
+        let stale: SocketAddr = "203.0.113.5:7000".parse().unwrap();
+        let pkt = |seq: u16, ssrc: u32| {
+            let mut p = vec![0x80, 0, (seq >> 8) as u8, seq as u8];
+            p.extend_from_slice(&(seq as u32 * 160).to_be_bytes());
+            p.extend_from_slice(&ssrc.to_be_bytes());
+            p.extend(std::iter::repeat_n(0xffu8, 160));
+            p
+        };
+        core.handle_rtp(t0 + Duration::from_millis(10), stale, &pkt(1, 99));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let next = Arc::new(Mutex::new(AgentOutput::default()));
+        let mut call = Call {
+            core,
+            now: t0,
+            seen: seen.clone(),
+            next,
+        };
+        call.advance(Duration::from_millis(1000));
+        call.dialog(DialogInput::Confirmed { ack_body: vec![] });
+        let start = MediaStart {
+            wall: SystemTime::now(),
+            ssrc: 1,
+            seq: 1,
+            ts: 1,
+        };
+        let agent = Box::new(Probe {
+            seen,
+            next: Default::default(),
+        });
+        call.core.start_media(call.now, agent, start, None);
+        drain(&mut call.core);
+        let now = call.now;
+        call.core.handle_rtp(now, stale, &pkt(2, 99));
+        let caller: SocketAddr = "203.0.113.5:7002".parse().unwrap();
+        call.core.handle_rtp(now, caller, &pkt(1, 0x1234));
+        let latched: Vec<SocketAddr> = drain(&mut call.core)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Event(CallEvent::Latched(addr)) => Some(addr),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(latched, vec![caller]);
+        let media = call.core.stats().unwrap().media;
+        assert_eq!((media.rx_packets, media.rx_dropped_source), (1, 1));
+    }
+
     /// An inbound call taken to the point where media runs.
     fn answered(timer: Option<SessionTimer>) -> Call {
         let mut cfg = config(timer);

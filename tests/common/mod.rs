@@ -68,6 +68,8 @@ pub struct Server {
     pub rtp: (u16, u16),
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
+    /// The command line's extra arguments, for [`Server::kill9_and_restart`].
+    extra_args: Vec<String>,
 }
 
 impl Server {
@@ -85,17 +87,46 @@ impl Server {
         let api_port = free_port();
         let rtp = free_rtp_range(100);
         let log = dir.path().join("agentline.log");
-        let logf = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_agentline"))
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        let child = Self::spawn(dir.path(), sip_port, api_port, rtp, &extra_args, &log);
+        let mut s = Server {
+            child: Some(child),
+            sip_port,
+            api_port,
+            rtp,
+            dir,
+            log,
+            extra_args,
+        };
+        s.wait_ready();
+        s
+    }
+
+    /// `agentline run` in `dir` (profile.toml, state/) on these ports,
+    /// appending its stderr to `log`.
+    fn spawn(
+        dir: &Path,
+        sip_port: u16,
+        api_port: u16,
+        rtp: (u16, u16),
+        extra_args: &[String],
+        log: &Path,
+    ) -> Child {
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        Command::new(env!("CARGO_BIN_EXE_agentline"))
             .arg("run")
             .arg("--profile")
-            .arg(&profile_path)
+            .arg(dir.join("profile.toml"))
             .args(["--sip-listen", &format!("udp:127.0.0.1:{sip_port}")])
             .args(["--sip-listen", &format!("tcp:127.0.0.1:{sip_port}")])
             .args(["--rtp-ports", &format!("{}-{}", rtp.0, rtp.1)])
             .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(dir.join("state"))
             .args(extra_args)
             .env(
                 "RUST_LOG",
@@ -105,17 +136,26 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
-            .expect("spawn agentline");
-        let mut s = Server {
-            child: Some(child),
-            sip_port,
-            api_port,
-            rtp,
-            dir,
-            log,
-        };
-        s.wait_ready();
-        s
+            .expect("spawn agentline")
+    }
+
+    /// `kill -9` (calls in progress die with it), then the same server
+    /// again: same profile, ports and state directory; returns once ready.
+    pub fn kill9_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let child = Self::spawn(
+            self.dir.path(),
+            self.sip_port,
+            self.api_port,
+            self.rtp,
+            &self.extra_args,
+            &self.log,
+        );
+        self.child = Some(child);
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
