@@ -3,7 +3,6 @@
 //! stay, the largest message). The section's other keys (rate limits,
 //! bans) are read by their own file.
 
-
 use super::{ConfigError, Ctx};
 
 /// The `[security]` keys of this file (read by `security::RawSecurity`).

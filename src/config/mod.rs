@@ -128,6 +128,10 @@ pub struct Config {
     pub jitter_max_ms: u32,
     /// Keep RTP flowing (silence) while the agent is quiet.
     pub rtp_send_silence: bool,
+    /// `[rtp] relatch_after_ms`: silence after which a call's RTP may move
+    /// to a new port of the same IP (NAT rebinding) or a new SSRC; `None`
+    /// (0 in the profile): never, only a re-INVITE moves it.
+    pub rtp_relatch_after: Option<std::time::Duration>,
     pub api_listen: SocketAddr,
     /// `Authorization: Bearer` token the API asks for (required when
     /// `api_listen` is not a loopback address).
@@ -305,6 +309,8 @@ impl Config {
             jitter_min_ms: rtp.jitter_min_ms,
             jitter_max_ms: rtp.jitter_max_ms,
             rtp_send_silence: rtp.send_silence,
+            rtp_relatch_after: (rtp.relatch_after_ms > 0)
+                .then(|| std::time::Duration::from_millis(rtp.relatch_after_ms)),
             api_listen: api.listen,
             api_token: api.token,
             log_format,

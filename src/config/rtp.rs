@@ -1,5 +1,5 @@
-//! `[rtp]`: the media port range and bind address, the no-RTP timeout and
-//! the jitter buffer's bounds.
+//! `[rtp]`: the media port range and bind address, the no-RTP timeout,
+//! the jitter buffer's bounds and the re-latch window.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -61,6 +61,7 @@ pub(super) struct RawRtp {
     jitter_min_ms: Option<u32>,
     jitter_max_ms: Option<u32>,
     send_silence: Option<bool>,
+    relatch_after_ms: Option<u64>,
 }
 
 /// `[rtp]`, validated, with defaults filled in.
@@ -71,6 +72,8 @@ pub(super) struct RtpSection {
     pub jitter_min_ms: u32,
     pub jitter_max_ms: u32,
     pub send_silence: bool,
+    /// 0: never re-latch.
+    pub relatch_after_ms: u64,
 }
 
 impl RawRtp {
@@ -112,6 +115,7 @@ impl RawRtp {
             jitter_min_ms,
             jitter_max_ms,
             send_silence: self.send_silence.unwrap_or(true),
+            relatch_after_ms: self.relatch_after_ms.unwrap_or(3000),
         })
     }
 }

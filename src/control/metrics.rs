@@ -54,6 +54,7 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("agentline_rtp_packets_received_total", "RTP packets received from callers."),
     ("agentline_rtp_packets_sent_total", "RTP packets sent to callers."),
     ("agentline_rtp_packets_lost_total", "RTP packets callers sent that never arrived."),
+    ("agentline_rtp_dropped_total", "RTP/RTCP datagrams dropped, by reason: source (not the call's latched or signalled address), ssrc (another SSRC unsignalled), malformed, oversized, srtp_auth."),
     ("agentline_rtp_jitter_seconds", "Interarrival jitter of callers' streams, sampled every second per call."),
     ("agentline_call_mos", "E-model MOS of each call with media, at its end."),
     ("agentline_jitter_buffer_delay_seconds", "Jitter-buffer added delay, sampled every second per call."),
@@ -150,6 +151,9 @@ fn describe() {
     for stage in TURN_STAGES {
         // Registering the handle is enough: the series renders at zero.
         let _ = metrics::histogram!("agentline_turn_latency_seconds", "stage" => *stage);
+    }
+    for reason in crate::sip::call_metrics::DROP_REASONS {
+        metrics::counter!("agentline_rtp_dropped_total", "reason" => reason).increment(0);
     }
     for kind in ["error", "failed"] {
         metrics::counter!("agentline_provider_errors_total", "kind" => kind).increment(0);

@@ -8,6 +8,7 @@ pub mod dsp;
 pub mod dtmf;
 pub mod g711;
 pub mod jitter;
+pub mod latch;
 pub mod pcm;
 pub mod plc;
 pub mod recording;

@@ -16,6 +16,7 @@ use super::codec::{
 use super::dsp::{CallerDsp, DspConfig, TurnEvent};
 use super::dtmf::DtmfReceiver;
 use super::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
+use super::latch::{Latch, LatchPolicy, Refusal};
 use super::plc::Concealer;
 use super::recording::{self, StereoFrame};
 use super::resample::Resampler;
@@ -227,7 +228,17 @@ pub enum MediaEvent {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MediaStats {
     pub rx_packets: u64,
+    /// Too short (< 12 bytes), not RTP version 2, bad padding or a bad
+    /// telephone-event payload: dropped.
     pub rx_malformed: u64,
+    /// Datagrams over [`MAX_DATAGRAM`] bytes on the RTP or RTCP socket:
+    /// dropped.
+    pub rx_oversized: u64,
+    /// RTP/RTCP from an address that may not feed the call (see
+    /// [`super::latch`]): dropped.
+    pub rx_dropped_source: u64,
+    /// RTP from the latched address with another SSRC, unsignalled: dropped.
+    pub rx_dropped_ssrc: u64,
     pub rx_ignored: u64,
     pub rx_dtmf_digits: u64,
     /// Lost Opus frames rebuilt from the next packet's in-band FEC.
@@ -265,8 +276,10 @@ struct DtmfSend {
 const DTMF_TONE_MS: u32 = 100;
 const DTMF_GAP_TICKS: u8 = 3;
 
-/// Symmetric RTP: stay on the current source unless it has been silent this long.
-const RELATCH_AFTER: Duration = Duration::from_millis(500);
+/// The largest RTP/RTCP datagram taken (an Ethernet MTU's worth: 20 ms
+/// of Opus at its top rate is 1,287 bytes, 150 ms of G.711 1,212); the
+/// driver's receive buffers are larger so that bigger ones show as such.
+pub const MAX_DATAGRAM: usize = 1500;
 /// If the task was stalled longer than this, restart the clock instead of bursting.
 const MAX_CATCH_UP: Duration = Duration::from_millis(100);
 
@@ -276,7 +289,8 @@ pub struct Session {
     seq: SeqNo,
     timestamp: u32,
     marker_next: bool,
-    latched: Option<(SocketAddr, Instant)>,
+    /// Who may feed the call, and who does (symmetric RTP).
+    latch: Latch,
     rtcp_latched: Option<SocketAddr>,
     rtcp: RtcpSession,
     /// Wall clock at `Instant` zero of this session, for NTP timestamps.
@@ -343,6 +357,7 @@ impl Session {
         let jitter = JitterBuffer::new(jitter_config(&params));
         let codec = Transcoder::new(&params)?;
         let rtcp = RtcpSession::new(Ssrc(ssrc), cname, params.codec.clock_rate(), now);
+        let latch = Latch::new(params.remote);
         Ok(Session {
             rtcp_latched: None,
             rtcp,
@@ -352,7 +367,7 @@ impl Session {
             seq: SeqNo(seq),
             timestamp,
             marker_next: true,
-            latched: None,
+            latch,
             playout: VecDeque::new(),
             reply_mark: None,
             jitter,
@@ -401,9 +416,11 @@ impl Session {
         if params.remote != self.params.remote {
             // The peer moved (or went on hold with c=0.0.0.0): forget where
             // its packets came from until new ones arrive.
-            self.latched = None;
             self.rtcp_latched = None;
         }
+        // A signalled change: a new address latches over, a new SSRC from
+        // the same one is taken for a while.
+        self.latch.signalled(params.remote);
         if format_changed {
             // Queued audio was for the old format; start a new talk spurt
             // and a new jitter timeline.
@@ -421,6 +438,68 @@ impl Session {
 
     pub fn stats(&self) -> &MediaStats {
         &self.stats
+    }
+
+    /// Latching settings: the re-latch window and the signalling source.
+    pub fn set_latch_policy(&mut self, policy: LatchPolicy) {
+        self.latch.set_policy(policy);
+    }
+
+    /// Sources that sent to this port before our answer left (they cannot
+    /// belong to this call): they never latch.
+    pub fn refuse_sources(&mut self, sources: &[SocketAddr]) {
+        self.latch.refuse(sources);
+    }
+
+    fn count_refusal(&mut self, from: SocketAddr, why: Refusal) {
+        match why {
+            Refusal::Source => self.stats.rx_dropped_source += 1,
+            Refusal::Ssrc => self.stats.rx_dropped_ssrc += 1,
+        }
+        tracing::trace!(%from, ?why, "dropped RTP/RTCP");
+    }
+
+    /// Oversized datagrams are counted and dropped.
+    fn oversized(&mut self, buf: &[u8]) -> bool {
+        let big = buf.len() > MAX_DATAGRAM;
+        if big {
+            self.stats.rx_oversized += 1;
+        }
+        big
+    }
+
+    /// The checks that need no decryption, for a datagram still under SRTP
+    /// (its header is clear): false when it is dropped (and counted), so
+    /// that a stranger's packets are not even authenticated.
+    pub fn screen(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        buf: &[u8],
+        rtcp_socket: bool,
+    ) -> bool {
+        if self.oversized(buf) {
+            return false;
+        }
+        let rtcp = rtcp_socket || (self.params.rtcp_mux && looks_like_rtcp(buf));
+        let verdict = if rtcp {
+            self.latch.check_rtcp(from, !rtcp_socket)
+        } else {
+            match RtpPacket::parse(buf) {
+                Ok(p) => self.latch.check(now, from, p.ssrc),
+                Err(_) => {
+                    self.stats.rx_malformed += 1;
+                    return false;
+                }
+            }
+        };
+        match verdict {
+            Ok(()) => true,
+            Err(why) => {
+                self.count_refusal(from, why);
+                false
+            }
+        }
     }
 
     /// Loss, jitter, round-trip time and MOS from RTP and RTCP so far.
@@ -447,6 +526,12 @@ impl Session {
 
     /// A datagram arrived on the RTCP socket (or RTCP muxed on the RTP one).
     pub fn handle_rtcp(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
+        if self.oversized(buf) {
+            return;
+        }
+        if let Err(why) = self.latch.check_rtcp(from, self.params.rtcp_mux) {
+            return self.count_refusal(from, why);
+        }
         let ntp = self.ntp(now);
         match self.rtcp.handle_rtcp(now, ntp, buf) {
             Ok(()) => {
@@ -482,11 +567,14 @@ impl Session {
 
     /// Where outgoing RTP goes now: the latched source, else the SDP address.
     pub fn remote(&self) -> Option<SocketAddr> {
-        self.latched.map(|(a, _)| a).or(self.params.remote)
+        self.latch.latched().or(self.params.remote)
     }
 
     /// A datagram arrived on the RTP socket.
     pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
+        if self.oversized(buf) {
+            return;
+        }
         if looks_like_rtcp(buf) {
             if self.params.rtcp_mux {
                 self.handle_rtcp(now, from, buf);
@@ -503,6 +591,9 @@ impl Session {
                 return;
             }
         };
+        if let Err(why) = self.latch.check(now, from, pkt.ssrc) {
+            return self.count_refusal(from, why);
+        }
         let known_pt =
             pkt.payload_type.0 == self.params.pt || Some(pkt.payload_type.0) == self.params.te_pt;
         if !known_pt {
@@ -512,7 +603,9 @@ impl Session {
         self.stats.rx_packets += 1;
         self.rtcp
             .on_rtp_received(now, pkt.ssrc, pkt.seq, pkt.timestamp);
-        self.latch(now, from);
+        if let Some(addr) = self.latch.accept(now, from, pkt.ssrc) {
+            self.events.push_back(MediaEvent::Latched(addr));
+        }
         if !self.params.direction.receives() {
             return;
         }
@@ -701,17 +794,6 @@ impl Session {
         }
         self.events.push_back(MediaEvent::Audio(pcm));
         true
-    }
-
-    fn latch(&mut self, now: Instant, from: SocketAddr) {
-        match self.latched {
-            Some((addr, ref mut seen)) if addr == from => *seen = now,
-            Some((_, seen)) if now.duration_since(seen) < RELATCH_AFTER => {}
-            _ => {
-                self.latched = Some((from, now));
-                self.events.push_back(MediaEvent::Latched(from));
-            }
-        }
     }
 
     /// Agent audio (16-bit PCM at the codec rate), in bursts of any size.
@@ -1211,11 +1293,19 @@ mod tests {
     #[test]
     fn symmetric_rtp_sends_to_where_packets_come_from() {
         let t0 = Instant::now();
-        let mut s = session(t0, params(), 0, 0);
+        // Behind NAT: the SDP names a private address, the INVITE came from
+        // the NAT's public one.
+        let mut p = params();
+        p.remote = Some("192.168.1.20:4000".parse().unwrap());
+        let mut s = session(t0, p, 0, 0);
+        s.set_latch_policy(LatchPolicy {
+            signal_ip: Some("198.51.100.7".parse().unwrap()),
+            ..Default::default()
+        });
         let nat: SocketAddr = "198.51.100.7:31000".parse().unwrap();
         s.handle_rtp(t0, nat, &rtp(0, 1, 0, &[0xff; 160]));
         assert_eq!(s.remote(), Some(nat));
-        // A stray packet from elsewhere does not steal the stream.
+        // A stray packet from elsewhere does not steal the stream...
         let other: SocketAddr = "203.0.113.9:4000".parse().unwrap();
         s.handle_rtp(
             t0 + Duration::from_millis(20),
@@ -1223,13 +1313,97 @@ mod tests {
             &rtp(0, 2, 160, &[0xff; 160]),
         );
         assert_eq!(s.remote(), Some(nat));
-        // After the first source has been silent, the new one takes over.
+        // ...nor after the caller has been silent: only the caller's IP
+        // may take over (NAT rebinding), after the re-latch window.
         s.handle_rtp(
-            t0 + Duration::from_secs(2),
+            t0 + Duration::from_secs(5),
             other,
             &rtp(0, 3, 320, &[0xff; 160]),
         );
-        assert_eq!(s.remote(), Some(other));
+        assert_eq!(s.remote(), Some(nat));
+        assert_eq!(s.stats().rx_dropped_source, 2);
+        let rebound: SocketAddr = "198.51.100.7:31002".parse().unwrap();
+        s.handle_rtp(
+            t0 + Duration::from_secs(5),
+            rebound,
+            &rtp(0, 4, 480, &[0xff; 160]),
+        );
+        assert_eq!(s.remote(), Some(rebound));
+        assert_eq!(s.stats().rx_packets, 2);
+    }
+
+    /// The caller's stream (SSRC 7 from the SDP address) with an attacker's
+    /// packets mixed in: other sources, another SSRC from the caller's
+    /// address, short and oversized datagrams. All are counted and
+    /// dropped; the agent hears exactly the caller's frames, in order,
+    /// and our RTP keeps going to the caller.
+    #[test]
+    fn injected_packets_are_counted_and_never_reach_the_agent() {
+        let t0 = Instant::now();
+        let mut s = session(t0, params(), 0, 0);
+        let caller: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let attacker: SocketAddr = "127.0.0.2:5000".parse().unwrap();
+        let neighbour: SocketAddr = "127.0.0.1:4100".parse().unwrap();
+        let level = |i: u16| g711::linear_to_ulaw(100 * (i as i16 + 1));
+        let mut heard = Vec::new();
+        for i in 0..100u16 {
+            let now = t0 + Duration::from_millis(20 * i as u64);
+            let ts = i as u32 * 160;
+            if i != 0 {
+                // Before the caller's first packet too, from i = 1 on.
+                s.handle_rtp(now, attacker, &rtp(0, i, ts, &[0x00; 160]));
+            }
+            s.handle_rtp(now, caller, &rtp(0, i, ts, &[level(i); 160]));
+            s.handle_rtp(now, neighbour, &rtp(0, i, ts, &[0x00; 160]));
+            let mut other_ssrc = rtp(0, i.wrapping_add(500), ts, &[0x00; 160]);
+            other_ssrc[8..12].copy_from_slice(&99u32.to_be_bytes());
+            s.handle_rtp(now, caller, &other_ssrc);
+            s.handle_rtp(now, caller, &vec![0x80; (i as usize % 11) + 1]);
+            s.handle_rtp(now, caller, &rtp(0, i, ts, &[level(i); MAX_DATAGRAM]));
+            s.handle_rtcp(now, attacker, &[0x80, 201, 0, 1, 0, 0, 0, 9]);
+            s.handle_agent_audio(&[1000; 160]);
+            s.handle_timeout(now);
+            while let Some(e) = s.poll_event() {
+                if let MediaEvent::Audio(pcm) = e {
+                    heard.push(pcm[0]);
+                }
+            }
+            for (to, _) in drain(&mut s) {
+                assert_eq!(to, caller, "our RTP goes to the caller only");
+            }
+        }
+        let st = s.stats().clone();
+        assert_eq!(st.rx_packets, 100, "{st:?}");
+        assert_eq!(st.rx_dropped_source, 99 + 100 + 100, "{st:?}");
+        assert_eq!(st.rx_dropped_ssrc, 100, "{st:?}");
+        assert_eq!(st.rx_malformed, 100, "{st:?}");
+        assert_eq!(st.rx_oversized, 100, "{st:?}");
+        assert_eq!(st.rtcp_received, 0, "{st:?}");
+        assert_eq!(s.jitter_stats().resets, 0, "{:?}", s.jitter_stats());
+        let played: Vec<i16> = heard.into_iter().filter(|&v| v != 0).collect();
+        let want: Vec<i16> = (0..played.len() as u16)
+            .map(|i| g711::ulaw_to_linear(level(i)))
+            .collect();
+        assert!(played.len() >= 95, "{played:?}");
+        assert_eq!(played, want, "the caller's frames, all and in order");
+    }
+
+    /// A re-INVITE (hold/resume) lets the phone's new SSRC in at once; its
+    /// audio plays.
+    #[test]
+    fn a_new_ssrc_after_a_reinvite_is_taken() {
+        let t0 = Instant::now();
+        let mut s = session(t0, params(), 0, 0);
+        let caller: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        s.handle_rtp(t0, caller, &rtp(0, 1, 0, &[0xff; 160]));
+        let mut pkt = rtp(0, 900, 9000, &[0xff; 160]);
+        pkt[8..12].copy_from_slice(&42u32.to_be_bytes());
+        s.handle_rtp(t0 + Duration::from_millis(20), caller, &pkt);
+        assert_eq!(s.stats().rx_dropped_ssrc, 1);
+        s.update(params()).unwrap();
+        s.handle_rtp(t0 + Duration::from_millis(40), caller, &pkt);
+        assert_eq!(s.stats().rx_dropped_ssrc, 1);
+        assert_eq!(s.stats().rx_packets, 2);
     }
 
     #[test]

@@ -357,6 +357,10 @@ impl Driver {
                 clip,
                 start: MediaStart::random(),
             }),
+            latch: crate::media::latch::LatchPolicy {
+                relatch_after: cfg.rtp_relatch_after,
+                signal_ip: Some(setup.source.ip()).filter(|ip| !ip.is_unspecified()),
+            },
         }
     }
 
@@ -379,7 +383,8 @@ impl Driver {
     async fn run(&mut self) -> EndReason {
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut buf = vec![0u8; 2048];
-        let mut rtcp_buf = vec![0u8; 1500];
+        // Larger than any datagram taken, so a bigger one shows as such.
+        let mut rtcp_buf = vec![0u8; 2048];
         let mut hangup_seen = false;
         let mut ring_expired = false;
         loop {

@@ -24,6 +24,23 @@ pub struct StatsDelta {
     pub jitter_s: Option<f64>,
     /// Jitter-buffer added delay, when packets arrived in this tick.
     pub jb_delay_s: Option<f64>,
+    /// RTP/RTCP datagrams dropped, by reason (see [`DROP_REASONS`]).
+    pub dropped: [u64; DROP_REASONS.len()],
+}
+
+/// `agentline_rtp_dropped_total`'s `reason` label values: another address
+/// than the latched one, another SSRC unsignalled, too short or not RTP,
+/// over the size limit, SRTP authentication (or replay) failed.
+pub const DROP_REASONS: [&str; 5] = ["source", "ssrc", "malformed", "oversized", "srtp_auth"];
+
+fn dropped_totals(media: &crate::media::session::MediaStats, srtp_rejected: u64) -> [u64; 5] {
+    [
+        media.rx_dropped_source,
+        media.rx_dropped_ssrc,
+        media.rx_malformed + media.rtcp_malformed,
+        media.rx_oversized,
+        srtp_rejected,
+    ]
 }
 
 impl StatsDelta {
@@ -44,6 +61,11 @@ impl StatsDelta {
             underruns: d(now.media.tx_underruns, prev.media.tx_underruns),
             jitter_s: sampled.then(|| now.quality.jitter_ms / 1000.0),
             jb_delay_s: sampled.then(|| f64::from(nj.current_delay_ms) / 1000.0),
+            dropped: {
+                let new = dropped_totals(&now.media, now.srtp_rejected);
+                let old = dropped_totals(&prev.media, prev.srtp_rejected);
+                std::array::from_fn(|i| d(new[i], old[i]))
+            },
         }
     }
 
@@ -59,6 +81,11 @@ impl StatsDelta {
         for (name, n) in counters {
             if n > 0 {
                 metrics::counter!(name).increment(n);
+            }
+        }
+        for (reason, n) in DROP_REASONS.iter().zip(self.dropped) {
+            if n > 0 {
+                metrics::counter!("agentline_rtp_dropped_total", "reason" => *reason).increment(n);
             }
         }
         if let Some(j) = self.jitter_s {

@@ -25,6 +25,7 @@ use crate::calls::{
 };
 use crate::config::SipTransport;
 use crate::media::dsp::{DspConfig, TurnEvent};
+use crate::media::latch::LatchPolicy;
 use crate::media::recording::StereoFrame;
 use crate::media::session::{natural_rate, MediaEvent, MediaParams, Session, Transmit};
 use crate::media::srtp::{SrtpSession, MASTER_KEY_LEN};
@@ -434,6 +435,8 @@ pub struct CoreConfig {
     /// answer and this clip looped while the agent is set up; the 200 goes
     /// once the agent is ready (and `answer_delay` has passed).
     pub early: Option<EarlyMedia>,
+    /// Who may feed the media: the re-latch window and the INVITE's source.
+    pub latch: LatchPolicy,
 }
 
 /// What early media plays, and where its RTP stream starts (it is the
@@ -579,7 +582,14 @@ pub struct CallCore {
     final_stats: Option<StatsSnapshot>,
     /// The recording's last frames, taken from the session as it ended.
     recording_tail: std::collections::VecDeque<StereoFrame>,
+    /// Sources that sent to our RTP port before our answer could tell
+    /// anyone this call's port (a killed server's old calls): they never
+    /// latch.
+    pre_answer: Vec<SocketAddr>,
 }
+
+/// At most this many pre-answer sources are remembered.
+const MAX_PRE_ANSWER: usize = 16;
 
 impl CallCore {
     /// An INVITE we will answer (after `answer_delay`).
@@ -597,6 +607,7 @@ impl CallCore {
             outbound_early: false,
             final_stats: None,
             recording_tail: Default::default(),
+            pre_answer: Vec::new(),
         }
     }
 
@@ -622,6 +633,7 @@ impl CallCore {
             outbound_early: early,
             final_stats: None,
             recording_tail: Default::default(),
+            pre_answer: Vec::new(),
         };
         core.start_agent(answer);
         core
@@ -855,7 +867,7 @@ impl CallCore {
         let params = self.media_params(&neg, None);
         let st = early.start;
         let session = match Session::new(now, st.wall, params, st.ssrc, st.seq, st.ts) {
-            Ok(s) => s,
+            Ok(s) => self.guarded(s),
             Err(e) => {
                 warn!(error = %e, "no early media: codec setup failed");
                 self.offer = Some(neg);
@@ -1046,7 +1058,7 @@ impl CallCore {
         };
         let params = self.media_params(&neg, agent.sample_rate());
         let session = match Session::new(now, start.wall, params, start.ssrc, start.seq, start.ts) {
-            Ok(s) => s,
+            Ok(s) => self.guarded(s),
             Err(e) => {
                 warn!(error = %e, "codec setup failed");
                 self.end_with_bye(EndReason::CodecError(e.to_string()));
@@ -1174,11 +1186,32 @@ impl CallCore {
         self.media_in(now, from, bytes, true);
     }
 
+    /// The call's latching rules on a new media session.
+    fn guarded(&self, mut session: Session) -> Session {
+        session.set_latch_policy(self.cfg.latch);
+        session.refuse_sources(&self.pre_answer);
+        session
+    }
+
     /// A datagram from the RTP or RTCP socket, SRTP removed, to the session.
     fn media_in(&mut self, now: Instant, from: SocketAddr, bytes: &[u8], rtcp: bool) {
         let Some((session, srtp)) = self.media() else {
+            // Before our answer nobody can know this call's port: whoever
+            // sends now is a stale stream (a killed server's call).
+            let unanswered = matches!(self.phase, Phase::Trying { .. } | Phase::Ringing { .. });
+            if unanswered
+                && self.pre_answer.len() < MAX_PRE_ANSWER
+                && !self.pre_answer.contains(&from)
+            {
+                info!(%from, "RTP before our answer: this source will not latch");
+                self.pre_answer.push(from);
+            }
             return;
         };
+        if srtp.is_some() && !session.screen(now, from, bytes, rtcp) {
+            // A stranger's packet is not even authenticated.
+            return self.after_input(now);
+        }
         let plain = match srtp {
             None => None,
             Some(s) => match s.unprotect(bytes) {
@@ -1926,6 +1959,7 @@ mod tests {
             record: false,
             amd: None,
             early: None,
+            latch: LatchPolicy::default(),
         }
     }
 
@@ -2041,6 +2075,64 @@ mod tests {
             self.core
                 .handle_rtp(self.now, "127.0.0.1:40000".parse().unwrap(), &p);
         }
+    }
+
+    /// A stream that hit our port while the call was still ringing (a
+    /// killed server's old call, from the caller's NAT IP) is dropped
+    /// after the answer; the caller's own stream from the same IP latches.
+    #[test]
+    fn rtp_arriving_before_the_answer_never_latches_the_call() {
+        let mut cfg = config(None);
+        // Behind NAT: the INVITE came from another IP than the SDP's.
+        cfg.latch.signal_ip = Some("203.0.113.5".parse().unwrap());
+        let t0 = Instant::now();
+        let mut core = CallCore::inbound(t0, cfg, Some(negotiated(&offer("a=sendrecv"))));
+        core.handle_dialog(t0, DialogInput::Calling);
+        let stale: SocketAddr = "203.0.113.5:7000".parse().unwrap();
+        let pkt = |seq: u16, ssrc: u32| {
+            let mut p = vec![0x80, 0, (seq >> 8) as u8, seq as u8];
+            p.extend_from_slice(&(seq as u32 * 160).to_be_bytes());
+            p.extend_from_slice(&ssrc.to_be_bytes());
+            p.extend(std::iter::repeat_n(0xffu8, 160));
+            p
+        };
+        core.handle_rtp(t0 + Duration::from_millis(10), stale, &pkt(1, 99));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let next = Arc::new(Mutex::new(AgentOutput::default()));
+        let mut call = Call {
+            core,
+            now: t0,
+            seen: seen.clone(),
+            next,
+        };
+        call.advance(Duration::from_millis(1000));
+        call.dialog(DialogInput::Confirmed { ack_body: vec![] });
+        let start = MediaStart {
+            wall: SystemTime::now(),
+            ssrc: 1,
+            seq: 1,
+            ts: 1,
+        };
+        let agent = Box::new(Probe {
+            seen,
+            next: Default::default(),
+        });
+        call.core.start_media(call.now, agent, start, None);
+        drain(&mut call.core);
+        let now = call.now;
+        call.core.handle_rtp(now, stale, &pkt(2, 99));
+        let caller: SocketAddr = "203.0.113.5:7002".parse().unwrap();
+        call.core.handle_rtp(now, caller, &pkt(1, 0x1234));
+        let latched: Vec<SocketAddr> = drain(&mut call.core)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Event(CallEvent::Latched(addr)) => Some(addr),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(latched, vec![caller]);
+        let media = call.core.stats().unwrap().media;
+        assert_eq!((media.rx_packets, media.rx_dropped_source), (1, 1));
     }
 
     /// An inbound call taken to the point where media runs.

@@ -607,6 +607,12 @@ impl Baresip {
         self.facts().call_established
     }
 
+    /// The phone's process id while it runs (to pause it: a caller whose
+    /// RTP stops without signalling).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Dials `opts.dial` now, through ctrl_tcp.
     pub fn dial_now(&mut self) -> Result<String, String> {
         let uri = self.opts.dial_uri().ok_or("no dial target")?;

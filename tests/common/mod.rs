@@ -69,6 +69,10 @@ pub struct Server {
     pub rtp: (u16, u16),
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
+    /// The command line's extra arguments and environment, for
+    /// [`Server::kill9_and_restart`].
+    extra_args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -98,29 +102,19 @@ impl Server {
         let api_port = free_port();
         let rtp = free_rtp_range(100);
         let log = dir.path().join("agentline.log");
-        let logf = std::fs::File::create(&log).expect("log file");
-        let stderr = stderr.unwrap_or_else(|| logf.into());
-        let child = Command::new(env!("CARGO_BIN_EXE_agentline"))
-            .arg("run")
-            .arg("--profile")
-            .arg(&profile_path)
-            .args(["--sip-listen", &format!("udp:127.0.0.1:{sip_port}")])
-            .args(["--sip-listen", &format!("tcp:127.0.0.1:{sip_port}")])
-            .args(["--rtp-ports", &format!("{}-{}", rtp.0, rtp.1)])
-            .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .args(extra_args)
-            .env(
-                "RUST_LOG",
-                std::env::var("AGENTLINE_TEST_LOG")
-                    .unwrap_or_else(|_| "info,rsipstack=warn".into()),
-            )
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn agentline");
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = Self::spawn(
+            dir.path(),
+            (sip_port, api_port, rtp),
+            &extra_args,
+            &log,
+            stderr,
+            &env,
+        );
         let mut s = Server {
             child: Some(child),
             sip_port,
@@ -128,9 +122,72 @@ impl Server {
             rtp,
             dir,
             log,
+            extra_args,
+            env,
         };
         s.wait_ready();
         s
+    }
+
+    /// `agentline run` in `dir` (profile.toml, state/) on these ports
+    /// (SIP, API, RTP range), appending its stderr to `log` unless `stderr`
+    /// is given.
+    fn spawn(
+        dir: &Path,
+        (sip_port, api_port, rtp): (u16, u16, (u16, u16)),
+        extra_args: &[String],
+        log: &Path,
+        stderr: Option<Stdio>,
+        env: &[(String, String)],
+    ) -> Child {
+        let stderr = stderr.unwrap_or_else(|| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("log file")
+                .into()
+        });
+        Command::new(env!("CARGO_BIN_EXE_agentline"))
+            .arg("run")
+            .arg("--profile")
+            .arg(dir.join("profile.toml"))
+            .args(["--sip-listen", &format!("udp:127.0.0.1:{sip_port}")])
+            .args(["--sip-listen", &format!("tcp:127.0.0.1:{sip_port}")])
+            .args(["--rtp-ports", &format!("{}-{}", rtp.0, rtp.1)])
+            .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(extra_args)
+            .env(
+                "RUST_LOG",
+                std::env::var("AGENTLINE_TEST_LOG")
+                    .unwrap_or_else(|_| "info,rsipstack=warn".into()),
+            )
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn agentline")
+    }
+
+    /// `kill -9` (calls in progress die with it), then the same server
+    /// again: same profile, ports and state directory; returns once ready.
+    pub fn kill9_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let child = Self::spawn(
+            self.dir.path(),
+            (self.sip_port, self.api_port, self.rtp),
+            &self.extra_args,
+            &self.log,
+            None,
+            &self.env,
+        );
+        self.child = Some(child);
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
