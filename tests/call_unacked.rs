@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{http_get, http_post, Server};
+use common::{cpu_seconds, http_get, http_post, Server};
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
@@ -18,16 +18,6 @@ shutdown_grace_s = 3
 dial = "echo"
 agent = { kind = "echo" }
 "#;
-
-/// CPU seconds (user + system) the process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the `(comm)`: state is field 3; utime 14, stime 15.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
 
 struct Caller {
     sock: UdpSocket,

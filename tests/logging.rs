@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::baresip::{assert_echo_audio, Account, Baresip, Options};
-use common::{data_path, free_port, free_rtp_range, http_get, require_peer, Server};
+use common::{data_path, free_port, free_rtp_range, require_peer, Server};
 
 const PROFILE: &str = r#"
 [sip]
@@ -30,15 +30,6 @@ password = "right-password"
 dial = "echo"
 agent = { kind = "echo" }
 "#;
-
-fn metric(server: &Server, name: &str) -> f64 {
-    let (_, body) = http_get(server.api_port, "/metrics").unwrap();
-    body.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
 
 /// A REGISTER for 1000 with a wrong digest answer: logged as
 /// "REGISTER rejected" with its source; answered 401.
@@ -113,7 +104,7 @@ fn stderr_closed_before_the_start_calls_work_and_sigterm_exits() {
     assert_echo_audio(&out);
     let h = server.wait_idle(Duration::from_secs(10));
     assert_eq!(h["active_calls"].as_u64(), Some(0), "{h}");
-    let dropped = metric(&server, "agentline_log_lines_dropped_total");
+    let dropped = server.metric("agentline_log_lines_dropped_total");
     assert!(dropped >= 1.0, "no log line counted as dropped: {dropped}");
     assert_sigterm_exits(&mut server);
 }
@@ -130,7 +121,7 @@ fn stderr_closed_mid_call_the_call_goes_on_and_sigterm_exits() {
     let mut phone = echo_phone(&server, 2500);
     assert!(phone.wait_call_established(Duration::from_secs(15)));
     drop(reader);
-    let before = metric(&server, "agentline_log_lines_dropped_total");
+    let before = server.metric("agentline_log_lines_dropped_total");
     // Log lines during the call, into the now broken pipe.
     for _ in 0..3 {
         assert!(bad_register(server.sip_port).starts_with("SIP/2.0 401"));
@@ -139,7 +130,7 @@ fn stderr_closed_mid_call_the_call_goes_on_and_sigterm_exits() {
     let out = phone.stop();
     assert!(out.facts.call_established, "{}", out.summary());
     assert_echo_audio(&out);
-    let dropped = metric(&server, "agentline_log_lines_dropped_total") - before;
+    let dropped = server.metric("agentline_log_lines_dropped_total") - before;
     assert!(dropped >= 3.0, "log lines after the pipe broke: {dropped}");
     // New calls still work, signalling and media.
     let after = common::sipp::run_scenario("invite_bye.xml", server.sip_port, "echo", &[]);

@@ -12,19 +12,10 @@ use std::time::{Duration, Instant};
 use common::baresip::{assert_echo_audio, Account, Baresip, Options};
 use common::sipp::spawn_scenario;
 
-use common::{data_path, http_get, require_peer, Server};
+use common::{data_path, require_peer, Server};
 
 const PROFILE: &str = "[sip]\ntrusted = [\"127.0.0.1/32\"]\nmax_cpu = 0.05\nmax_calls = 500\n\
     [[routes]]\ndial = \"echo\"\nagent = { kind = \"echo\" }\ndsp = { vad = true }\n";
-
-fn metric(server: &Server, name: &str) -> f64 {
-    let (_, body) = http_get(server.api_port, "/metrics").unwrap();
-    body.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
 
 #[test]
 fn past_the_cpu_ceiling_new_calls_get_503_and_the_call_in_progress_stays_clean() {
@@ -92,7 +83,7 @@ fn past_the_cpu_ceiling_new_calls_get_503_and_the_call_in_progress_stays_clean()
         refused[0].text
     );
     assert!(saw_overloaded, "{ctx}");
-    assert!(metric(&server, "agentline_calls_refused_overload_total") >= refused.len() as f64);
+    assert!(server.metric("agentline_calls_refused_overload_total") >= refused.len() as f64);
     // The call that was up before the load: its echo is whole.
     assert!(out.facts.call_established, "{}", out.summary());
     assert_echo_audio(&out);

@@ -19,29 +19,10 @@ use std::time::{Duration, Instant};
 
 use common::baresip::{assert_echo_audio, Account, Baresip, Options};
 use common::rawsip::{DigestFields, RawSip};
-use common::{data_path, http_delete, http_get, require_peer, Server};
+use common::{cpu_seconds, data_path, http_delete, http_get, require_peer, Server};
 
 const REALM: &str = "agentline.test";
 const AUTH_FAILURES: u64 = 5;
-
-fn metric(server: &Server, name: &str) -> f64 {
-    let (_, body) = http_get(server.api_port, "/metrics").unwrap();
-    body.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// utime + stime of `pid` in seconds (/proc/<pid>/stat, fields 14 and 15).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after_comm.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    // CLK_TCK is 100 on every Linux this runs on.
-    ticks / 100.0
-}
 
 fn bans(server: &Server) -> serde_json::Value {
     let (code, body) = http_get(server.api_port, "/security/bans").unwrap();
@@ -236,17 +217,14 @@ fn a_register_and_scanner_flood_is_banned_cheaply_and_a_call_stays_clean() {
         "agentline used {:.0} % of a core during the flood",
         flood_cpu * 100.0
     );
-    assert!(metric(&server, "agentline_security_bans_total") >= 2.0);
+    assert!(server.metric("agentline_security_bans_total") >= 2.0);
     assert!(
-        metric(
-            &server,
-            "agentline_security_dropped_total{reason=\"banned\"}"
-        ) as u64
+        server.metric("agentline_security_dropped_total{reason=\"banned\"}") as u64
             >= sent * 9 / 10,
         "{}",
         http_get(server.api_port, "/metrics").unwrap().1
     );
-    assert_eq!(metric(&server, "agentline_security_banned_sources"), 2.0);
+    assert_eq!(server.metric("agentline_security_banned_sources"), 2.0);
 
     // After the flood: a new call is clean too, and CPU is back at idle.
     let cpu1 = cpu_seconds(pid);

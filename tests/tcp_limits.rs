@@ -11,7 +11,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{http_get, require_peer, Server};
+use common::{require_peer, Server};
 
 const PROFILE: &str = r#"
 [sip]
@@ -26,15 +26,6 @@ tcp_auth_timeout_s = 3
 dial = "echo"
 agent = { kind = "echo" }
 "#;
-
-fn metric(server: &Server, name: &str) -> f64 {
-    let (_, body) = http_get(server.api_port, "/metrics").unwrap();
-    body.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
 
 /// A TCP connection to `port` from 127.0.0.2.
 fn connect_from_attacker(port: u16) -> Option<TcpStream> {
@@ -78,7 +69,7 @@ fn a_tcp_flood_from_one_source_is_capped_and_the_server_keeps_working() {
     let open = still_open(&streams);
     assert!(open <= 8, "{open} connections from one source left open");
     assert!(open >= 1, "the first connections are taken");
-    let refused = metric(&server, "agentline_tcp_connections_refused_total");
+    let refused = server.metric("agentline_tcp_connections_refused_total");
     // 8 taken per tcp_auth_timeout_s window while the flood lasts.
     let windows = started.elapsed().as_secs() / 3 + 1;
     let taken = streams.len() as f64 - refused;
@@ -100,7 +91,7 @@ fn a_tcp_flood_from_one_source_is_capped_and_the_server_keeps_working() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(metric(&server, "agentline_tcp_unauthenticated_closed_total") >= 1.0);
+    assert!(server.metric("agentline_tcp_unauthenticated_closed_total") >= 1.0);
     // A new connection from that source is taken again.
     let again = connect_from_attacker(server.sip_port).unwrap();
     std::thread::sleep(Duration::from_millis(300));

@@ -154,14 +154,7 @@ fn request(req: &Request) {
         .contact_header()
         .ok()
         .map(|c| registrar::contact_hostport(c.value()));
-    let supported: Vec<String> = req
-        .headers
-        .iter()
-        .filter_map(|h| match h {
-            Header::Supported(v) => Some(v.value().to_string()),
-            _ => None,
-        })
-        .collect();
+    let supported = super::server::supported_options(req);
     let _ = timer::decide(
         req.session_expires_header().map(|h| h.value()),
         &supported,

@@ -621,14 +621,7 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
         }
     };
     // RFC 4028 session timer, if the caller asked for one.
-    let supported: Vec<String> = req
-        .headers
-        .iter()
-        .filter_map(|h| match h {
-            Header::Supported(v) => Some(v.value().to_string()),
-            _ => None,
-        })
-        .collect();
+    let supported = supported_options(req);
     let timer = match super::timer::decide(
         req.session_expires_header().map(|h| h.value()),
         &supported,
@@ -680,6 +673,17 @@ fn on_invite(shared: &Arc<Shared>, tx: Transaction) {
         slot: Some(slot),
     };
     call::admit(shared.clone(), tx, setup);
+}
+
+/// The option tags of every `Supported` header of `req` (RFC 3261 20.37).
+pub(crate) fn supported_options(req: &Request) -> Vec<String> {
+    req.headers
+        .iter()
+        .filter_map(|h| match h {
+            Header::Supported(v) => Some(v.value().to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

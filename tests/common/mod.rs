@@ -208,6 +208,16 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The value of the first `/metrics` sample named `name` (0 if absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = http_get(self.api_port, "/metrics").expect("GET /metrics");
+        body.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub fn health(&self) -> serde_json::Value {
         let (code, body) = http_get(self.api_port, "/health").expect("GET /health");
         assert_eq!(code, 200, "health: {body}");
@@ -324,6 +334,16 @@ answer_delay_ms = 2000
 "#;
 
 /// Minimal HTTP/1.0 GET on 127.0.0.1 (keeps the test build free of an HTTP client).
+/// CPU seconds (user + system) process `pid` has used so far
+/// (/proc/<pid>/stat fields 14 and 15; CLK_TCK is 100 on Linux).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
+    let rest = &stat[stat.rfind(')').expect("(comm)") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     http_request(
         port,
