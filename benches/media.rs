@@ -138,7 +138,7 @@ fn bench_dsp(c: &mut Criterion) {
     };
     for (name, rate, cfg) in [
         ("denoise_8k", 8000, only(true, false, false)),
-        // The VAD needs RNNoise's speech probability, so it denoises a copy.
+        // The spectral VAD alone: no RNNoise, no resampling.
         ("vad_8k", 8000, only(false, true, false)),
         ("denoise_vad_agc_8k", 8000, DspConfig::default()),
         ("denoise_vad_agc_48k", 48000, DspConfig::default()),
@@ -475,10 +475,7 @@ fn summary(since: SystemTime) {
             "dsp/denoise_8k",
             "RNNoise denoise at 8 kHz (incl. 8k<->48k)",
         ),
-        (
-            "dsp/vad_8k",
-            "VAD at 8 kHz (earshot x2 + RNNoise on a copy)",
-        ),
+        ("dsp/vad_8k", "VAD at 8 kHz (statistical model, one FFT)"),
         (
             "dsp/denoise_vad_agc_8k",
             "route DSP default: denoise + VAD + AGC, 8 kHz",

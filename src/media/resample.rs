@@ -10,7 +10,7 @@
 //!   240 at 48 kHz.
 //! - [`Polyphase`] and its `i16` wrapper [`StreamResampler`]: streaming, any
 //!   rational pair of rates (22050 Hz Piper voices too), any piece length,
-//!   2 ms of delay at 8 kHz. The caller DSP runs its RNNoise and VAD stages
+//!   2 ms of delay at 8 kHz. The caller DSP runs its RNNoise stage
 //!   through it (the denoiser's latency is part of the turn timing), and
 //!   agents use it for audio that arrives in pieces of any size (TTS
 //!   streamed over HTTP).
