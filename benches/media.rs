@@ -328,7 +328,7 @@ impl EchoCall {
         }
         let mut call = EchoCall {
             session,
-            agent: Echo,
+            agent: Echo::default(),
             out: AgentOutput::default(),
             packets: payloads(kind),
             pt,

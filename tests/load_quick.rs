@@ -65,9 +65,9 @@ fn quick_load_run_reports_every_case_with_all_calls_up() {
         .output()
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
     let cases: &[&str] = if root_user {
-        &["plain", "vad", "full", "g722", "opus"]
+        &["plain", "vad", "full", "g722", "opus", "opus8k"]
     } else {
-        eprintln!("not root: the g722 and opus cases are not checked");
+        eprintln!("not root: the g722, opus and opus8k cases are not checked");
         &["plain", "vad", "full"]
     };
     for &case in cases {

@@ -15,6 +15,8 @@
 #   full   PCMU echo, dsp = { denoise = true, vad = true, agc = true }
 #   g722   G.722 echo (16 kHz)                  (sipp play_pcap_audio)
 #   opus   Opus echo (48 kHz, the echo agent takes the codec's rate)
+#   opus8k Opus caller, agent at 8 kHz (echo with rate = 8000): libopus
+#          decodes and encodes at 8 kHz, as for a G.711-rate AI agent
 #   setup  INVITE -> 200 -> ACK -> BYE, no media: rate, p50/p99 INVITE->200
 #
 # Options:
@@ -48,7 +50,7 @@ BIN=${AGENTLINE_BIN:-$REPO/target/release/agentline}
 CALLS="300"
 STEADY=10
 RATE=100
-CASES="plain vad full g722 opus setup"
+CASES="plain vad full g722 opus opus8k setup"
 SETUP_RATE=500
 SETUP_CALLS=5000
 KEEP=0
@@ -123,7 +125,7 @@ calc() { awk "BEGIN{ printf \"$1\", ($2) }"; }
 SPEECH=$REPO/tests/data/speech_8k.wav
 sox "$SPEECH" -t ul -r 8000 -c 1 "$W/speech.ulaw"
 PCAP_DIR=${LOAD_PCAP_DIR:-}
-if [ -z "$PCAP_DIR" ] && [[ " $CASES " =~ \ (g722|opus)[:\ ] ]]; then
+if [ -z "$PCAP_DIR" ] && [[ " $CASES " =~ \ (g722|opus|opus8k)[:\ ] ]]; then
     PCAP_DIR=$W/pcap
     GEN=$REPO/target/release/examples/load_pcap
     if [ ! -x "$GEN" ] && command -v cargo >/dev/null; then
@@ -277,6 +279,10 @@ agent = { kind = "echo" }
 [[routes]]
 dial = "opus"
 agent = { kind = "echo" }
+
+[[routes]]
+dial = "opus8k"
+agent = { kind = "echo", rate = 8000 }
 
 [[routes]]
 dial = "setup"
@@ -483,8 +489,8 @@ for n0 in $CALLS; do
         fi
         case "$c" in
             plain|vad|full) run_case "$c" "$W/pcmu.xml" "$n" ;;
-            g722|opus)
-                if [ -n "$PCAP_DIR" ]; then run_case "$c" "$W/$c.xml" "$n"
+            g722|opus|opus8k)
+                if [ -n "$PCAP_DIR" ]; then run_case "$c" "$W/${c%8k}.xml" "$n"
                 else MEDIA_ROWS+=("| $c | $n | skipped: $SKIP_WHY |"); fi ;;
             setup) ;;
             *) die "unknown case $c" ;;

@@ -204,7 +204,7 @@ impl Fallback {
             chain,
             next: 0,
             ctx,
-            current: Box::new(super::Echo),
+            current: Box::new(super::Echo::default()),
             current_key: String::new(),
             breakers,
             rate: None,
@@ -416,7 +416,7 @@ mod tests {
         let breakers = CircuitBreakers::new();
         for _ in 0..=TRIP_AFTER {
             let f = Fallback::new(
-                vec![bad.clone(), AgentConfig::Echo],
+                vec![bad.clone(), AgentConfig::Echo { rate: None }],
                 AgentContext::default(),
                 Duration::from_secs(1),
                 breakers.clone(),

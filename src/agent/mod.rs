@@ -151,7 +151,7 @@ pub fn build(cfg: &AgentConfig) -> Result<Box<dyn Agent>, AgentError> {
 /// Builds the agent a route names for one call.
 pub fn build_for(cfg: &AgentConfig, ctx: &AgentContext) -> Result<Box<dyn Agent>, AgentError> {
     Ok(match cfg {
-        AgentConfig::Echo => Box::new(Echo),
+        AgentConfig::Echo { rate } => Box::new(Echo { rate: *rate }),
         AgentConfig::Demo => Box::new(Demo::new()?),
         AgentConfig::OpenaiRealtime { .. } => Box::new(openai_realtime::spawn(cfg, ctx)?),
         AgentConfig::Say { text, wav, then } => {
@@ -288,12 +288,20 @@ impl Agent for Bridge {
 /// average added delay when the caller's clock drifts.
 const ECHO_MAX_QUEUE_MS: u32 = 60;
 
-/// Returns the caller's audio as it comes.
-pub struct Echo;
+/// Returns the caller's audio as it comes, at the codec's rate or at a
+/// fixed `rate` (then the call resamples or transcodes both ways, as for an
+/// AI agent at that rate).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Echo {
+    pub rate: Option<u32>,
+}
 
 impl Agent for Echo {
     fn kind(&self) -> &'static str {
         "echo"
+    }
+    fn sample_rate(&self) -> Option<u32> {
+        self.rate
     }
     fn on_audio(&mut self, pcm: &[i16], out: &mut AgentOutput) {
         out.audio.extend_from_slice(pcm);
@@ -360,7 +368,7 @@ mod tests {
 
     #[test]
     fn echo_returns_what_it_hears() {
-        let mut a = build(&AgentConfig::Echo).unwrap();
+        let mut a = build(&AgentConfig::Echo { rate: None }).unwrap();
         let mut out = AgentOutput::default();
         a.on_audio(&[1, 2, 3], &mut out);
         assert_eq!(out.audio, vec![1, 2, 3]);
@@ -389,7 +397,18 @@ mod tests {
     #[test]
     fn demo_speaks_at_its_greetings_rate_and_echo_at_the_calls() {
         assert_eq!(build(&AgentConfig::Demo).unwrap().sample_rate(), Some(8000));
-        assert_eq!(build(&AgentConfig::Echo).unwrap().sample_rate(), None);
+        assert_eq!(
+            build(&AgentConfig::Echo { rate: None })
+                .unwrap()
+                .sample_rate(),
+            None
+        );
+        assert_eq!(
+            build(&AgentConfig::Echo { rate: Some(8000) })
+                .unwrap()
+                .sample_rate(),
+            Some(8000)
+        );
     }
 
     #[test]

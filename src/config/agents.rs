@@ -30,14 +30,22 @@ pub enum AgentConfigError {
     EndOfTurnMax { got: u32, min: u32 },
     #[error("end_of_turn_max_ms: needs end_of_turn_min_ms (adaptive end of turn)")]
     EndOfTurnMaxAlone,
+    #[error("echo rate: expected 8000, 16000, 24000 or 48000, got {0}")]
+    EchoRate(u32),
 }
 
 /// What answers a routed call.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AgentConfig {
-    /// Returns the caller's audio.
-    Echo,
+    /// Returns the caller's audio. `rate` (8000, 16000, 24000 or 48000)
+    /// runs it at that rate, as an AI agent at that rate would run, so the
+    /// call transcodes (e.g. Opus to an 8 kHz agent and back); without it
+    /// the echo takes the codec's own rate.
+    Echo {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<u32>,
+    },
     /// Plays the embedded greeting, then echoes.
     Demo,
     /// Speaks a text (espeak-ng) or plays a WAV, then hangs up or stays silent.
@@ -148,7 +156,7 @@ fn default_tts_model() -> String {
 impl AgentConfig {
     pub fn kind(&self) -> &'static str {
         match self {
-            AgentConfig::Echo => "echo",
+            AgentConfig::Echo { .. } => "echo",
             AgentConfig::Demo => "demo",
             AgentConfig::Say { .. } => "say",
             AgentConfig::OpenaiRealtime { .. } => "openai_realtime",
@@ -183,7 +191,11 @@ impl AgentConfig {
             }
         };
         match self {
-            AgentConfig::Echo | AgentConfig::Demo => Ok(()),
+            AgentConfig::Echo { rate: None } | AgentConfig::Demo => Ok(()),
+            AgentConfig::Echo { rate: Some(r) } => match r {
+                8000 | 16000 | 24000 | 48000 => Ok(()),
+                other => Err(AgentConfigError::EchoRate(*other)),
+            },
             AgentConfig::Say { text, wav, then } => {
                 if text.is_none() == wav.is_none() {
                     return Err(AgentConfigError::SayTextOrWav);

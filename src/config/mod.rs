@@ -479,6 +479,10 @@ mod tests {
                 "key `routes[0].ringback_file`: only played with early_media = \"ringback\"",
             ),
             (
+                "[[routes]]\ndial = \"x\"\nagent = { kind = \"echo\", rate = 11025 }\n",
+                "key `routes[0].agent`: echo rate: expected 8000, 16000, 24000 or 48000, got 11025",
+            ),
+            (
                 "[sip]\ndrain = \"later\"\n",
                 "key `sip.drain`: expected \"hangup\" or \"wait\", got \"later\"",
             ),

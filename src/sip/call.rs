@@ -630,7 +630,10 @@ impl Driver {
             Action::PlaceBridgeLeg { trunk, to, agent } => {
                 let leg = Originate {
                     trunk,
-                    route: RouteConfig::simple(to.clone(), crate::config::AgentConfig::Echo),
+                    route: RouteConfig::simple(
+                        to.clone(),
+                        crate::config::AgentConfig::Echo { rate: None },
+                    ),
                     to,
                     from: None,
                     ring_timeout_s: Some(60),
@@ -995,7 +998,7 @@ async fn build_agent(
     if chain.len() == 1
         && matches!(
             chain[0],
-            crate::config::AgentConfig::Echo | crate::config::AgentConfig::Demo
+            crate::config::AgentConfig::Echo { .. } | crate::config::AgentConfig::Demo
         )
     {
         return agent::build_for(&chain[0], &ctx);
