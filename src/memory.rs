@@ -18,6 +18,20 @@ use tokio_util::sync::CancellationToken;
 /// How often freed heap is handed back.
 pub const TRIM_EVERY: Duration = Duration::from_secs(10);
 
+/// `AGENTLINE_MALLOC_TRIM_S`: seconds between trims instead of
+/// [`TRIM_EVERY`]; `0` turns trimming off (to measure what it saves).
+pub const TRIM_ENV: &str = "AGENTLINE_MALLOC_TRIM_S";
+
+/// The interval [`spawn_trim`] uses: [`TRIM_ENV`] if it is a number
+/// (`None` for 0: off), else [`TRIM_EVERY`].
+pub fn trim_interval(env: Option<&str>) -> Option<Duration> {
+    match env.and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(0) => None,
+        Some(s) => Some(Duration::from_secs(s)),
+        None => Some(TRIM_EVERY),
+    }
+}
+
 /// Hands the allocator's free memory back to the system (glibc
 /// `malloc_trim(0)`); true when some was released. A no-op elsewhere.
 pub fn trim() -> bool {
@@ -36,12 +50,17 @@ pub fn trim() -> bool {
     }
 }
 
-/// Calls [`trim`] every [`TRIM_EVERY`] until `stop` fires. Each trim runs on
-/// the blocking pool: walking the arenas takes a few milliseconds when
-/// there is much to release, and must not hold up a media tick.
-pub fn spawn_trim(stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(TRIM_EVERY);
+/// Calls [`trim`] every [`TRIM_EVERY`] (see [`TRIM_ENV`]) until `stop`
+/// fires. Each trim runs on the blocking pool: walking the arenas takes a
+/// few milliseconds when there is much to release, and must not hold up a
+/// media tick.
+pub fn spawn_trim(stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+    let Some(period) = trim_interval(std::env::var(TRIM_ENV).ok().as_deref()) else {
+        tracing::info!("{TRIM_ENV}=0: freed heap is not handed back to the system");
+        return None;
+    };
+    Some(tokio::spawn(async move {
+        let mut every = tokio::time::interval(period);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         every.tick().await;
         loop {
@@ -51,12 +70,20 @@ pub fn spawn_trim(stop: CancellationToken) -> tokio::task::JoinHandle<()> {
             }
             let _ = tokio::task::spawn_blocking(trim).await;
         }
-    })
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_interval_comes_from_the_environment() {
+        assert_eq!(trim_interval(None), Some(TRIM_EVERY));
+        assert_eq!(trim_interval(Some("0")), None);
+        assert_eq!(trim_interval(Some(" 3 ")), Some(Duration::from_secs(3)));
+        assert_eq!(trim_interval(Some("often")), Some(TRIM_EVERY));
+    }
 
     #[test]
     fn trim_returns_a_freed_burst() {
