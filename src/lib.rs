@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod logging;
 pub mod media;
+pub mod memory;
 pub mod sdp;
 pub mod server;
 pub mod sip;

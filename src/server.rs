@@ -137,6 +137,8 @@ pub async fn run_reloadable(
         "agentline ready"
     );
     let notify_stop = CancellationToken::new();
+    // Heap freed by bursts (floods, fuzz, call churn) goes back to the OS.
+    crate::memory::spawn_trim(notify_stop.clone());
     readiness.set_listeners_up();
     crate::systemd::ready(&calls);
     crate::sip::reload::reload_on_sighup(reloader, notify_stop.clone());

@@ -69,6 +69,7 @@ async fn health(State(s): State<ApiState>) -> impl IntoResponse {
         "dialogs": s.sip.dialog_count(),
         "registrations": s.sip.registration_count(),
         "sip_transactions": s.sip.transaction_stats(),
+        "tokio_tasks": tokio::runtime::Handle::current().metrics().num_alive_tasks(),
         "trunks_registered": shared.trunks.snapshot().iter()
             .filter(|t| t.state == crate::sip::trunk::TrunkState::Registered).count(),
     }))

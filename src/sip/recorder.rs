@@ -370,6 +370,9 @@ pub struct RepairSummary {
     pub checked: usize,
     pub fixed: Vec<PathBuf>,
     pub failed: Vec<(PathBuf, String)>,
+    /// 0-byte files (a crash before the first header reached the disk):
+    /// nothing to repair, left as they are.
+    pub empty: Vec<PathBuf>,
 }
 
 fn walk(dir: &Path, depth: usize, summary: &mut RepairSummary) {
@@ -425,6 +428,10 @@ fn repair_one(path: &Path, summary: &mut RepairSummary) {
         return;
     }
     summary.checked += 1;
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        summary.empty.push(path.to_path_buf());
+        return;
+    }
     match repair(path) {
         Ok(Repaired::UpToDate) => {}
         Ok(Repaired::Fixed { .. }) => summary.fixed.push(path.to_path_buf()),
@@ -458,6 +465,9 @@ pub async fn repair_at_startup(dir: PathBuf, lost: Vec<PathBuf>) {
     }
     for (p, e) in &summary.failed {
         warn!(path = %p.display(), error = %e, "recording not repaired");
+    }
+    for p in &summary.empty {
+        info!(path = %p.display(), "empty recording left as it is");
     }
     if summary.checked > 0 {
         info!(dir = %shown, checked = summary.checked, repaired = summary.fixed.len(),
@@ -607,11 +617,16 @@ mod tests {
         // Not a WAV: an error, untouched.
         let junk = dir.path().join("junk.wav");
         std::fs::write(&junk, b"definitely not RIFF data, just text").unwrap();
+        // Empty (killed before its header was written): skipped, no error.
+        let empty = day.join("empty.wav");
+        std::fs::write(&empty, b"").unwrap();
         // Not a .wav name: not looked at.
         std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
 
         let s = repair_recent(dir.path(), 2);
-        assert_eq!(s.checked, 3);
+        assert_eq!(s.checked, 4);
+        assert_eq!(s.empty, vec![empty.clone()]);
+        assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
         assert_eq!(s.fixed, vec![stale.clone()]);
         assert_eq!(s.failed.len(), 1);
         assert_eq!(s.failed[0].0, junk);
