@@ -170,6 +170,9 @@ impl Agent for RateAdapter {
     fn sample_rate(&self) -> Option<u32> {
         Some(self.rate)
     }
+    fn playout_cap_ms(&self) -> Option<u32> {
+        self.inner.playout_cap_ms()
+    }
 }
 
 /// A route's agent with its fallbacks.
@@ -362,6 +365,9 @@ impl Agent for Fallback {
     }
     fn max_queue_ms(&self) -> Option<u32> {
         self.current.max_queue_ms()
+    }
+    fn playout_cap_ms(&self) -> Option<u32> {
+        self.current.playout_cap_ms()
     }
 }
 

@@ -141,6 +141,13 @@ pub trait Agent: Send {
     fn max_queue_ms(&self) -> Option<u32> {
         None
     }
+    /// Never queue more than this much of this agent's audio: what would
+    /// go past it is dropped and counted. Remote providers have one (a
+    /// provider streaming faster than real time for ever must not grow
+    /// the call's memory without end).
+    fn playout_cap_ms(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Builds the agent a route names (without its fallbacks).

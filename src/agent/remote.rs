@@ -46,6 +46,12 @@ pub enum Output {
 /// Frames of caller audio buffered towards a provider (1 s at 20 ms).
 const INPUT_FRAMES: usize = 50;
 
+/// The most agent audio a call queues from a provider: replies arrive
+/// faster than real time and are played out as they come; past this, a
+/// provider that never stops sending has its audio dropped (counted in
+/// the call's `tx_capped_ms` and `agentline_playout_capped_ms_total`).
+pub const PLAYOUT_CAP_MS: u32 = 30_000;
+
 /// An [`Agent`] whose work happens in a spawned task.
 pub struct Remote {
     kind: &'static str,
@@ -53,6 +59,7 @@ pub struct Remote {
     tx: mpsc::Sender<Input>,
     rx: mpsc::UnboundedReceiver<Output>,
     ended: bool,
+    playout_cap_ms: Option<u32>,
 }
 
 /// The task's ends of the channels.
@@ -104,7 +111,15 @@ impl Remote {
             tx: in_tx,
             rx: out_rx,
             ended: false,
+            playout_cap_ms: Some(PLAYOUT_CAP_MS),
         }
+    }
+
+    /// Without the playout cap: for audio known to be finite and already
+    /// in memory (`say`'s prompt, which may be longer than the cap).
+    pub fn uncapped(mut self) -> Remote {
+        self.playout_cap_ms = None;
+        self
     }
 
     fn push(&mut self, i: Input) {
@@ -187,6 +202,9 @@ impl Agent for Remote {
     }
     fn sample_rate(&self) -> Option<u32> {
         Some(self.rate)
+    }
+    fn playout_cap_ms(&self) -> Option<u32> {
+        self.playout_cap_ms
     }
 }
 

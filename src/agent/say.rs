@@ -72,7 +72,9 @@ pub fn spawn(
         // Stay until the call ends (returning would hang up at once).
         while io.inputs.recv().await.is_some() {}
         Ok(())
-    }))
+    })
+    // The prompt is finite and in memory already: all of it plays.
+    .uncapped())
 }
 
 #[cfg(test)]

@@ -61,6 +61,7 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("agentline_jitter_buffer_concealed_total", "Frames the jitter buffer concealed (lost or late audio)."),
     ("agentline_jitter_buffer_late_total", "Packets the jitter buffer dropped because their playout time had passed."),
     ("agentline_playout_underruns_total", "Frames with no agent audio queued while the agent was speaking."),
+    ("agentline_playout_capped_ms_total", "Agent audio (ms) dropped because the call already queued a remote provider's playout cap (30 s): a provider sending faster than real time."),
     ("agentline_turn_latency_seconds", "Agent turn latency by stage: asr, llm_first_token, tts_first_byte and total (caller end of speech to first agent audio)."),
     ("agentline_provider_errors_total", "Agent provider errors: kind error (the session goes on) or failed (the provider is replaced or the call ends)."),
     ("agentline_provider_failovers_total", "Times a fallback agent took over a call."),
@@ -80,6 +81,7 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("agentline_log_lines_dropped_total", "Log lines not written: stderr is a closed pipe, or its reader fell behind."),
     ("agentline_tcp_connections_refused_total", "SIP TCP connections closed at once: the source already held [security] max_tcp_per_source."),
     ("agentline_tcp_unauthenticated_closed_total", "SIP TCP connections closed for carrying no authenticated request within [security] tcp_auth_timeout_s."),
+    ("agentline_sip_rejected_total", "SIP messages refused by sanity checks, by reason: version (not SIP/2.0: 505), sdp_address (multicast, broadcast or reserved media address: 488), too_large_udp (datagram over security.max_message_bytes: dropped)."),
     ("agentline_tcp_accept_errors_total", "Failed accepts on the SIP TCP listener (EMFILE, ENFILE, ...); each backs off 100 ms."),
 ];
 
@@ -155,6 +157,9 @@ fn describe() {
     for reason in crate::sip::call_metrics::DROP_REASONS {
         metrics::counter!("agentline_rtp_dropped_total", "reason" => reason).increment(0);
     }
+    for r in crate::sip::sanity::RejectReason::ALL {
+        metrics::counter!(crate::sip::sanity::REJECTED_METRIC, "reason" => r.as_str()).increment(0);
+    }
     for kind in ["error", "failed"] {
         metrics::counter!("agentline_provider_errors_total", "kind" => kind).increment(0);
     }
@@ -168,6 +173,7 @@ fn describe() {
         "agentline_jitter_buffer_concealed_total",
         "agentline_jitter_buffer_late_total",
         "agentline_playout_underruns_total",
+        "agentline_playout_capped_ms_total",
         "agentline_provider_failovers_total",
         "agentline_webhook_failures_total",
         "agentline_log_lines_dropped_total",

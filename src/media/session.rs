@@ -247,6 +247,9 @@ pub struct MediaStats {
     pub tx_underruns: u64,
     /// Live audio dropped to keep the echo delay bounded.
     pub tx_trimmed_ms: u64,
+    /// Agent audio refused because the playout queue already held the
+    /// agent's cap (a provider sending faster than real time for ever).
+    pub tx_capped_ms: u64,
     /// Frames the codec or resampler refused (counted and dropped).
     pub codec_errors: u64,
     /// Opus DTX frames not sent (silence).
@@ -296,6 +299,8 @@ pub struct Session {
     /// Wall clock at `Instant` zero of this session, for NTP timestamps.
     wall_base: (Instant, SystemTime),
     playout: VecDeque<i16>,
+    /// Agent samples refused by [`Session::handle_agent_audio_capped`].
+    capped_samples: u64,
     /// Where in `playout` a reply starts, and when its first byte reached
     /// us (see `mark_reply`).
     reply_mark: Option<(usize, Instant)>,
@@ -369,6 +374,7 @@ impl Session {
             marker_next: true,
             latch,
             playout: VecDeque::new(),
+            capped_samples: 0,
             reply_mark: None,
             jitter,
             codec,
@@ -799,6 +805,25 @@ impl Session {
     /// Agent audio (16-bit PCM at the codec rate), in bursts of any size.
     pub fn handle_agent_audio(&mut self, pcm: &[i16]) {
         self.playout.extend(pcm.iter().copied());
+    }
+
+    /// Agent audio from a source that may send faster than real time for
+    /// ever (a remote provider): at most `cap_ms` is queued, what would go
+    /// past it is dropped (the newest audio: what is queued plays
+    /// unchanged) and counted in `tx_capped_ms`. Returns the samples
+    /// dropped.
+    pub fn handle_agent_audio_capped(&mut self, pcm: &[i16], cap_ms: u32) -> usize {
+        let rate = self.params.agent_rate.max(1) as usize;
+        let cap = rate * cap_ms as usize / 1000;
+        let room = cap.saturating_sub(self.playout.len());
+        let take = pcm.len().min(room);
+        self.playout.extend(pcm[..take].iter().copied());
+        let dropped = pcm.len() - take;
+        if dropped > 0 {
+            self.capped_samples += dropped as u64;
+            self.stats.tx_capped_ms = self.capped_samples * 1000 / rate as u64;
+        }
+        dropped
     }
 
     /// The agent audio queued next starts a reply whose first byte came
@@ -1589,6 +1614,27 @@ mod tests {
         s.handle_timeout(t0 + Duration::from_millis(20));
         assert!(drain(&mut s).is_empty());
         assert_eq!(s.queued_ms(), 0);
+    }
+
+    #[test]
+    fn capped_agent_audio_keeps_the_queue_bounded_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let mut s = session(t0, params(), 0, 0);
+        // 8 kHz: a 1 s cap holds 8000 samples.
+        assert_eq!(s.handle_agent_audio_capped(&[1; 6000], 1000), 0);
+        assert_eq!(s.handle_agent_audio_capped(&[2; 6000], 1000), 4000);
+        assert_eq!(s.queued_ms(), 1000);
+        assert_eq!(s.stats().tx_capped_ms, 500);
+        // What was queued first plays first, unchanged.
+        s.handle_timeout(t0 + Duration::from_millis(20));
+        let _ = drain(&mut s);
+        assert!(s.queued_ms() < 1000);
+        // Room again: the next audio is taken up to the cap.
+        let dropped = s.handle_agent_audio_capped(&[3; 400], 1000);
+        assert!(dropped < 400, "{dropped}");
+        assert_eq!(s.queued_ms(), 1000);
+        s.clear_playout();
+        assert_eq!(s.handle_agent_audio_capped(&[4; 800], 1000), 0);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct StatsDelta {
     pub concealed: u64,
     pub late: u64,
     pub underruns: u64,
+    /// Agent audio dropped over its playout cap (ms).
+    pub capped_ms: u64,
     /// Interarrival jitter, when packets arrived in this tick.
     pub jitter_s: Option<f64>,
     /// Jitter-buffer added delay, when packets arrived in this tick.
@@ -59,6 +61,7 @@ impl StatsDelta {
             concealed: d(nj.concealed, pj.map_or(0, |j| j.concealed)),
             late: d(nj.late, pj.map_or(0, |j| j.late)),
             underruns: d(now.media.tx_underruns, prev.media.tx_underruns),
+            capped_ms: d(now.media.tx_capped_ms, prev.media.tx_capped_ms),
             jitter_s: sampled.then(|| now.quality.jitter_ms / 1000.0),
             jb_delay_s: sampled.then(|| f64::from(nj.current_delay_ms) / 1000.0),
             dropped: {
@@ -77,6 +80,7 @@ impl StatsDelta {
             ("agentline_jitter_buffer_concealed_total", self.concealed),
             ("agentline_jitter_buffer_late_total", self.late),
             ("agentline_playout_underruns_total", self.underruns),
+            ("agentline_playout_capped_ms_total", self.capped_ms),
         ];
         for (name, n) in counters {
             if n > 0 {

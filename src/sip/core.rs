@@ -552,6 +552,8 @@ struct Active {
     /// An outbound call in early media (183): the agent hears the callee's
     /// side, what it says is held until the 200.
     unanswered: bool,
+    /// The agent's audio went over its playout cap once (logged once).
+    capped: bool,
 }
 
 /// The route's filler sound and when it is due.
@@ -1141,6 +1143,7 @@ impl CallCore {
             filler,
             awaiting_ack: None,
             unanswered,
+            capped: false,
         });
         if let (Some(mode), false) = (self.cfg.amd.clone(), unanswered) {
             let rate = a.session.params().agent_rate;
@@ -1588,7 +1591,15 @@ impl CallCore {
             if let Some(at) = out.reply_started.take() {
                 a.session.mark_reply(at);
             }
-            a.session.handle_agent_audio(&out.audio);
+            match a.agent.playout_cap_ms() {
+                Some(cap) => {
+                    let dropped = a.session.handle_agent_audio_capped(&out.audio, cap);
+                    if dropped > 0 && !std::mem::replace(&mut a.capped, true) {
+                        warn!(cap_ms = cap, "agent audio over the playout cap: dropped");
+                    }
+                }
+                None => a.session.handle_agent_audio(&out.audio),
+            }
             out.audio.clear();
         }
         out.clear = false;
@@ -1729,7 +1740,14 @@ impl CallCore {
         if a.amd.as_ref().is_some_and(|d| d.message_queued()) && a.session.queued_ms() == 0 {
             amd_end = Some(true);
         }
+        // The chain's last provider failed (the fallback wrapper hangs up
+        // with `Failed`): the call ends as an agent error, not as if the
+        // agent had chosen to hang up.
+        let mut agent_failed = None;
         for ev in std::mem::take(&mut a.out.events) {
+            if let AgentEvent::Failed { reason } = &ev {
+                agent_failed = Some(reason.clone());
+            }
             if let AgentEvent::Transfer { to } = &ev {
                 info!(%to, "agent asked for a transfer");
                 self.actions
@@ -1745,7 +1763,10 @@ impl CallCore {
             return;
         };
         if a.out.hangup {
-            return self.end_with_bye(EndReason::AgentHungUp);
+            return self.end_with_bye(match agent_failed {
+                Some(reason) => EndReason::AgentError(reason),
+                None => EndReason::AgentHungUp,
+            });
         }
         if a.out.hangup_after_playout && a.session.queued_ms() == 0 {
             return self.end_with_bye(EndReason::AgentFinished);
@@ -2946,6 +2967,35 @@ mod tests {
         assert_eq!(agent_events.len(), 2, "{agent_events:?}");
         assert!(matches!(&agent_events[1], AgentEvent::Provider { kind } if kind == "say"));
         assert!(end(&a).is_none());
+    }
+
+    #[test]
+    fn a_failed_provider_without_fallback_ends_as_an_agent_error() {
+        let mut call = answered(None);
+        {
+            let mut n = call.next.lock().unwrap();
+            n.events = vec![AgentEvent::Failed {
+                reason: "connect to 127.0.0.1:9: no answer within 3s".into(),
+            }];
+            n.hangup = true;
+        }
+        let a = call.advance(Duration::from_millis(40));
+        assert_eq!(sip(&a), vec![SipAction::Bye]);
+        let reason = end(&a).unwrap();
+        assert_eq!(
+            reason,
+            EndReason::AgentError("connect to 127.0.0.1:9: no answer within 3s".into())
+        );
+        assert_eq!(
+            reason.to_string(),
+            "agent error: connect to 127.0.0.1:9: no answer within 3s"
+        );
+        assert_eq!(reason.hung_up_by(), HungUpBy::Error);
+        // A plain hangup is still the agent's choice.
+        let mut call = answered(None);
+        call.next.lock().unwrap().hangup = true;
+        let a = call.advance(Duration::from_millis(40));
+        assert_eq!(end(&a), Some(EndReason::AgentHungUp));
     }
 
     #[test]

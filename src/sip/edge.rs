@@ -134,6 +134,9 @@ pub fn refuse(shared: &Shared, tx: Transaction, why: DropReason) {
 pub fn reply_stateless(tx: Transaction, code: StatusCode, headers: Vec<Header>) {
     tokio::spawn(async move {
         let mut resp = tx.endpoint_inner.make_response(&tx.original, code, None);
+        // make_response copies the request's version: a `SIP/7.0` request
+        // must still be answered in SIP/2.0 (its 505).
+        resp.version = rsipstack::sip::Version::V2;
         let tagged = resp
             .to_header()
             .ok()

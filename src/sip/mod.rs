@@ -14,11 +14,13 @@ pub mod edge;
 #[doc(hidden)]
 pub mod fuzz_entry;
 pub mod guard;
+pub mod message_size;
 pub mod overload;
 pub mod ports;
 pub mod recorder;
 pub mod registrar;
 pub mod reload;
+pub mod sanity;
 pub mod server;
 pub mod shared;
 pub mod tcp_listener;

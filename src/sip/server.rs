@@ -113,6 +113,7 @@ pub async fn start(
     // rsipstack parses it (banned and flooding sources are dropped here).
     let edge = super::edge::EdgeFilter::default();
     tl.set_whitelist(edge.clone());
+    let size_limit = super::message_size::LimitSource::default();
     // TLS connections we open (trunks) verify the peer against these anchors.
     if cfg.trunks.iter().any(|t| t.transport == SipTransport::Tls) {
         let ca = read_pem(&cfg.tls_ca, "sip.tls_ca", PemKind::Certificate)?;
@@ -131,8 +132,14 @@ pub async fn start(
         let external = (cfg.external_ip.is_some() || l.addr.ip().is_unspecified()).then_some(adv);
         match l.transport {
             SipTransport::Udp => {
+                // Our socket: it drops datagrams over max_message_bytes.
+                let sock = super::message_size::LimitedUdp::bind(l.addr, size_limit.clone())
+                    .map_err(|e| SipError::Listen {
+                        addr: l.to_string(),
+                        message: e.to_string(),
+                    })?;
                 let conn =
-                    UdpConnection::create_connection(l.addr, external, Some(stop.child_token()))
+                    UdpConnection::from_socket(Arc::new(sock), external, Some(stop.child_token()))
                         .await
                         .map_err(|e| SipError::Listen {
                             addr: l.to_string(),
@@ -246,6 +253,7 @@ pub async fn start(
     });
     let _ = nat.registrar.set(shared.clone());
     let _ = edge.0.set(Arc::downgrade(&shared));
+    let _ = size_limit.0.set(Arc::downgrade(&shared));
     for (listener, local) in tcp_listeners {
         super::tcp_listener::spawn(
             listener,
@@ -303,11 +311,17 @@ pub(crate) fn to_tag(req: &Request) -> Option<String> {
         .map(|t| t.to_string())
 }
 
-fn dispatch(shared: &Arc<Shared>, mut tx: Transaction) {
+fn dispatch(shared: &Arc<Shared>, tx: Transaction) {
+    let Some(tx) = super::sanity::check_version(tx) else {
+        return;
+    };
     if to_tag(&tx.original).is_some() {
         // In-dialog: BYE, re-INVITE, INFO, UPDATE, OPTIONS ...
         match shared.dialogs.match_dialog(&tx) {
             Some(mut d) => {
+                let Some(mut tx) = super::sanity::check_in_dialog(shared, tx) else {
+                    return;
+                };
                 tokio::spawn(async move {
                     if let Err(e) = d.handle(&mut tx).await {
                         debug!(error = %e, "in-dialog request failed");
@@ -320,6 +334,9 @@ fn dispatch(shared: &Arc<Shared>, mut tx: Transaction) {
     }
     let source = source_of(&tx.original).map(|(a, _)| a.ip());
     let Some(tx) = super::edge::screen(shared, tx, source) else {
+        return;
+    };
+    let Some(tx) = super::sanity::check_initial(shared, tx) else {
         return;
     };
     match tx.original.method {

@@ -36,6 +36,9 @@ def parse_args(argv=None):
     p.add_argument("--spurious-interruption", action="store_true",
                    help="also send {type:interruption} when each reply's play time ends "
                         "(avr-sts-ultravox does this on every 'listening' state)")
+    p.add_argument("--endless", metavar="SPEED", type=float, default=None,
+                   help="after init, stream the reply audio in a loop for ever at SPEED times real "
+                        "time (1 s messages); caller speech (barge-in) stops it")
     return p.parse_args(argv)
 
 
@@ -93,7 +96,11 @@ class Session:
                 return await self.fail(f"expected init with uuid first, got {typ!r}")
             self.uuid = msg["uuid"]
             rec.marker(self.conn, "init", uuid=self.uuid)
-            if self.args.greeting and not self.silent:
+            if self.args.endless and not self.silent:
+                if self.reply_task and not self.reply_task.done():
+                    self.reply_task.cancel()
+                self.reply_task = self.spawn(self.endless(self.args.endless))
+            elif self.args.greeting and not self.silent:
                 self.start_reply(greeting=True)
             return True
         if typ == "audio":
@@ -128,6 +135,39 @@ class Session:
         if self.reply_task and not self.reply_task.done():
             self.reply_task.cancel()
         self.reply_task = self.spawn(self.speak(greeting))
+
+    async def endless(self, speed: float) -> None:
+        """--endless: 1 s messages of the reply (looped) every 1/speed s, for ever. Messages are
+        not logged one by one; `endless_started` and `endless_stopped {sent_ms, cancelled}` are."""
+        audio = self.reply.pcm_at(RATE)
+        chunk = RATE * 2
+        # Any caller speech from now on is a barge-in.
+        self.turn.reply_begin(3600.0, greeting=True)
+        rec.marker(self.conn, "endless_started", speed=speed)
+        sent = 0
+        pos = 0
+        cancelled = False
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            while not (self.closed or self.ws.closed):
+                piece = b""
+                while len(piece) < chunk:
+                    take = audio[pos:pos + chunk - len(piece)]
+                    piece += take
+                    pos = (pos + len(take)) % max(1, len(audio))
+                await self.ws.send_str(json.dumps({"type": "audio", "audio": common.b64(piece)}))
+                sent += len(piece)
+                due = t0 + (sent / chunk) / speed
+                await asyncio.sleep(max(0.0, due - loop.time()))
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            self.turn.reply_end(cancelled=cancelled, sent_ms=sent * 1000 // (2 * RATE))
+            rec.marker(self.conn, "endless_stopped", sent_ms=sent * 1000 // (2 * RATE), cancelled=cancelled)
 
     async def speak(self, greeting: bool) -> None:
         if self.tool_pending and not greeting:

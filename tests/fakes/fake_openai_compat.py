@@ -37,6 +37,9 @@ def parse_args(argv=None):
     p.add_argument("--think", action="store_true", help="prefix the completion with <think>secret</think>")
     p.add_argument("--wav-unknown-size", action="store_true",
                    help="speech wav: RIFF/data sizes 0xFFFFFFFF, like streaming TTS servers")
+    p.add_argument("--speech-float-wav", action="store_true",
+                   help="answer every speech request with a 32-bit float WAV, whatever format was asked "
+                        "(a TTS server configured for another format)")
     return p.parse_args(argv)
 
 
@@ -226,6 +229,14 @@ async def speech(request: web.Request) -> web.StreamResponse:
         ctype = "audio/wav"
     audio = REPLY.for_text(text, rate)
     payload = audio if fmt == "pcm" else wav_header(len(audio), rate, ARGS.wav_unknown_size) + audio
+    if ARGS.speech_float_wav:
+        samples = struct.unpack(f"<{len(audio) // 2}h", audio[:len(audio) // 2 * 2])
+        floats = struct.pack(f"<{len(samples)}f", *(x / 32768.0 for x in samples))
+        fmt_chunk = struct.pack("<IHHIIHH", 16, 3, 1, rate, rate * 4, 4, 32)
+        payload = (b"RIFF" + struct.pack("<I", 36 + len(floats)) + b"WAVE" + b"fmt " + fmt_chunk + b"data"
+                   + struct.pack("<I", len(floats)) + floats)
+        ctype = "audio/wav"
+        rec.marker(conn, "float_wav_sent", bytes=len(payload))
     STATE["speech"] += 1
     dur = len(audio) / 2 / rate
     rec.marker(conn, "reply_started", reply=STATE["speech"], duration_ms=int(dur * 1000), text=text, rate=rate,
