@@ -38,6 +38,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("server", 6),
     // sd_notify messages for systemd; started by `server`.
     ("systemd", 6),
+    // malloc_trim on a timer; started by `server`.
+    ("memory", 6),
     // The process's log writer (stderr, never blocking or panicking); set up by main.
     ("logging", 6),
     ("main", 6),

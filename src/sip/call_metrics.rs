@@ -80,7 +80,10 @@ impl StatsDelta {
             ("agentline_jitter_buffer_concealed_total", self.concealed),
             ("agentline_jitter_buffer_late_total", self.late),
             ("agentline_playout_underruns_total", self.underruns),
-            ("agentline_playout_capped_ms_total", self.capped_ms),
+            (
+                "agentline_playout_capped_milliseconds_total",
+                self.capped_ms,
+            ),
         ];
         for (name, n) in counters {
             if n > 0 {
