@@ -49,7 +49,7 @@ const INPUT_FRAMES: usize = 50;
 /// The most agent audio a call queues from a provider: replies arrive
 /// faster than real time and are played out as they come; past this, a
 /// provider that never stops sending has its audio dropped (counted in
-/// the call's `tx_capped_ms` and `agentline_playout_capped_milliseconds_total`).
+/// the call's `tx_capped_ms` and `agentline_playout_capped_frames_total`).
 pub const PLAYOUT_CAP_MS: u32 = 30_000;
 
 /// An [`Agent`] whose work happens in a spawned task.

@@ -61,7 +61,7 @@ impl StatsDelta {
             concealed: d(nj.concealed, pj.map_or(0, |j| j.concealed)),
             late: d(nj.late, pj.map_or(0, |j| j.late)),
             underruns: d(now.media.tx_underruns, prev.media.tx_underruns),
-            capped_ms: d(now.media.tx_capped_ms, prev.media.tx_capped_ms),
+            capped_ms: d(now.media.tx_capped_ms / 20, prev.media.tx_capped_ms / 20),
             jitter_s: sampled.then(|| now.quality.jitter_ms / 1000.0),
             jb_delay_s: sampled.then(|| f64::from(nj.current_delay_ms) / 1000.0),
             dropped: {
@@ -80,10 +80,7 @@ impl StatsDelta {
             ("agentline_jitter_buffer_concealed_total", self.concealed),
             ("agentline_jitter_buffer_late_total", self.late),
             ("agentline_playout_underruns_total", self.underruns),
-            (
-                "agentline_playout_capped_milliseconds_total",
-                self.capped_ms,
-            ),
+            ("agentline_playout_capped_frames_total", self.capped_ms),
         ];
         for (name, n) in counters {
             if n > 0 {
