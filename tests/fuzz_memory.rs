@@ -30,18 +30,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// The SIP corpus and tokens that make mutations land on parser edges.
 fn sip_target() -> engine::Target {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus/sip");
@@ -121,7 +109,7 @@ fn rss_returns_near_idle_after_a_fuzzed_udp_flood() {
     let t = sip_target();
     assert!(options_answered(port, Duration::from_secs(10)));
     std::thread::sleep(Duration::from_secs(1));
-    let idle = rss_kb(pid);
+    let idle = common::rss_kb(pid);
     assert!(idle > 0, "no RSS for pid {pid}");
 
     // Paced (default 10 000/s) so that the socket buffer does not drop most.
@@ -139,11 +127,11 @@ fn rss_returns_near_idle_after_a_fuzzed_udp_flood() {
             }
         }
         if i % 5000 == 0 {
-            peak = peak.max(rss_kb(pid));
+            peak = peak.max(common::rss_kb(pid));
         }
     }
     let send_s = started.elapsed().as_secs_f64();
-    let at_end = rss_kb(pid);
+    let at_end = common::rss_kb(pid);
     peak = peak.max(at_end);
 
     // What the garbage opened (transactions, INVITEs waiting for an ACK
@@ -156,7 +144,7 @@ fn rss_returns_near_idle_after_a_fuzzed_udp_flood() {
     let mut now = at_end;
     while settle.elapsed() < Duration::from_secs(90) {
         std::thread::sleep(Duration::from_secs(1));
-        now = rss_kb(pid);
+        now = common::rss_kb(pid);
         if now < bound {
             break;
         }

@@ -155,18 +155,6 @@ fn tcp_options_answered(port: u16, within: Duration) -> bool {
     false
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// A TCP connection whose answers are read (and dropped) by a thread, so
 /// the server never blocks writing to us.
 fn tcp_connect(port: u16) -> Option<TcpStream> {
@@ -192,7 +180,7 @@ fn torture_and_mutated_sip_over_udp_and_tcp_leave_the_server_answering() {
     let seed = env_u64("FUZZ_SEED", 0x5eed_a9e1);
     let t = sip_target();
     let started = Instant::now();
-    let rss_start = rss_kb(pid);
+    let rss_start = common::rss_kb(pid);
 
     // The torture messages, each over UDP and on its own TCP connection.
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -244,7 +232,7 @@ fn torture_and_mutated_sip_over_udp_and_tcp_leave_the_server_answering() {
     drop(conn);
     let tcp_secs = tcp_started.elapsed().as_secs_f64();
 
-    let rss_end = rss_kb(pid);
+    let rss_end = common::rss_kb(pid);
     eprintln!(
         "fuzz_network: {} torture + {n} mutated over UDP ({udp_secs:.1} s) and TCP \
          ({tcp_secs:.1} s, {connections} connections); server RSS {rss_start} -> {rss_end} kB",

@@ -278,9 +278,9 @@ fn endless_audio_is_capped_and_a_barge_in_still_clears_it() {
     // the 30 s of audio queued.
     let server = server(&sts(&a), "barge_in = false");
     let pid = server.pid().unwrap();
-    let rss_before = rss_kb(pid);
+    let rss_before = common::rss_kb(pid);
     let (out, id) = call(&server, "p", &caller_wav, 0);
-    let rss_after = rss_kb(pid);
+    let rss_after = common::rss_kb(pid);
     let ctx = format!(
         "{}\n{}\n{}",
         a.events_text()
@@ -356,16 +356,4 @@ fn endless_audio_is_capped_and_a_barge_in_still_clears_it() {
         "agent audio still heard after the barge-in at {into_ms} ms: {after:?}\n{ctx}"
     );
     assert!(cdr["interruptions"].as_u64().unwrap_or(0) >= 1, "{cdr}");
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
