@@ -29,6 +29,7 @@ use crate::config::{RouteConfig, SipTransport};
 use crate::media::session::{Socket, Transmit};
 use crate::sdp::{self, LocalMedia, Negotiated};
 use crate::sip::ports::RtpPorts;
+use crate::sip::rtp_socket::RecvBuf;
 
 /// What admission learned about a new INVITE.
 pub struct CallSetup {
@@ -322,13 +323,9 @@ struct Driver {
     invite: Option<PendingInvite>,
 }
 
-/// Sleeps until `t`, or for ever.
-async fn sleep_until(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
-        None => std::future::pending().await,
-    }
-}
+/// Datagrams taken from the RTP socket per wake at most (a second of
+/// 20 ms audio; more is a flood, left to the next wake).
+const MAX_DRAIN: usize = 64;
 
 impl Driver {
     fn core_config(shared: &Shared, setup: &CallSetup, rtp_port: u16) -> CoreConfig {
@@ -382,11 +379,23 @@ impl Driver {
 
     async fn run(&mut self) -> EndReason {
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut buf = vec![0u8; 2048];
+        let mut buf = RecvBuf::new(2048);
         // Larger than any datagram taken, so a bigger one shows as such.
         let mut rtcp_buf = vec![0u8; 2048];
         let mut hangup_seen = false;
         let mut ring_expired = false;
+        // One timer and one cancellation future for the whole call, re-armed
+        // only when the core's deadline moves (not rebuilt per packet).
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
+        // The core's latest clock reading: a datagram stamped before it
+        // (read at this tick, arrived before the last) is given this time,
+        // so the core never sees time go backwards.
+        let mut floor = Instant::now();
+        let hangup = self.hangup.clone();
+        let cancelled = hangup.cancelled();
+        tokio::pin!(cancelled);
         loop {
             while let Some(action) = self.core.poll_action() {
                 if let Some(end) = self.act(action, &done_tx).await {
@@ -407,25 +416,33 @@ impl Driver {
                     &self.id,
                 );
             }
+            // While the playout clock runs, RTP is read at its ticks.
+            if let Err(e) = self.ports.rtp.set_clocked(self.core.media_clocked()) {
+                warn!(error = %e, "RTP socket mode switch failed");
+            }
             let wake = self.core.poll_timeout();
+            if wake != armed {
+                if let Some(w) = wake {
+                    sleep.as_mut().reset(tokio::time::Instant::from_std(w));
+                }
+                armed = wake;
+            }
+            // Biased: the playout clock first, then the call's control
+            // sources, the sockets (a flood) last.
             tokio::select! {
-                r = self.ports.rtp.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => self.core.handle_rtp(Instant::now(), from, &buf[..n]),
-                    Err(e) => debug!(error = %e, "RTP receive error"),
-                },
-                r = self.ports.rtcp.recv_from(&mut rtcp_buf) => match r {
-                    Ok((n, from)) => self.core.handle_rtcp(Instant::now(), from, &rtcp_buf[..n]),
-                    Err(e) => debug!(error = %e, "RTCP receive error"),
-                },
-                _ = sleep_until(wake) => {
+                biased;
+                _ = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    self.drain_rtp(&mut buf, floor);
                     let now = Instant::now();
+                    floor = now;
                     if let Some(w) = wake {
                         self.shared.overload.tick_lag(now.saturating_duration_since(w));
                     }
                     self.core.handle_timeout(now);
                 }
                 // Disabled once seen: `cancelled()` stays ready for ever.
-                _ = self.hangup.cancelled(), if !hangup_seen => {
+                _ = &mut cancelled, if !hangup_seen => {
                     hangup_seen = true;
                     self.core.handle_hangup(Instant::now());
                 }
@@ -443,6 +460,32 @@ impl Driver {
                     if let Some(input) = self.dialog_input(st) {
                         self.core.handle_dialog(Instant::now(), input);
                     }
+                }
+                r = self.ports.rtp.recv(&mut buf) => match r {
+                    Ok(d) => self.core.handle_rtp(d.at.max(floor), d.from, buf.payload(&d)),
+                    Err(e) => debug!(error = %e, "RTP receive error"),
+                },
+                r = self.ports.rtcp.recv_from(&mut rtcp_buf) => match r {
+                    Ok((n, from)) => self.core.handle_rtcp(Instant::now(), from, &rtcp_buf[..n]),
+                    Err(e) => debug!(error = %e, "RTCP receive error"),
+                },
+            }
+        }
+    }
+
+    /// Feeds the core what the RTP socket holds (clocked reading: the
+    /// datagrams that arrived since the last tick, with their arrival
+    /// times). Bounded, so a flood cannot hold the task.
+    fn drain_rtp(&mut self, buf: &mut RecvBuf, floor: Instant) {
+        for _ in 0..MAX_DRAIN {
+            match self.ports.rtp.try_recv(buf) {
+                Ok(Some(d)) => self
+                    .core
+                    .handle_rtp(d.at.max(floor), d.from, buf.payload(&d)),
+                Ok(None) => return,
+                Err(e) => {
+                    debug!(error = %e, "RTP receive error");
+                    return;
                 }
             }
         }
@@ -861,11 +904,12 @@ impl Driver {
     }
 
     async fn send(&mut self, t: Transmit) {
-        let sock = match t.socket {
-            Socket::Rtp => &self.ports.rtp,
-            Socket::Rtcp => &self.ports.rtcp,
+        let r = match t.socket {
+            // Never waits: a packet the socket cannot take now is dropped.
+            Socket::Rtp => self.ports.rtp.try_send_to(&t.bytes, t.to),
+            Socket::Rtcp => self.ports.rtcp.send_to(&t.bytes, t.to).await,
         };
-        if let Err(e) = sock.send_to(&t.bytes, t.to).await {
+        if let Err(e) = r {
             debug!(error = %e, to = %t.to, "media send failed");
         }
     }

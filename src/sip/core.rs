@@ -679,6 +679,13 @@ impl CallCore {
     }
 
     /// When [`CallCore::handle_timeout`] is due next.
+    /// A media session's playout clock runs (early media or an active
+    /// call): the core wakes at least every ptime, so the driver may read
+    /// RTP at those wakes instead of being woken per packet.
+    pub fn media_clocked(&self) -> bool {
+        matches!(self.phase, Phase::Early(_) | Phase::Active(_))
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Trying { until } => Some(*until),

@@ -20,6 +20,7 @@ pub mod ports;
 pub mod recorder;
 pub mod registrar;
 pub mod reload;
+pub mod rtp_socket;
 pub mod sanity;
 pub mod server;
 pub mod shared;

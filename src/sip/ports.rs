@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::config::PortRange;
+use crate::sip::rtp_socket::RtpSocket;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
@@ -31,7 +32,8 @@ pub struct PortPool {
 
 /// The sockets of one call; dropping returns the pair to the pool.
 pub struct RtpPorts {
-    pub rtp: tokio::net::UdpSocket,
+    /// Read woken or clocked: see [`RtpSocket`].
+    pub rtp: RtpSocket,
     pub rtcp: tokio::net::UdpSocket,
     pub port: u16,
     pool: PortPool,
@@ -93,7 +95,7 @@ impl PortPool {
             inner.in_use.insert(port);
             drop(inner);
             return Ok(RtpPorts {
-                rtp: tokio::net::UdpSocket::from_std(rtp)?,
+                rtp: RtpSocket::new(rtp)?,
                 rtcp: tokio::net::UdpSocket::from_std(rtcp)?,
                 port,
                 pool: self.clone(),
