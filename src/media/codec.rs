@@ -282,9 +282,9 @@ pub struct CodecParams {
     /// Opus: the PCM rate of our side of the codec (8000, 12000, 16000,
     /// 24000 or 48000). The RTP clock stays 48000 whatever this is.
     pub opus_pcm_rate: u32,
-    /// Opus: encoder complexity 0-10 (libopus's default is 10); see
-    /// [`OPUS_SPEECH_COMPLEXITY`].
-    pub opus_complexity: u8,
+    /// Opus: encoder complexity 0-10 (libopus's default is 10); `None`
+    /// takes [`opus_speech_complexity`] for the PCM rate.
+    pub opus_complexity: Option<u8>,
     /// Opus: the highest audio rate the peer wants to play
     /// (`maxplaybackrate`), capping the encoded bandwidth.
     pub opus_max_playback_rate: Option<u32>,
@@ -300,7 +300,7 @@ impl CodecParams {
             opus_dtx: false,
             opus_bitrate: None,
             opus_pcm_rate: 48000,
-            opus_complexity: OPUS_SPEECH_COMPLEXITY,
+            opus_complexity: None,
             opus_max_playback_rate: None,
         }
     }
@@ -627,14 +627,23 @@ impl AudioEncoder for G722Encoder {
 const OPUS_MAX_PACKET_MS: u32 = 120;
 /// libopus's recommended output buffer for one packet.
 const OPUS_MAX_PAYLOAD: usize = 4000;
-/// Encoder complexity for calls. libopus defaults to 10, its slowest;
-/// measured on the call's speech (`opus_complexity_table`, release build),
-/// 5 costs about half of 10 at every PCM rate (per 20 ms frame, on a
-/// loaded 2-core machine: 8 kHz 140 -> 74 µs, 16 kHz 301 -> 148 µs, 48 kHz
-/// 464 -> 176 µs) for a waveform correlation at most 0.002 lower and at
-/// most 1.3 dB less SNR; below 5 the cost falls little at 8 kHz while
-/// 16 kHz fidelity drops (correlation 0.993 -> 0.985 at 1).
-pub const OPUS_SPEECH_COMPLEXITY: u8 = 5;
+/// Encoder complexity for calls at a PCM rate. libopus defaults to 10,
+/// its slowest. Measured on the call's speech (`opus_complexity_table`,
+/// release build, benches/RESULTS.md "Opus for speech"): the lowest
+/// complexity whose fidelity stays with 10's.
+/// - 8 and 12 kHz (narrowband SILK, a G.711-rate agent): 2 matches 10
+///   (correlation 0.974 vs 0.972, SNR 12.8 vs 12.4 dB) at 45 % of its cost
+///   (36.5 vs 81.3 µs per 20 ms frame); 0-1 lose 0.01 of correlation.
+/// - 16 kHz and up: 5 costs half of 10 (16 kHz 86 vs 178 µs, 48 kHz 106
+///   vs 196 µs) for at most 0.002 less correlation and ~1-2 dB less SNR;
+///   below 5 wideband fidelity drops (16 kHz correlation 0.984 at 0).
+pub fn opus_speech_complexity(pcm_rate: u32) -> u8 {
+    if pcm_rate <= 12000 {
+        2
+    } else {
+        5
+    }
+}
 /// Loss rate the encoder plans FEC for. libopus sends no LBRR at 0 %.
 const OPUS_FEC_LOSS_PERC: u8 = 10;
 
@@ -789,7 +798,8 @@ impl OpusEncoder {
             // Speech: biases libopus towards SILK/hybrid, the modes that
             // carry FEC and do DTX.
             codec.set_signal(Signal::Voice)?;
-            codec.set_complexity(p.opus_complexity.min(10))?;
+            let complexity = p.opus_complexity.unwrap_or(opus_speech_complexity(rate));
+            codec.set_complexity(complexity.min(10))?;
             // Clamped above, so the cast cannot wrap.
             codec.set_bitrate(Bitrate::BitsPerSecond(bitrate as i32))?;
             codec.set_inband_fec(p.opus_fec)?;
@@ -1561,7 +1571,7 @@ mod tests {
 
     /// Encode cost and waveform fidelity of Opus by encoder complexity, on
     /// real speech (tests/data/speech_8k.wav, resampled to the PCM rate),
-    /// the numbers behind [`OPUS_SPEECH_COMPLEXITY`].
+    /// the numbers behind [`opus_speech_complexity`].
     /// Run: `cargo test --release --lib opus_complexity_table -- --ignored --nocapture`.
     #[test]
     #[ignore = "timing report, run in release"]
@@ -1588,7 +1598,7 @@ mod tests {
             for complexity in [0u8, 1, 2, 3, 4, 5, 6, 8, 10] {
                 let p = CodecParams {
                     opus_pcm_rate: rate,
-                    opus_complexity: complexity,
+                    opus_complexity: Some(complexity),
                     ..CodecParams::new(CodecKind::Opus)
                 };
                 let mut enc = encoder(&p).unwrap();
