@@ -16,7 +16,6 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::rawsip::{RawSip, Reply};
@@ -439,58 +438,26 @@ fn a_late_answer_in_the_ack_with_multicast_media_ends_the_call_with_a_reason() {
 /// ends with that reason, and no RTP is sent.
 #[test]
 fn an_outbound_call_answered_with_multicast_media_is_hung_up_with_a_reason() {
-    let Some(sipp) = require_peer("sipp") else {
+    if require_peer("sipp").is_none() {
         return;
-    };
-    let dir = tempfile::tempdir().unwrap();
+    }
     let uas_port = common::free_port();
-    let messages = dir.path().join("messages.log");
-    let mut uas = Command::new(sipp)
-        .arg("-sf")
-        .arg(common::sipp::scenario_path("uas_bad_answer.xml"))
-        .args(["-i", "127.0.0.1", "-p", &uas_port.to_string()])
-        .args(["-mp", &common::free_port().to_string()])
-        .args(["-m", "1", "-timeout", "20s", "-timeout_error", "-nostdin"])
-        .args(["-trace_msg", "-message_file"])
-        .arg(&messages)
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn sipp");
+    let uas = common::sipp::spawn_uas("uas_bad_answer.xml", uas_port, &[]);
     let server = Server::start(&format!(
         "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.1:{uas_port}\"\nregister = false\n\
          [[routes]]\ndial = \"out\"\nagent = {{ kind = \"echo\" }}\n"
     ));
-    let (code, body) = common::http_post(
-        server.api_port,
-        "/calls",
+    let id = common::originate(
+        &server,
         r#"{"trunk":"carrier","to":"callee","route":"out"}"#,
-    )
-    .unwrap();
-    assert_eq!(code, 202, "{body}");
-    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let deadline = Instant::now() + Duration::from_secs(25);
-    let status = loop {
-        if let Some(st) = uas.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = uas.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let trace = std::fs::read_to_string(&messages).unwrap_or_default();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "sipp UAS: {status:?}\n{trace}\n{}",
-        server.log_text()
     );
-    assert!(trace.contains("Reason: SIP;cause=488"), "{trace}");
+    let out = uas.wait(Duration::from_secs(25));
+    assert!(out.success, "{}\n{}", out.report(), server.log_text());
+    assert!(
+        out.message_log.contains("Reason: SIP;cause=488"),
+        "{}",
+        out.report()
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let view = loop {
         let (_, body) = common::http_get(server.api_port, &format!("/calls/{id}")).unwrap();
