@@ -242,7 +242,9 @@ fn a_reinvite_may_hold_with_zero_but_not_move_to_multicast() {
 
     // RFC 2543-style hold: c=0.0.0.0 in a re-INVITE is taken.
     let hold = leg.request(&raw, "INVITE", "SIP/2.0", None, "", &offer("0.0.0.0", ""));
-    let held = raw.exchange(&hold, WAIT).expect("answer to the hold");
+    let held = raw
+        .exchange(&hold, WAIT)
+        .unwrap_or_else(|| panic!("no answer to the hold:\n{}", server.log_text()));
     assert_eq!(held.status, 200, "{}", held.raw);
     raw.send(&leg.request(&raw, "ACK", "SIP/2.0", Some(leg.cseq), "", ""));
     assert_eq!(rejected(&server, "sdp_address"), 1.0);
