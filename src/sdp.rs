@@ -14,6 +14,9 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+mod address;
+pub use address::{check_media, classify, AddressKind, BadAddress};
+
 /// The codec and direction enums are media's (the layer below); SDP adds
 /// their a=rtpmap form ([`RtpMap::of`], [`RtpMap::codec`]).
 pub use crate::media::codec::Codec;
@@ -626,6 +629,9 @@ pub enum NegotiationError {
     },
     #[error("expected a c= line for the audio stream at media or session level, found none")]
     MissingConnection,
+    /// A multicast, broadcast or reserved media address ([`check_media`]).
+    #[error(transparent)]
+    BadAddress(#[from] BadAddress),
 }
 
 /// Answers an offer.
@@ -635,7 +641,9 @@ pub enum NegotiationError {
 /// rtpmap name case-insensitively and clock rate), kept on the offered
 /// payload type. telephone-event is accepted on its offered payload type
 /// at the codec's clock rate. ptime is the offer's, else ours. Remote
-/// addresses are media c= else session c=, with the m= port. Our direction
+/// addresses are media c= else session c=, with the m= port; a multicast,
+/// broadcast or reserved one (c= or a=rtcp) makes the stream unusable
+/// ([`NegotiationError::BadAddress`]). Our direction
 /// is the offer's (media, else session, else sendrecv) reversed, minus
 /// sending when the offer's address is unspecified (0.0.0.0 / ::).
 ///
@@ -761,6 +769,8 @@ fn negotiate_stream(
         .connection
         .or(sd.connection)
         .ok_or(NegotiationError::MissingConnection)?;
+    // Never a remote we would fan RTP out to; 0.0.0.0 is hold (no sending).
+    check_media(sd, m, true)?;
     let remote_rtp = (!conn.is_unspecified()).then(|| SocketAddr::new(conn, m.port));
     let rtcp_mux = allow_mux && m.rtcp_mux;
     let remote_rtcp = match (remote_rtp, m.rtcp) {
@@ -1798,6 +1808,59 @@ a=rtpmap:0 PCMU/8000\r\n";
         assert_eq!(neg.remote_rtcp, Some("198.51.100.7:49173".parse().unwrap()));
         assert_eq!(neg.direction, Direction::SendOnly);
         assert_eq!(neg.media_slots, vec![MediaSlot::Audio]);
+    }
+
+    #[test]
+    fn multicast_broadcast_and_reserved_media_are_never_negotiated() {
+        let with = |c: &str, attrs: &[&str]| {
+            let mut lines = vec!["v=0", "o=- 1 1 IN IP4 192.0.2.10", "s=-", c, "t=0 0"];
+            lines.push("m=audio 5000 RTP/AVP 0");
+            lines.extend_from_slice(attrs);
+            SessionDescription::parse(&sdp(&lines)).unwrap()
+        };
+        let cases = [
+            (with("c=IN IP4 224.0.1.10/127", &[]), AddressKind::Multicast),
+            (
+                with("c=IN IP4 255.255.255.255", &[]),
+                AddressKind::Broadcast,
+            ),
+            (with("c=IN IP4 240.0.0.1", &[]), AddressKind::Reserved),
+            (
+                with("c=IN IP4 192.0.2.10", &["c=IN IP6 ff02::1"]),
+                AddressKind::Multicast,
+            ),
+            (
+                with(
+                    "c=IN IP4 192.0.2.10",
+                    &["a=rtcp:5001 IN IP4 255.255.255.255"],
+                ),
+                AddressKind::Broadcast,
+            ),
+        ];
+        for (sd, kind) in &cases {
+            // Both as an offer (re-INVITE) and as an answer (ACK, 200).
+            for got in [negotiate_offer(sd, &caps()), accept_answer(sd, &caps())] {
+                match got {
+                    Err(NegotiationError::BadAddress(b)) => assert_eq!(b.kind, *kind, "{sd:?}"),
+                    other => panic!("{kind:?}: {other:?}"),
+                }
+            }
+        }
+        let err = accept_answer(&cases[0].0, &caps()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "c= address 224.0.1.10 is multicast: only unicast media is taken"
+        );
+        // 0.0.0.0 stays hold: negotiated, nothing is sent.
+        let held = with("c=IN IP4 0.0.0.0", &[]);
+        for got in [
+            negotiate_offer(&held, &caps()),
+            accept_answer(&held, &caps()),
+        ] {
+            let neg = got.unwrap();
+            assert_eq!(neg.remote_rtp, None);
+            assert!(!neg.direction.sends());
+        }
     }
 
     #[test]

@@ -6,13 +6,20 @@
 //! `[security] max_message_bytes` is dropped unanswered. Each is counted in
 //! `agentline_sip_rejected_total{reason}`, and afterwards the server still
 //! answers OPTIONS and completes a real call (sipp).
+//!
+//! With sipp scenarios: re-INVITEs with no m= line or a multicast/broadcast
+//! `c=` get 488 + Warning and the call's RTP stays where it was (a hold
+//! with `c=0.0.0.0` is still taken); a late answer in an ACK, and an
+//! outbound call's 200, with a multicast `c=` end the call with a BYE whose
+//! `Reason` says why, and no RTP is sent.
 
 mod common;
 
-use std::time::Duration;
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
 
 use common::rawsip::{RawSip, Reply};
-use common::sipp::run_scenario;
+use common::sipp::{run_scenario, spawn_scenario};
 use common::{require_peer, Server};
 
 const WAIT: Duration = Duration::from_secs(3);
@@ -235,7 +242,9 @@ fn a_reinvite_may_hold_with_zero_but_not_move_to_multicast() {
 
     // RFC 2543-style hold: c=0.0.0.0 in a re-INVITE is taken.
     let hold = leg.request(&raw, "INVITE", "SIP/2.0", None, "", &offer("0.0.0.0", ""));
-    let held = raw.exchange(&hold, WAIT).expect("answer to the hold");
+    let held = raw
+        .exchange(&hold, WAIT)
+        .unwrap_or_else(|| panic!("no answer to the hold:\n{}", server.log_text()));
     assert_eq!(held.status, 200, "{}", held.raw);
     raw.send(&leg.request(&raw, "ACK", "SIP/2.0", Some(leg.cseq), "", ""));
     assert_eq!(rejected(&server, "sdp_address"), 1.0);
@@ -306,4 +315,166 @@ fn a_udp_datagram_over_max_message_bytes_is_dropped_and_counted() {
     );
     let under = padded_options(&raw, "under", 1400);
     assert_eq!(raw.exchange(&under, WAIT).map(|r| r.status), Some(200));
+}
+
+/// The record of the call whose SIP Call-ID is `call_id`, once it has
+/// ended (polls `GET /cdrs` for up to 10 s).
+fn ended_record(server: &Server, call_id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = common::http_get(server.api_port, "/cdrs?limit=100").unwrap();
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let found = page["cdrs"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["call_id"] == call_id))
+            .filter(|c| !c["end_at_unix_ms"].is_null());
+        if let Some(c) = found {
+            return c.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ended record for {call_id}: {page}\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// True if one message of sipp's `-trace_msg` log has all of `parts`.
+fn logged(log: &str, parts: &[&str]) -> bool {
+    log.split("\n----------")
+        .any(|m| parts.iter().all(|p| m.contains(p)))
+}
+
+/// sipp (tests/sipp/reinvite_bad_sdp.xml) re-INVITEs an answered call with
+/// an SDP without m= lines, a multicast session c= and a broadcast media
+/// c=: each gets 488 with a Warning 399 saying why (checked by sipp), and
+/// the call's RTP keeps going to the address it had (a UDP port of this
+/// test's). The RFC 2543 hold that follows (c=0.0.0.0) is taken, and the
+/// RTP stops - the refused re-offers would have moved it too.
+#[test]
+fn sipp_reinvites_without_media_or_to_multicast_get_488_and_the_media_stays_put() {
+    if require_peer("sipp").is_none() {
+        return;
+    }
+    let server = Server::start(common::TRUSTED_ECHO_PROFILE);
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let sink_port = sink.local_addr().unwrap().port().to_string();
+    let mut run = spawn_scenario(
+        "reinvite_bad_sdp.xml",
+        server.sip_port,
+        "echo",
+        &["-key", "rtp_sink", &sink_port],
+    );
+    // RTP at the sink: before the first 488, between the third 488 and
+    // the hold re-INVITE, and from 200 ms after the hold's 200 to the BYE.
+    let (mut before, mut between, mut held) = (0usize, 0usize, 0usize);
+    let mut held_at: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 2048];
+    while run.is_running() && Instant::now() < deadline {
+        let rtp = matches!(sink.recv(&mut buf), Ok(n) if n >= 12 && buf[0] >> 6 == 2);
+        let log = run.message_log();
+        let refused = log.matches("SIP/2.0 488").count();
+        if held_at.is_none() && logged(&log, &["SIP/2.0 200", "CSeq: 5 INVITE"]) {
+            held_at = Some(Instant::now());
+        }
+        if !rtp || log.contains("CSeq: 6 BYE") {
+            continue;
+        }
+        match held_at {
+            Some(t) if t.elapsed() >= Duration::from_millis(200) => held += 1,
+            Some(_) => {}
+            None if refused == 0 => before += 1,
+            None if refused == 3 && !log.contains("CSeq: 5 INVITE") => between += 1,
+            None => {}
+        }
+    }
+    let out = run.wait(Duration::from_secs(10));
+    assert!(out.success, "{}\n{}", out.report(), server.log_text());
+    eprintln!("RTP at the call's address: {before} before the re-INVITEs, {between} after the three 488s, {held} on hold");
+    assert!(before >= 20, "{before} RTP packets before the re-INVITEs");
+    assert!(
+        between >= 40,
+        "{between} RTP packets after the refused re-INVITEs: the media moved\n{}",
+        server.log_text()
+    );
+    assert_eq!(held, 0, "RTP sent while held with c=0.0.0.0");
+    assert_eq!(rejected(&server, "sdp_no_media"), 1.0);
+    assert_eq!(rejected(&server, "sdp_address"), 2.0);
+    // Only the hold reached the call.
+    let log = server.log_text();
+    assert_eq!(log.matches("re-INVITE answered").count(), 1, "{log}");
+    server.wait_idle(Duration::from_secs(5));
+}
+
+/// Late offer (sipp, tests/sipp/late_offer_bad_answer.xml): the answer in
+/// the ACK puts the media on multicast. The call ends at once with a BYE
+/// whose Reason says 488 and why (checked by sipp), its record says so,
+/// and no RTP is sent at all.
+#[test]
+fn a_late_answer_in_the_ack_with_multicast_media_ends_the_call_with_a_reason() {
+    if require_peer("sipp").is_none() {
+        return;
+    }
+    let server = Server::start(common::TRUSTED_ECHO_PROFILE);
+    let run = spawn_scenario("late_offer_bad_answer.xml", server.sip_port, "echo", &[]);
+    let call_id = run.call_id(1);
+    let out = run.wait(Duration::from_secs(20));
+    assert!(out.success, "{}\n{}", out.report(), server.log_text());
+    let record = ended_record(&server, &call_id);
+    let reason = record["end_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("bad answer in ACK: c= address 224.0.1.10 is multicast"),
+        "{record}"
+    );
+    server.wait_idle(Duration::from_secs(5));
+    assert_eq!(server.metric("agentline_rtp_packets_sent_total"), 0.0);
+}
+
+/// An outbound call (POST /calls through a trunk) that the far end (sipp
+/// as UAS, tests/sipp/uas_bad_answer.xml) answers with a multicast c=: ACK
+/// then BYE with a Reason saying 488 and why (checked by sipp), the call
+/// ends with that reason, and no RTP is sent.
+#[test]
+fn an_outbound_call_answered_with_multicast_media_is_hung_up_with_a_reason() {
+    if require_peer("sipp").is_none() {
+        return;
+    }
+    let uas_port = common::free_port();
+    let uas = common::sipp::spawn_uas("uas_bad_answer.xml", uas_port, &[]);
+    let server = Server::start(&format!(
+        "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.1:{uas_port}\"\nregister = false\n\
+         [[routes]]\ndial = \"out\"\nagent = {{ kind = \"echo\" }}\n"
+    ));
+    let id = common::originate(
+        &server,
+        r#"{"trunk":"carrier","to":"callee","route":"out"}"#,
+    );
+    let out = uas.wait(Duration::from_secs(25));
+    assert!(out.success, "{}\n{}", out.report(), server.log_text());
+    assert!(
+        out.message_log.contains("Reason: SIP;cause=488"),
+        "{}",
+        out.report()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let view = loop {
+        let (_, body) = common::http_get(server.api_port, &format!("/calls/{id}")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if !v["end_reason"].is_null() || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let reason = view["end_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("bad SDP answer: c= address 239.255.0.1 is multicast"),
+        "{view}\n{}",
+        server.log_text()
+    );
+    server.wait_idle(Duration::from_secs(5));
+    assert_eq!(server.metric("agentline_rtp_packets_sent_total"), 0.0);
 }

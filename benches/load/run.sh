@@ -75,39 +75,11 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-log() { echo "[load $(date -u +%H:%M:%S)] $*" >&2; }
-die() { log "FAIL: $*"; exit 1; }
-
-for tool in sipp curl jq sox awk; do
-    command -v "$tool" >/dev/null || die "$tool is not installed"
-done
-[ -x "$BIN" ] || die "no agentline binary at $BIN (cargo build --release, or set AGENTLINE_BIN)"
-
-# Each call holds two UDP sockets in agentline and one or two in sipp.
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-W=$(mktemp -d /tmp/agentline-load.XXXXXX)
-AGENT_PID=""
-SIPP_PID=""
-cleanup() {
-    [ -n "$SIPP_PID" ] && kill "$SIPP_PID" 2>/dev/null || true
-    if [ -n "$AGENT_PID" ]; then
-        kill "$AGENT_PID" 2>/dev/null || true
-        wait "$AGENT_PID" 2>/dev/null || true
-    fi
-    if [ "$KEEP" = 1 ]; then log "work dir kept: $W"; else rm -rf "$W"; fi
-}
-trap cleanup EXIT
-
-free_port() {
-    # A port free for UDP and TCP on 127.0.0.1 (asked of the kernel).
-    python3 -c 'import socket
-while True:
-    u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.bind(("127.0.0.1",0)); p=u.getsockname()[1]
-    t=socket.socket()
-    try:
-        t.bind(("127.0.0.1",p)); print(p); break
-    except OSError: pass'
-}
+HARNESS=load DIE_STATUS=1 DIE_WORD=FAIL
+# shellcheck source=benches/lib.sh
+. "$REPO/benches/lib.sh"
+require_tools sipp curl jq sox awk python3
+harness_workdir agentline-load
 
 HZ=$(getconf CLK_TCK)
 cpu_ticks() { # utime + stime of pid $1, in clock ticks
@@ -117,9 +89,7 @@ cpu_ticks() { # utime + stime of pid $1, in clock ticks
     # after "pid (comm) ": field 3 is index 0; utime (14) and stime (15) are 11 and 12
     awk '{print $12 + $13}' <<<"$s"
 }
-rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$1/status"; }
 now() { date +%s.%N; }
-calc() { awk "BEGIN{ printf \"$1\", ($2) }"; }
 
 # ---------------------------------------------------------------- inputs
 SPEECH=$REPO/tests/data/speech_8k.wav
@@ -243,20 +213,10 @@ for n in $CALLS $(tr ' ' '\n' <<<"$CASES" | sed -n 's/.*://p'); do
 done
 SIP_PORT=$(free_port)
 API_PORT=$(free_port)
-cat >"$W/profile.toml" <<EOF
-[sip]
-trusted = ["127.0.0.1/32"]
-max_calls = $((MAXN + 200))
 # Measure capacity itself: overload control (503 past 85 % CPU or 40 ms
 # of media lag) would cap the load the harness places.
-max_cpu = 1.0
-max_media_lag_ms = 1000
-
-[rtp]
-timeout_s = 30
-
-[log]
-format = "text"
+profile_head $((MAXN + 200)) >"$W/profile.toml"
+cat >>"$W/profile.toml" <<EOF
 
 [[routes]]
 dial = "plain"
@@ -288,21 +248,9 @@ agent = { kind = "echo", rate = 8000 }
 dial = "setup"
 agent = { kind = "echo" }
 EOF
-NO_COLOR=1 RUST_LOG=${RUST_LOG:-warn} "$BIN" run --profile "$W/profile.toml" \
-    --sip-listen "udp:127.0.0.1:$SIP_PORT" --rtp-ports "$RTP_PORTS" \
-    --api-listen "127.0.0.1:$API_PORT" --state-dir "$W/state" \
-    >"$W/agentline.out" 2>"$W/agentline.log" &
-AGENT_PID=$!
-api() { curl -sf --max-time 20 "http://127.0.0.1:$API_PORT$1"; }
-for _ in $(seq 100); do
-    api /health >/dev/null 2>&1 && break
-    kill -0 "$AGENT_PID" 2>/dev/null || { tail -20 "$W/agentline.log" >&2; die "agentline exited at start"; }
-    sleep 0.1
-done
-api /health >/dev/null || die "agentline not ready in 10 s"
+start_agentline
 sleep 0.5
 IDLE_RSS=$(rss_kb "$AGENT_PID")
-COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 log "agentline pid $AGENT_PID ($BIN, commit $COMMIT), idle RSS ${IDLE_RSS} kB, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 wait_idle() { # until agentline has no call left (at most 30 s)

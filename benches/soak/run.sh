@@ -2,7 +2,8 @@
 # Churn soak (issue 14): the release agentline binary takes a steady churn
 # of echo calls with real RTP at ~80 % of its configured capacity for a
 # fixed time, with call durations drawn from a fixed seed, on 127.0.0.1
-# only. It samples agentline's RSS and open file descriptors (/proc), its
+# only. It samples agentline's RSS and open file descriptors (/proc; not
+# counting the store's SQLite files, a lazily filled pool), its
 # tokio tasks, calls, RTP ports, dialogs and SIP transactions (GET /health)
 # throughout; after the load stops and the calls drain it checks that
 # nothing grew or stayed behind. Prints a markdown table and the verdict
@@ -84,14 +85,10 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-log() { echo "[soak $(date -u +%H:%M:%S)] $*" >&2; }
-die() { log "HARNESS FAILURE: $*"; exit 3; }
-calc() { awk "BEGIN{ printf \"$1\", ($2) }"; }
-
-for tool in sipp curl jq sox awk python3; do
-    command -v "$tool" >/dev/null || die "$tool is not installed"
-done
-[ -x "$BIN" ] || die "no agentline binary at $BIN (cargo build --release, or set AGENTLINE_BIN)"
+HARNESS=soak DIE_STATUS=3 DIE_WORD="HARNESS FAILURE"
+# shellcheck source=benches/lib.sh
+. "$REPO/benches/lib.sh"
+require_tools sipp curl jq sox awk python3
 
 # Durations and rate: see the header.
 if [ -z "$MEAN" ]; then
@@ -105,32 +102,16 @@ WARMUP=$(( SECONDS_LOAD / 3 )); [ "$WARMUP" -lt 30 ] && WARMUP=30; [ "$WARMUP" -
 [ "$WARMUP" -lt "$SECONDS_LOAD" ] || die "--seconds must be more than 30"
 TOTAL=$(( SECONDS_LOAD * RATE ))
 
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-W=$(mktemp -d /tmp/agentline-soak.XXXXXX)
-AGENT_PID=""
-SIPP_PID=""
-cleanup() {
-    [ -n "$SIPP_PID" ] && kill "$SIPP_PID" 2>/dev/null || true
-    if [ -n "$AGENT_PID" ]; then
-        kill "$AGENT_PID" 2>/dev/null || true
-        wait "$AGENT_PID" 2>/dev/null || true
-    fi
-    if [ "$KEEP" = 1 ]; then log "work dir kept: $W"; else rm -rf "$W"; fi
+harness_workdir agentline-soak
+# Open fds of pid $1 but the store's SQLite files: its pool (at most 4
+# connections, each the db and its -wal, and one -shm) opens connections
+# lazily under load and keeps them, which is growth to a bound, not a leak
+# (an idle sample may hold 1 connection, the drained one 3).
+fds() {
+    local n
+    n=$(find "/proc/$1/fd" -mindepth 1 -maxdepth 1 -printf '%l\n' 2>/dev/null \
+        | { grep -vc '/agentline\.db' || true; }) && [ -d "/proc/$1/fd" ] && echo "$n"
 }
-trap cleanup EXIT
-
-free_port() {
-    # A port free for UDP and TCP on 127.0.0.1 (asked of the kernel).
-    python3 -c 'import socket
-while True:
-    u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.bind(("127.0.0.1",0)); p=u.getsockname()[1]
-    t=socket.socket()
-    try:
-        t.bind(("127.0.0.1",p)); print(p); break
-    except OSError: pass'
-}
-rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$1/status"; }
-fds() { local n; n=$(ls "/proc/$1/fd" 2>/dev/null | wc -l) && echo "$n"; }
 
 # ---------------------------------------------------------------- inputs
 sox "$REPO/tests/data/speech_8k.wav" -t ul -r 8000 -c 1 "$W/speech.ulaw"
@@ -152,39 +133,17 @@ DUR_MEAN=$(awk 'NR>1{s+=$1; n++} END{printf "%.1f", s/n/1000}' "$W/durations.csv
 # ---------------------------------------------------------------- agentline
 SIP_PORT=$(free_port)
 API_PORT=$(free_port)
-cat >"$W/profile.toml" <<EOF
-[sip]
-trusted = ["127.0.0.1/32"]
-max_calls = $MAX_CALLS
 # The soak measures leaks, not overload control: a shared 2-core machine
 # must not turn the churn into 503s.
-max_cpu = 1.0
-max_media_lag_ms = 1000
-
-[rtp]
-timeout_s = 30
-
-[log]
-format = "text"
+profile_head "$MAX_CALLS" >"$W/profile.toml"
+cat >>"$W/profile.toml" <<EOF
 
 [[routes]]
 dial = "echo"
 agent = { kind = "echo" }
 EOF
-NO_COLOR=1 RUST_LOG=${RUST_LOG:-warn} "$BIN" run --profile "$W/profile.toml" \
-    --sip-listen "udp:127.0.0.1:$SIP_PORT" --rtp-ports "$RTP_PORTS" \
-    --api-listen "127.0.0.1:$API_PORT" --state-dir "$W/state" \
-    >"$W/agentline.out" 2>"$W/agentline.log" &
-AGENT_PID=$!
-api() { curl -sf --max-time 20 "http://127.0.0.1:$API_PORT$1"; }
-for _ in $(seq 100); do
-    api /health >/dev/null 2>&1 && break
-    kill -0 "$AGENT_PID" 2>/dev/null || { tail -20 "$W/agentline.log" >&2; die "agentline exited at start"; }
-    sleep 0.1
-done
-api /health >/dev/null || die "agentline not ready in 10 s"
+start_agentline
 sleep 2
-COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 # One sample: t, calls, ports, dialogs, tx running/finished/waiting_ack,
 # tokio tasks, rss kB, fds (CSV line on stdout).

@@ -627,6 +627,12 @@ impl Driver {
                     debug!(error = %e, "BYE failed");
                 }
             }
+            Action::Sip(SipAction::ByeWithReason { reason }) => {
+                let reason = vec![Header::Reason(reason.into())];
+                if let Err(e) = self.dialog.bye_with_headers(Some(reason)).await {
+                    debug!(error = %e, "BYE failed");
+                }
+            }
             Action::Sip(SipAction::Refresh { sdp }) => {
                 let d = self.dialog.clone();
                 let headers = answer_headers(timer.as_ref());
@@ -1621,8 +1627,10 @@ pub fn originate_leg(
                 }
                 Err(FinalError::BadSdp(e)) => {
                     warn!(error = %e, "answer without usable SDP: BYE");
-                    dialog.bye().await.ok();
-                    EndReason::BadSdpAnswer(e)
+                    let end = EndReason::BadSdpAnswer(e);
+                    let reason = end.bye_reason().map(|r| vec![Header::Reason(r.into())]);
+                    dialog.bye_with_headers(reason).await.ok();
+                    end
                 }
                 Err(FinalError::End(r)) => r,
             };

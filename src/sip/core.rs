@@ -136,6 +136,22 @@ impl HungUpBy {
 }
 
 impl EndReason {
+    /// The RFC 3326 `Reason` header value a BYE for this end carries, for
+    /// ends the peer caused by what it sent (`SIP;cause=488;text="..."`).
+    pub fn bye_reason(&self) -> Option<String> {
+        match self {
+            EndReason::BadAckAnswer(_) | EndReason::BadSdpAnswer(_) => {
+                let text: String = self
+                    .to_string()
+                    .chars()
+                    .filter(|c| !matches!(c, '"' | '\\') && !c.is_control())
+                    .collect();
+                Some(format!("SIP;cause=488;text=\"{text}\""))
+            }
+            _ => None,
+        }
+    }
+
     /// The INVITE's final status as the caller (or, outbound, the callee)
     /// saw it: 200 once answered, else the failure.
     pub fn sip_code(&self, answered: bool) -> Option<u16> {
@@ -275,6 +291,11 @@ pub enum SipAction {
         sdp: Option<String>,
     },
     Bye,
+    /// BYE with an RFC 3326 `Reason` header (this value): the call ends
+    /// because of something the peer sent (an unusable SDP answer).
+    ByeWithReason {
+        reason: String,
+    },
     /// CANCEL our INVITE (an outbound call hung up during early media).
     Cancel,
     /// RFC 4028 refresh: a re-INVITE with our SDP; the outcome comes back
@@ -1823,10 +1844,10 @@ impl CallCore {
             Phase::StartingAgent { .. } => self.outbound_early,
             _ => false,
         };
-        let how = if early {
-            SipAction::Cancel
-        } else {
-            SipAction::Bye
+        let how = match reason.bye_reason() {
+            _ if early => SipAction::Cancel,
+            Some(reason) => SipAction::ByeWithReason { reason },
+            None => SipAction::Bye,
         };
         self.actions.push_back(Action::Sip(how));
         self.end(reason);
@@ -2527,7 +2548,12 @@ mod tests {
         let (mut core, t0, _, _) = outbound_early();
         core.handle_answered(t0, Err("no audio".into()));
         let a = drain(&mut core);
-        assert_eq!(sip(&a), vec![SipAction::Bye]);
+        assert_eq!(
+            sip(&a),
+            vec![SipAction::ByeWithReason {
+                reason: "SIP;cause=488;text=\"bad SDP answer: no audio\"".into()
+            }]
+        );
         assert!(matches!(end(&a), Some(EndReason::BadSdpAnswer(_))));
     }
 
@@ -2639,7 +2665,11 @@ mod tests {
             },
         );
         let a = drain(&mut core);
-        assert_eq!(sip(&a), vec![SipAction::Bye]);
+        assert!(
+            matches!(&sip(&a)[..], [SipAction::ByeWithReason { reason }]
+                if reason.starts_with("SIP;cause=488;text=\"bad answer in ACK: ")),
+            "{a:?}"
+        );
         assert!(matches!(end(&a), Some(EndReason::BadAckAnswer(_))), "{a:?}");
     }
 

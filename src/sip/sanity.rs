@@ -8,13 +8,18 @@
 //!   broadcast or reserved gets `488 Not Acceptable Here` with a
 //!   `Warning: 399` saying which address and why. `0.0.0.0` / `::` is hold
 //!   (RFC 3264 section 8.4, RFC 2543 style) in a re-INVITE or UPDATE, and
-//!   refused in an initial INVITE, which has nothing to hold.
+//!   refused in an initial INVITE, which has nothing to hold;
+//! - an offer whose SDP has no m= line at all gets the same 488 + Warning.
+//!
+//! Offer/answer ([`crate::sdp::check_media`] in `negotiate_offer` and
+//! `accept_answer`) applies the same address rules to answers: an ACK's
+//! late answer or a trunk's 200 with such an address ends the call with a
+//! BYE (its `Reason` says why) instead of sending RTP there (`0.0.0.0` in
+//! an answer reads as hold: nothing is sent).
 //!
 //! Each refusal is counted in `agentline_sip_rejected_total{reason}`
-//! (`version`, `sdp_address`; [`super::message_size`] adds
+//! (`version`, `sdp_address`, `sdp_no_media`; [`super::message_size`] adds
 //! `too_large_udp`).
-
-use std::net::{IpAddr, Ipv4Addr};
 
 use rsipstack::sip::{Header, Method, Request, StatusCode, Version};
 use rsipstack::transaction::transaction::Transaction;
@@ -33,14 +38,17 @@ pub enum RejectReason {
     Version,
     /// An offer with an unusable media address: 488.
     SdpAddress,
+    /// An offer (SDP) with no m= line: 488.
+    SdpNoMedia,
     /// A UDP datagram over `[security] max_message_bytes`: dropped.
     TooLargeUdp,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 3] = [
+    pub const ALL: [RejectReason; 4] = [
         RejectReason::Version,
         RejectReason::SdpAddress,
+        RejectReason::SdpNoMedia,
         RejectReason::TooLargeUdp,
     ];
 
@@ -48,6 +56,7 @@ impl RejectReason {
         match self {
             RejectReason::Version => "version",
             RejectReason::SdpAddress => "sdp_address",
+            RejectReason::SdpNoMedia => "sdp_no_media",
             RejectReason::TooLargeUdp => "too_large_udp",
         }
     }
@@ -58,80 +67,34 @@ pub fn count(reason: RejectReason) {
     metrics::counter!(REJECTED_METRIC, "reason" => reason.as_str()).increment(1);
 }
 
-/// What is wrong with a media address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AddressKind {
-    Multicast,
-    Broadcast,
-    /// `0.0.0.0` / `::`: hold in a re-offer, nothing in an initial one.
-    Unspecified,
-    /// 0.0.0.0/8 (other than 0.0.0.0) and 240.0.0.0/4.
-    Reserved,
-}
+pub use crate::sdp::{classify, AddressKind, BadAddress};
 
-impl AddressKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            AddressKind::Multicast => "multicast",
-            AddressKind::Broadcast => "broadcast",
-            AddressKind::Unspecified => "unspecified",
-            AddressKind::Reserved => "reserved",
-        }
-    }
-}
-
-/// A media address an offer may not carry.
+/// Why an offer is refused at the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{field} address {addr} is {}: only unicast media is taken", kind.as_str())]
-pub struct BadAddress {
-    /// `c=` or `a=rtcp`.
-    pub field: &'static str,
-    pub addr: IpAddr,
-    pub kind: AddressKind,
+pub enum BadOffer {
+    /// A multicast, broadcast or reserved media address (or 0.0.0.0 in an
+    /// initial offer).
+    #[error(transparent)]
+    Address(#[from] BadAddress),
+    /// SDP with no m= line at all: nothing to answer a call with.
+    #[error("the SDP has no m= line: there is no media to take")]
+    NoMedia,
 }
 
-/// What kind of unusable address `ip` is, or `None` for a unicast one.
-pub fn classify(ip: IpAddr) -> Option<AddressKind> {
-    match ip {
-        IpAddr::V4(v4) => classify_v4(v4),
-        IpAddr::V6(v6) => {
-            if v6.is_unspecified() {
-                Some(AddressKind::Unspecified)
-            } else if v6.is_multicast() {
-                Some(AddressKind::Multicast)
-            } else if let Some(mapped) = v6.to_ipv4_mapped() {
-                // ::ffff:a.b.c.d is judged as a.b.c.d (its 0.0.0.0 is no
-                // hold marker: reserved).
-                classify_v4(mapped).map(|k| match k {
-                    AddressKind::Unspecified => AddressKind::Reserved,
-                    k => k,
-                })
-            } else {
-                None
-            }
+impl BadOffer {
+    fn reason(&self) -> RejectReason {
+        match self {
+            BadOffer::Address(_) => RejectReason::SdpAddress,
+            BadOffer::NoMedia => RejectReason::SdpNoMedia,
         }
     }
 }
 
-fn classify_v4(ip: Ipv4Addr) -> Option<AddressKind> {
-    let first = ip.octets()[0];
-    if ip.is_unspecified() {
-        Some(AddressKind::Unspecified)
-    } else if ip.is_broadcast() {
-        Some(AddressKind::Broadcast)
-    } else if ip.is_multicast() {
-        Some(AddressKind::Multicast)
-    } else if first == 0 || first >= 240 {
-        Some(AddressKind::Reserved)
-    } else {
-        None
-    }
-}
-
-/// Checks the media addresses of an offer. `reoffer`: a re-INVITE or
-/// UPDATE, where `0.0.0.0` means hold. A body that is not SDP passes (the
-/// offer/answer code answers it with its own 488).
-pub fn check_offer(body: &[u8], reoffer: bool) -> Result<(), BadAddress> {
+/// Checks an offer: it has media (an m= line), and its media addresses are
+/// unicast. `reoffer`: a re-INVITE or UPDATE, where `0.0.0.0` means hold.
+/// A body that is not SDP passes (the offer/answer code answers it with its
+/// own 488).
+pub fn check_offer(body: &[u8], reoffer: bool) -> Result<(), BadOffer> {
     if body.is_empty() {
         return Ok(());
     }
@@ -139,18 +102,11 @@ pub fn check_offer(body: &[u8], reoffer: bool) -> Result<(), BadAddress> {
     let Ok(sd) = SessionDescription::parse(&text) else {
         return Ok(());
     };
-    let judge = |field: &'static str, addr: IpAddr| match classify(addr) {
-        None => Ok(()),
-        Some(AddressKind::Unspecified) if reoffer => Ok(()),
-        Some(kind) => Err(BadAddress { field, addr, kind }),
-    };
+    if sd.media.is_empty() {
+        return Err(BadOffer::NoMedia);
+    }
     for m in sd.media.iter().filter(|m| m.port != 0) {
-        if let Some(addr) = m.connection.or(sd.connection) {
-            judge("c=", addr)?;
-        }
-        if let Some((_, Some(addr))) = m.rtcp {
-            judge("a=rtcp", addr)?;
-        }
+        crate::sdp::check_media(&sd, m, reoffer)?;
     }
     Ok(())
 }
@@ -176,7 +132,7 @@ pub fn check_version(tx: Transaction) -> Option<Transaction> {
 }
 
 /// The `Warning` header of a 488 for `bad` (RFC 3261 20.43, code 399).
-fn warning(shared: &Shared, bad: &BadAddress) -> Header {
+fn warning(shared: &Shared, bad: &BadOffer) -> Header {
     Header::Warning(format!("399 {} \"{bad}\"", shared.advertised_ip).into())
 }
 
@@ -193,7 +149,7 @@ pub fn check_initial(shared: &Shared, tx: Transaction) -> Option<Transaction> {
     match check_offer(&tx.original.body, false) {
         Ok(()) => Some(tx),
         Err(bad) => {
-            count(RejectReason::SdpAddress);
+            count(bad.reason());
             info!(error = %bad, "offer refused: 488");
             let w = warning(shared, &bad);
             super::edge::reply_stateless(tx, StatusCode::NotAcceptableHere, vec![w]);
@@ -212,7 +168,7 @@ pub fn check_in_dialog(shared: &Shared, tx: Transaction) -> Option<Transaction> 
     match check_offer(&tx.original.body, true) {
         Ok(()) => Some(tx),
         Err(bad) => {
-            count(RejectReason::SdpAddress);
+            count(bad.reason());
             info!(error = %bad, "re-offer refused: 488");
             let w = warning(shared, &bad);
             reply_and_finish(tx, StatusCode::NotAcceptableHere, vec![w]);
@@ -225,6 +181,14 @@ pub fn check_in_dialog(shared: &Shared, tx: Transaction) -> Option<Transaction> 
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The address `check_offer` refuses `body` for.
+    fn bad_address(body: &[u8], reoffer: bool) -> BadAddress {
+        match check_offer(body, reoffer) {
+            Err(BadOffer::Address(b)) => b,
+            other => panic!("expected a bad address, got {other:?}"),
+        }
+    }
 
     fn sdp(session_c: &str, media: &str) -> Vec<u8> {
         format!(
@@ -274,7 +238,7 @@ mod tests {
             ),
         ];
         for (s, m, kind) in cases {
-            let err = check_offer(&sdp(s, m), false).unwrap_err();
+            let err = bad_address(&sdp(s, m), false);
             assert_eq!(err.kind, kind, "{s} {m}");
             assert_eq!(err.field, "c=");
         }
@@ -282,14 +246,13 @@ mod tests {
 
     #[test]
     fn rtcp_address_is_checked_too() {
-        let err = check_offer(
+        let err = bad_address(
             &sdp(
                 "c=IN IP4 192.0.2.1\r\n",
                 "a=rtcp:4001 IN IP4 255.255.255.255\r\n",
             ),
             false,
-        )
-        .unwrap_err();
+        );
         assert_eq!((err.field, err.kind), ("a=rtcp", AddressKind::Broadcast));
         assert!(
             err.to_string().contains("255.255.255.255 is broadcast"),
@@ -301,10 +264,7 @@ mod tests {
     fn zero_address_is_hold_in_a_reoffer_only() {
         let held = sdp("c=IN IP4 0.0.0.0\r\n", "");
         assert_eq!(check_offer(&held, true), Ok(()));
-        assert_eq!(
-            check_offer(&held, false).unwrap_err().kind,
-            AddressKind::Unspecified
-        );
+        assert_eq!(bad_address(&held, false).kind, AddressKind::Unspecified);
         assert_eq!(check_offer(&sdp("c=IN IP6 ::\r\n", ""), true), Ok(()));
         // Multicast is refused in a re-offer as well.
         assert!(check_offer(&sdp("c=IN IP4 224.0.0.1\r\n", ""), true).is_err());
@@ -316,6 +276,17 @@ mod tests {
                     m=audio 4000 RTP/AVP 0\r\nc=IN IP4 192.0.2.1\r\n\
                     m=video 0 RTP/AVP 96\r\nc=IN IP4 224.0.0.1\r\n";
         assert_eq!(check_offer(body.as_bytes(), false), Ok(()));
+    }
+
+    #[test]
+    fn an_sdp_without_media_is_refused_initial_or_not() {
+        let body = b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n";
+        for reoffer in [false, true] {
+            let err = check_offer(body, reoffer).unwrap_err();
+            assert_eq!(err, BadOffer::NoMedia);
+            assert_eq!(err.reason(), RejectReason::SdpNoMedia);
+            assert!(err.to_string().contains("no m= line"), "{err}");
+        }
     }
 
     #[test]

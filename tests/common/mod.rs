@@ -424,6 +424,15 @@ pub fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// `POST /calls` with `json` (an outbound call): asserts 202 and returns
+/// the new call's id.
+pub fn originate(server: &Server, json: &str) -> String {
+    let (code, body) = http_post(server.api_port, "/calls", json).expect("POST /calls");
+    assert_eq!(code, 202, "POST /calls {json}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("POST /calls json");
+    v["id"].as_str().expect("POST /calls id").to_string()
+}
+
 /// The call record of `id` once it is complete (the store writes
 /// asynchronously): polls `GET /cdrs/{id}` for up to 10 s.
 pub fn finished_cdr(server: &Server, id: &str) -> serde_json::Value {

@@ -277,6 +277,35 @@ pub fn spawn_scenario(
     service: &str,
     extra_args: &[&str],
 ) -> SippRun {
+    let remote = format!("127.0.0.1:{server_sip_port}");
+    spawn(
+        scenario,
+        super::free_port(),
+        &["-s", service],
+        extra_args,
+        Some(&remote),
+    )
+}
+
+/// Runs `scenario` (a UAS: it starts by receiving) as sipp listening on
+/// 127.0.0.1:`port` for the server to call, in the background, with the
+/// same bounds, logs and defaults as [`run_scenario`] (one call); finish
+/// with [`SippRun::wait`], whose outcome says whether the call went as the
+/// scenario expects.
+pub fn spawn_uas(scenario: &str, port: u16, extra_args: &[&str]) -> SippRun {
+    spawn(scenario, port, &[], extra_args, None)
+}
+
+/// sipp with `scenario` on local SIP port `port`: `role_args` after the
+/// scenario, `extra_args` after the defaults, `remote` last (a UAC's
+/// target).
+fn spawn(
+    scenario: &str,
+    port: u16,
+    role_args: &[&str],
+    extra_args: &[&str],
+    remote: Option<&str>,
+) -> SippRun {
     let path = scenario_path(scenario);
     assert!(path.is_file(), "no sipp scenario {}", path.display());
     let dir = tempfile::Builder::new()
@@ -287,58 +316,59 @@ pub fn spawn_scenario(
     let tone = d.join("tone.ulaw");
     std::fs::write(&tone, ulaw_tone(440.0, 1000)).expect("write tone");
 
-    let local_port = super::free_port().to_string();
+    let local_port = port.to_string();
     let media_port = super::free_rtp_range(4).0.to_string();
     let audio_stream = format!("{},-1,0", tone.display());
     let timeout_s = timeout_secs(extra_args).unwrap_or(DEFAULT_TIMEOUT_S);
     let timeout = format!("{DEFAULT_TIMEOUT_S}s");
-    let remote = format!("127.0.0.1:{server_sip_port}");
     let p = |name: &str| d.join(name).display().to_string();
     let (errors, messages, screen) = (p("errors.log"), p("messages.log"), p("screen.log"));
 
-    let mut args: Vec<String> = [
-        "-sf",
-        &path.display().to_string(),
-        "-s",
-        service,
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &local_port,
-        "-mi",
-        "127.0.0.1",
-        "-mp",
-        &media_port,
-        "-key",
-        "audio_stream",
-        &audio_stream,
-        "-m",
-        "1",
-        "-r",
-        "10",
-        "-l",
-        "10",
-        "-recv_timeout",
-        "10000",
-        "-timeout",
-        &timeout,
-        "-timeout_error",
-        "-nostdin",
-        "-trace_err",
-        "-error_file",
-        &errors,
-        "-trace_msg",
-        "-message_file",
-        &messages,
-        "-trace_screen",
-        "-screen_file",
-        &screen,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> = ["-sf", &path.display().to_string()]
+        .iter()
+        .chain(role_args)
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(
+        [
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &local_port,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media_port,
+            "-key",
+            "audio_stream",
+            &audio_stream,
+            "-m",
+            "1",
+            "-r",
+            "10",
+            "-l",
+            "10",
+            "-recv_timeout",
+            "10000",
+            "-timeout",
+            &timeout,
+            "-timeout_error",
+            "-nostdin",
+            "-trace_err",
+            "-error_file",
+            &errors,
+            "-trace_msg",
+            "-message_file",
+            &messages,
+            "-trace_screen",
+            "-screen_file",
+            &screen,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     args.extend(extra_args.iter().map(|s| s.to_string()));
-    args.push(remote);
+    args.extend(remote.map(str::to_string));
 
     let command = format!("sipp {}", args.join(" "));
     let stdout = std::fs::File::create(d.join("stdout.log")).expect("sipp stdout file");
