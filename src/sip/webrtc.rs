@@ -134,26 +134,42 @@ fn answer_pts(sdp: &str) -> (Option<u8>, Option<u8>) {
     (opus, te)
 }
 
-/// The addresses our host candidates name: the RTP bind address (or the
-/// host's outward address when bound to all), then `external_ip`.
+/// The host's outward address (no packet is sent by connecting UDP).
+fn outward_ip() -> Option<IpAddr> {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .ok()
+}
+
+/// The addresses our host candidates name: the RTP bind address, or when
+/// bound to all, the SIP side's address and the host's outward one
+/// (browsers gather no loopback candidates and do not answer a loopback
+/// one, so a server whose SIP is on loopback still needs it); then
+/// `external_ip`.
 fn candidate_ips(shared: &Shared) -> Vec<IpAddr> {
     let cfg = shared.cfg();
-    let local = if !cfg.rtp_bind.is_unspecified() {
-        cfg.rtp_bind
-    } else if cfg.external_ip.is_none() {
-        shared.advertised_ip
-    } else {
-        std::net::UdpSocket::bind("0.0.0.0:0")
-            .and_then(|s| {
-                s.connect("192.0.2.1:9")?;
-                s.local_addr()
-            })
-            .map(|a| a.ip())
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    let mut ips = Vec::new();
+    let mut add = |ip: IpAddr| {
+        if !ip.is_unspecified() && !ips.contains(&ip) {
+            ips.push(ip);
+        }
     };
-    let mut ips = vec![local];
-    if let Some(ext) = cfg.external_ip.filter(|e| *e != local) {
-        ips.push(ext);
+    if !cfg.rtp_bind.is_unspecified() {
+        add(cfg.rtp_bind);
+    } else {
+        if cfg.external_ip.is_none() {
+            add(shared.advertised_ip);
+        }
+        if let Some(ip) = outward_ip() {
+            add(ip);
+        }
+    }
+    if let Some(ext) = cfg.external_ip {
+        add(ext);
     }
     ips
 }
@@ -198,18 +214,20 @@ pub fn offer(
         Default::default(),
     );
     let mut rtc = rtc_cfg.build(Instant::now());
-    let mut local = None;
+    let mut locals = Vec::new();
     for ip in candidate_ips(&shared) {
         let addr = SocketAddr::new(ip, ports.port);
         match Candidate::host(addr, "udp") {
             Ok(c) => {
                 rtc.add_local_candidate(c);
-                local.get_or_insert(addr);
+                locals.push(addr);
             }
             Err(e) => debug!(%addr, error = %e, "no host candidate"),
         }
     }
-    let local = local.ok_or_else(|| WebrtcError::Rtc("no usable host candidate".into()))?;
+    if locals.is_empty() {
+        return Err(WebrtcError::Rtc("no usable host candidate".into()));
+    }
     let answer = rtc
         .sdp_api()
         .accept_offer(offer)
@@ -240,7 +258,7 @@ pub fn offer(
         return Err(WebrtcError::Full);
     }
     shared.webrtc.lock().insert(id.clone(), caller_bye.clone());
-    info!(call_id = %id, route = %route.dial, %client, %local, "browser call: offer answered");
+    info!(call_id = %id, route = %route.dial, %client, candidates = ?locals, "browser call: offer answered");
 
     let span = tracing::info_span!("call", call_id = %id, from = "webrtc", to = %route.dial);
     let recording = call::recording_for(&shared, &route, &id);
@@ -251,7 +269,7 @@ pub fn offer(
         webhook_tally: Default::default(),
         rtc,
         ports,
-        local,
+        locals,
         peer: None,
         route,
         client,
@@ -288,8 +306,8 @@ struct RtcDriver {
     webhook_tally: Arc<agent::webhooks::DeliveryTally>,
     rtc: Rtc,
     ports: RtpPorts,
-    /// The host candidate datagrams are reported as arriving on.
-    local: SocketAddr,
+    /// Our host candidates (never empty).
+    locals: Vec<SocketAddr>,
     /// The browser's media address: the last source str0m took a datagram from.
     peer: Option<SocketAddr>,
     route: RouteConfig,
@@ -353,9 +371,10 @@ struct RtpOut<'a> {
     payload: &'a [u8],
 }
 
-/// Parses the RTP the media session sends (`None` for anything else).
+/// Parses the RTP the media session sends (`None` for anything else, its
+/// RTCP on the muxed port included: RFC 5761 packet types 192-223).
 fn parse_rtp(b: &[u8]) -> Option<RtpOut<'_>> {
-    if b.len() < 12 || b[0] >> 6 != 2 {
+    if b.len() < 12 || b[0] >> 6 != 2 || (192..=223).contains(&b[1]) {
         return None;
     }
     let cc = usize::from(b[0] & 0x0f);
@@ -621,6 +640,19 @@ impl RtcDriver {
         );
     }
 
+    /// The candidate a datagram from `from` came in on: a socket bound to
+    /// all addresses does not say, so the one of its kind (loopback or not,
+    /// IPv4 or IPv6), else the first.
+    fn local_for(&self, from: SocketAddr) -> SocketAddr {
+        let kind = |a: &SocketAddr| (a.ip().is_loopback(), a.is_ipv4());
+        self.locals
+            .iter()
+            .find(|l| kind(l) == kind(&from))
+            .or(self.locals.first())
+            .copied()
+            .unwrap_or(from)
+    }
+
     /// A datagram from the socket, to str0m if it is this call's.
     fn rtc_input(&mut self, from: SocketAddr, bytes: &[u8]) {
         let Ok(contents) = bytes.try_into() else {
@@ -632,7 +664,7 @@ impl RtcDriver {
             Receive {
                 proto: Protocol::Udp,
                 source: from,
-                destination: self.local,
+                destination: self.local_for(from),
                 contents,
             },
         );
@@ -748,6 +780,8 @@ mod tests {
         assert_eq!(parse_rtp(&x).map(|r| r.payload), Some(&[5, 6][..]));
         assert_eq!(parse_rtp(&[0x80, 0]), None);
         assert_eq!(parse_rtp(&[0x40; 12]), None);
+        // RTCP (a receiver report) on the muxed port is not RTP.
+        assert_eq!(parse_rtp(&[0x81, 201, 0, 7, 1, 2, 3, 4, 0, 0, 0, 0]), None);
     }
 
     #[test]

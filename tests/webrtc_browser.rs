@@ -1,0 +1,290 @@
+//! Browser calling, end to end with a real browser: headless Chromium
+//! (Debian `chromium` + `chromium-driver`, driven by selenium from a venv
+//! under target/) opens the built-in `/phone` page, signs in with the API
+//! token, and calls the `echo` route over WebRTC (ICE-lite, DTLS-SRTP,
+//! Opus) with a fake microphone playing a speech WAV. Checked: the page's
+//! 401 message before sign-in, the echoed speech measured by the page's
+//! WebAudio analyser, keypad 1 2 3 (RTCDTMFSender, RFC 4733) in
+//! `GET /calls/{id}`, `transport: webrtc`, the call's record, and
+//! agentline's recording of the call against the WAV. A screenshot of the
+//! page during the call is kept in target/webrtc-artifacts/.
+//!
+//! Skips when chromium is missing and CI is not set; under CI=true a
+//! missing browser (or selenium that cannot be installed) is a failure.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::audio::{self, Audio};
+use common::{require_peer, Server};
+
+const TOKEN: &str = "browser-test-token-7f3a";
+
+fn ci() -> bool {
+    std::env::var("CI").map(|v| v == "true").unwrap_or(false)
+}
+
+/// One HTTP/1.0 request with optional bearer token and body: status, head, body.
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Type: {content_type}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let buf = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_string(), body.to_string())
+}
+
+/// The Python with selenium: target/webrtc-venv, created on first use.
+fn selenium_python() -> Option<PathBuf> {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let venv = target.join("webrtc-venv");
+    let py = venv.join("bin/python");
+    let has = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import selenium"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if py.is_file() && has(&py) {
+        return Some(py);
+    }
+    let made = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "selenium"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if made && has(&py) {
+        return Some(py);
+    }
+    assert!(
+        !ci(),
+        "selenium could not be installed in {}",
+        venv.display()
+    );
+    eprintln!(
+        "SKIP: selenium could not be installed in {}",
+        venv.display()
+    );
+    None
+}
+
+/// A recording's two channels.
+fn read_stereo(path: &Path) -> (Audio, Audio) {
+    let bytes = std::fs::read(path).unwrap();
+    assert!(
+        bytes.len() > 44,
+        "{}: {} bytes",
+        path.display(),
+        bytes.len()
+    );
+    assert_eq!(u16::from_le_bytes([bytes[22], bytes[23]]), 2, "stereo");
+    let rate = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
+    let (mut left, mut right) = (Vec::new(), Vec::new());
+    for frame in bytes[44..].chunks_exact(4) {
+        left.push(f32::from(i16::from_le_bytes([frame[0], frame[1]])) / 32768.0);
+        right.push(f32::from(i16::from_le_bytes([frame[2], frame[3]])) / 32768.0);
+    }
+    (Audio::new(rate, left), Audio::new(rate, right))
+}
+
+#[test]
+fn a_browser_calls_echo_through_the_phone_page() {
+    let (Some(chromium), Some(driver)) = (require_peer("chromium"), require_peer("chromedriver"))
+    else {
+        return;
+    };
+    let Some(python) = selenium_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("api-token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let server = Server::start(&format!(
+        "[api]\ntoken_file = \"{}\"\n\
+         [[routes]]\ndial = \"echo\"\nrecord = true\nagent = {{ kind = \"echo\" }}\n",
+        token_file.display()
+    ));
+    let port = server.api_port;
+
+    // Access: the page itself is open, everything it calls needs the token.
+    let (code, _, page) = request(port, "GET", "/phone", None, "text/plain", "");
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("agentline phone"), "{page}");
+    let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
+    for (method, path, body) in [
+        ("POST", "/webrtc/echo", offer),
+        ("DELETE", "/webrtc/nope", ""),
+        ("GET", "/routes", ""),
+    ] {
+        let (code, head, body) = request(port, method, path, None, "application/sdp", body);
+        assert_eq!(
+            code, 401,
+            "{method} {path} without the token: {head}\n{body}"
+        );
+    }
+    let (code, _, body) = request(port, "GET", "/routes", Some(TOKEN), "text/plain", "");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"echo\""), "{body}");
+    // A bad offer is refused with the reason, not a call.
+    let (code, _, body) = request(
+        port,
+        "POST",
+        "/webrtc/echo",
+        Some(TOKEN),
+        "application/sdp",
+        "not sdp",
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, _, body) = request(
+        port,
+        "POST",
+        "/webrtc/nowhere",
+        Some(TOKEN),
+        "application/sdp",
+        offer,
+    );
+    assert_eq!(code, 404, "{body}");
+
+    // The browser: the fake microphone plays the speech WAV in a loop.
+    let wav = common::data_path("speech_8k.wav");
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/webrtc-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("phone-call.png");
+    let _ = std::fs::remove_file(&shot);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webrtc/phone_call.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(["--url", &format!("http://127.0.0.1:{port}")])
+        .args(["--token", TOKEN, "--route", "echo", "--digits", "123"])
+        .arg("--wav")
+        .arg(&wav)
+        .arg("--screenshot")
+        .arg(&shot)
+        .arg("--chromium")
+        .arg(&chromium)
+        .arg("--chromedriver")
+        .arg(&driver)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ctx = format!(
+        "stdout: {stdout}\nstderr: {}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
+    );
+    let result: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON from the browser script\n{ctx}"));
+    assert_eq!(result["ok"], true, "{ctx}");
+    let msg = result["unauthorized_message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("401") && msg.contains("token"),
+        "the page explains the 401: `{msg}`"
+    );
+    let during = &result["during_call"];
+    let id = result["call_id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("webrtc-"), "{id}");
+
+    // The echo came back: the page's analyser heard speech from the agent.
+    let speech_ms = during["outSpeechMs"].as_f64().unwrap();
+    let out_peak = during["outPeakDb"].as_f64().unwrap();
+    let in_peak = during["inPeakDb"].as_f64().unwrap();
+    assert!(
+        in_peak > -40.0,
+        "the fake microphone plays: {in_peak:.1} dBFS\n{ctx}"
+    );
+    assert!(
+        speech_ms >= 2000.0 && out_peak > -30.0,
+        "echoed speech at the page: {speech_ms} ms above -45 dBFS, peak {out_peak:.1} dBFS\n{ctx}"
+    );
+    // The keypad's digits reached the call (RFC 4733 through str0m).
+    assert_eq!(during["heardDigits"], "123", "{ctx}");
+    assert!(shot.is_file(), "screenshot {}", shot.display());
+
+    // The server's view of the call, as for a SIP call.
+    server.wait_idle(Duration::from_secs(10));
+    let path = format!("/calls/{}", common::urlencode(&id));
+    let (code, _, body) = request(port, "GET", &path, Some(TOKEN), "text/plain", "");
+    assert_eq!(code, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["transport"], "webrtc", "{view:#}");
+    assert_eq!(view["dtmf"], "123", "{view:#}");
+    assert_eq!(view["codec"], "opus", "{view:#}");
+    assert_eq!(view["end_reason"], "caller hung up", "{view:#}");
+    let received = view["media"]["rx_packets"].as_u64().unwrap_or(0);
+    assert!(received > 300, "RTP from the browser: {received}\n{view:#}");
+
+    // The record and the recording: the caller's side is the WAV.
+    let (code, _, cdr) = request(
+        port,
+        "GET",
+        &format!("/cdrs/{}", common::urlencode(&id)),
+        Some(TOKEN),
+        "text/plain",
+        "",
+    );
+    assert_eq!(code, 200, "{cdr}");
+    let cdr: serde_json::Value = serde_json::from_str(&cdr).unwrap();
+    assert_eq!(cdr["route"], "echo", "{cdr:#}");
+    assert_eq!(cdr["hung_up_by"], "caller", "{cdr:#}");
+    let rec = PathBuf::from(
+        view["recording"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{view:#}")),
+    );
+    let (left, right) = read_stereo(&rec);
+    let sent = audio::read_wav(&wav).unwrap();
+    let (at_l, corr_l) = audio::find_segment(&left, &sent).unwrap();
+    let (at_r, corr_r) = audio::find_segment(&right, &sent).unwrap();
+    eprintln!(
+        "browser call {id}: page heard {speech_ms} ms of echo (peak {out_peak:.1} dBFS, mic {in_peak:.1}), \
+         recording {:.1} s at {} Hz: caller corr {corr_l:.3} at {at_l:.0} ms, echo corr {corr_r:.3} at {at_r:.0} ms, \
+         browser stats {}",
+        left.duration_ms() / 1000.0,
+        left.rate,
+        during["stats"]
+    );
+    assert!(
+        corr_l >= 0.8,
+        "caller side vs the WAV: corr {corr_l:.3}\n{ctx}"
+    );
+    assert!(
+        corr_r >= 0.8,
+        "echo side vs the WAV: corr {corr_r:.3}\n{ctx}"
+    );
+}
