@@ -896,14 +896,14 @@ impl Reporter<'_> {
 
     pub(super) fn webhook(&self, kind: &str, payload: serde_json::Value) {
         if let Some(w) = self.shared.webhooks() {
-            w.send(&self.uuid, kind, payload, &self.webhook_tally);
+            w.send(self.uuid, kind, payload, self.webhook_tally);
         }
     }
 
     /// The end-of-call log lines and the `call_ended` webhook.
     pub(super) fn summarize(&self, core: &CallCore, end: &EndReason) {
         if let Some(st) = core.stats() {
-            call_metrics::media_ended(&self.shared.calls, &self.id, &st);
+            call_metrics::media_ended(&self.shared.calls, self.id, &st);
             let (s, q) = (&st.media, &st.quality);
             info!(
                 rx = s.rx_packets,
@@ -919,7 +919,7 @@ impl Reporter<'_> {
                 "media summary"
             );
         }
-        if let Some(c) = self.shared.calls.get(&self.id) {
+        if let Some(c) = self.shared.calls.get(self.id) {
             if !c.turns.is_empty() {
                 let mut totals: Vec<u64> = c.turns.iter().map(|t| t.total_ms).collect();
                 totals.sort_unstable();
@@ -937,7 +937,7 @@ impl Reporter<'_> {
             self.webhook("call_ended", serde_json::json!({"reason": end.to_string()}));
         }
         let (sent, failed) = self.webhook_tally.counts();
-        self.shared.calls.update(&self.id, |c| {
+        self.shared.calls.update(self.id, |c| {
             c.webhooks = crate::calls::WebhookTally { sent, failed }
         });
     }
