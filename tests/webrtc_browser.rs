@@ -120,15 +120,74 @@ fn read_stereo(path: &Path) -> (Audio, Audio) {
     (Audio::new(rate, left), Audio::new(rate, right))
 }
 
+/// A file under target/webrtc-artifacts/ (made, and the file removed).
+fn artifact(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/webrtc-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+/// What the browser script is asked to do.
+struct Browser<'a> {
+    route: &'a str,
+    digits: &'a str,
+    expect_transcript: &'a str,
+    wav: &'a Path,
+    screenshot: &'a Path,
+}
+
+/// Runs tests/webrtc/phone_call.py against `server` (its API needs
+/// [`TOKEN`]): the page's measurements as JSON, and the context for a
+/// failure (the script's output and the server's log).
+fn browser_call(server: &Server, b: Browser) -> (serde_json::Value, String) {
+    let chromium = require_peer("chromium").unwrap();
+    let driver = require_peer("chromedriver").unwrap();
+    let python = selenium_python().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webrtc/phone_call.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(["--url", &format!("http://127.0.0.1:{}", server.api_port)])
+        .args(["--token", TOKEN, "--route", b.route])
+        .args(["--digits", b.digits])
+        .args(["--expect-transcript", b.expect_transcript])
+        .arg("--wav")
+        .arg(b.wav)
+        .arg("--screenshot")
+        .arg(b.screenshot)
+        .arg("--chromium")
+        .arg(&chromium)
+        .arg("--chromedriver")
+        .arg(&driver)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ctx = format!(
+        "stdout: {stdout}\nstderr: {}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
+    );
+    let result: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON from the browser script\n{ctx}"));
+    (result, ctx)
+}
+
+/// Chromium, chromedriver and selenium are there (else skip, or fail under CI).
+fn browser_available() -> bool {
+    require_peer("chromium").is_some()
+        && require_peer("chromedriver").is_some()
+        && selenium_python().is_some()
+}
+
 #[test]
 fn a_browser_calls_echo_through_the_phone_page() {
-    let (Some(chromium), Some(driver)) = (require_peer("chromium"), require_peer("chromedriver"))
-    else {
+    if !browser_available() {
         return;
-    };
-    let Some(python) = selenium_python() else {
-        return;
-    };
+    }
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("api-token");
     std::fs::write(&token_file, TOKEN).unwrap();
@@ -180,36 +239,17 @@ fn a_browser_calls_echo_through_the_phone_page() {
 
     // The browser: the fake microphone plays the speech WAV in a loop.
     let wav = common::data_path("speech_8k.wav");
-    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/webrtc-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let shot = artifacts.join("phone-call.png");
-    let _ = std::fs::remove_file(&shot);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webrtc/phone_call.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .args(["--url", &format!("http://127.0.0.1:{port}")])
-        .args(["--token", TOKEN, "--route", "echo", "--digits", "123"])
-        .arg("--wav")
-        .arg(&wav)
-        .arg("--screenshot")
-        .arg(&shot)
-        .arg("--chromium")
-        .arg(&chromium)
-        .arg("--chromedriver")
-        .arg(&driver)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let ctx = format!(
-        "stdout: {stdout}\nstderr: {}\nserver log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        server.log_text()
+    let shot = artifact("phone-call.png");
+    let (result, ctx) = browser_call(
+        &server,
+        Browser {
+            route: "echo",
+            digits: "123",
+            expect_transcript: "",
+            wav: &wav,
+            screenshot: &shot,
+        },
     );
-    let result: serde_json::Value = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON from the browser script\n{ctx}"));
     assert_eq!(result["ok"], true, "{ctx}");
     let msg = result["unauthorized_message"].as_str().unwrap_or("");
     assert!(
@@ -232,8 +272,10 @@ fn a_browser_calls_echo_through_the_phone_page() {
         speech_ms >= 2000.0 && out_peak > -30.0,
         "echoed speech at the page: {speech_ms} ms above -45 dBFS, peak {out_peak:.1} dBFS\n{ctx}"
     );
-    // The keypad's digits reached the call (RFC 4733 through str0m).
+    // The keypad's digits reached the call (RFC 4733 through str0m), and
+    // the page learnt it from the call's event stream.
     assert_eq!(during["heardDigits"], "123", "{ctx}");
+    assert_eq!(during["liveEvents"], true, "{ctx}");
     assert!(shot.is_file(), "screenshot {}", shot.display());
 
     // The server's view of the call, as for a SIP call.
@@ -287,4 +329,80 @@ fn a_browser_calls_echo_through_the_phone_page() {
         corr_r >= 0.8,
         "echo side vs the WAV: corr {corr_r:.3}\n{ctx}"
     );
+}
+
+#[test]
+fn a_browser_sees_the_agents_transcript_live() {
+    if !browser_available() {
+        return;
+    }
+    let Some(fake) = common::fakes::Fake::start("fake_avr_sts.py", &[]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("api-token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let server = Server::start(&format!(
+        "[api]\ntoken_file = \"{}\"\n\
+         [[routes]]\ndial = \"sts\"\nagent = {{ kind = \"avr_sts\", url = \"ws://127.0.0.1:{}\" }}\n",
+        token_file.display(),
+        fake.port
+    ));
+    // Speech, then a pause that ends the caller's turn at the fake (the
+    // browser loops the file).
+    let mut speech = audio::read_wav(&common::data_path("speech_8k.wav")).unwrap();
+    speech.samples.extend(std::iter::repeat_n(0.0, 8000 * 2));
+    let wav = dir.path().join("speech_pause.wav");
+    audio::write_wav(&wav, &speech).unwrap();
+    let shot = artifact("phone-transcript.png");
+    let (result, ctx) = browser_call(
+        &server,
+        Browser {
+            route: "sts",
+            digits: "",
+            expect_transcript: "hello caller",
+            wav: &wav,
+            screenshot: &shot,
+        },
+    );
+    assert_eq!(result["ok"], true, "{ctx}");
+    let during = &result["during_call"];
+    assert_eq!(during["liveEvents"], true, "{ctx}");
+    // The fake hears the caller's speech, says its lines and the page
+    // shows both from the event stream.
+    let lines: Vec<(String, String)> = during["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["role"].as_str().unwrap_or("").to_string(),
+                l["text"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        lines.contains(&("agent".into(), "hello caller".into())),
+        "{lines:?}\n{ctx}"
+    );
+    assert!(
+        lines.contains(&("user".into(), "hello agent".into())),
+        "{lines:?}\n{ctx}"
+    );
+    assert!(shot.is_file());
+    let id = result["call_id"].as_str().unwrap();
+    server.wait_idle(Duration::from_secs(10));
+    let (code, _, body) = request(
+        server.api_port,
+        "GET",
+        &format!("/calls/{}", common::urlencode(id)),
+        Some(TOKEN),
+        "text/plain",
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["transport"], "webrtc", "{view:#}");
+    assert_eq!(view["agent"], "avr_sts", "{view:#}");
+    eprintln!("browser call {id}: transcript on the page {lines:?}");
 }

@@ -30,6 +30,7 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/phone", get(phone))
         .route("/routes", get(list_routes))
         .route("/webrtc/{route}", post(offer).delete(hang_up))
+        .route("/calls/{id}/events", get(events))
 }
 
 async fn phone() -> impl IntoResponse {
@@ -117,5 +118,116 @@ async fn hang_up(State(s): State<ApiState>, Path(id): Path<String>) -> Response 
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(StatusCode::NOT_FOUND, format!("no browser call `{id}`"))
+    }
+}
+
+/// How often a call's event stream looks at the registry.
+const EVENTS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// `GET /calls/{id}/events`: `state` (`{"state","end_reason"}`), `dtmf`
+/// (`{"digits"}`: all so far), `transcript` (`{"role","text","at_unix_ms"}`,
+/// one per line) as they change, then `end` once the call is over.
+async fn events(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    use axum::response::sse::{KeepAlive, Sse};
+    if s.sip.shared.calls.get(&id).is_none() {
+        return error(StatusCode::NOT_FOUND, "no such call".into());
+    }
+    let watch = CallWatch {
+        shared: s.sip.shared.clone(),
+        id,
+        pending: Default::default(),
+        state: String::new(),
+        dtmf: String::new(),
+        last_line: None,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(watch, |mut w| async move {
+        let ev = w.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(ev), w))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// One event stream's view of a call: what it has told so far.
+struct CallWatch {
+    shared: std::sync::Arc<crate::sip::shared::Shared>,
+    id: String,
+    pending: std::collections::VecDeque<axum::response::sse::Event>,
+    state: String,
+    dtmf: String,
+    /// The last transcript line sent (time, role, text).
+    last_line: Option<(u64, String, String)>,
+    done: bool,
+}
+
+impl CallWatch {
+    async fn next(&mut self) -> Option<axum::response::sse::Event> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(ev);
+            }
+            if self.done {
+                return None;
+            }
+            self.look();
+            if self.pending.is_empty() {
+                tokio::time::sleep(EVENTS_EVERY).await;
+            }
+        }
+    }
+
+    fn push(&mut self, kind: &str, data: serde_json::Value) {
+        let ev = axum::response::sse::Event::default()
+            .event(kind)
+            .data(data.to_string());
+        self.pending.push_back(ev);
+    }
+
+    /// Queues what changed since the last look.
+    fn look(&mut self) {
+        let Some(c) = self.shared.calls.get(&self.id) else {
+            self.push("end", json!({}));
+            self.done = true;
+            return;
+        };
+        let state = serde_json::to_value(c.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        if state != self.state {
+            self.state = state.clone();
+            self.push(
+                "state",
+                json!({ "state": state, "end_reason": c.end_reason }),
+            );
+        }
+        if c.dtmf != self.dtmf {
+            self.dtmf = c.dtmf.clone();
+            self.push("dtmf", json!({ "digits": c.dtmf }));
+        }
+        // The lines after the last one sent (the registry keeps the last 100).
+        let start = match &self.last_line {
+            None => 0,
+            Some((at, role, text)) => c
+                .transcript
+                .iter()
+                .rposition(|l| l.at_unix_ms == *at && &l.role == role && &l.text == text)
+                .map_or(0, |i| i + 1),
+        };
+        for l in c.transcript.iter().skip(start) {
+            self.push(
+                "transcript",
+                json!({ "role": l.role, "text": l.text, "at_unix_ms": l.at_unix_ms }),
+            );
+        }
+        if let Some(l) = c.transcript.last() {
+            self.last_line = Some((l.at_unix_ms, l.role.clone(), l.text.clone()));
+        }
+        if state == "ended" {
+            self.push("end", json!({}));
+            self.done = true;
+        }
     }
 }

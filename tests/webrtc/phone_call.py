@@ -5,8 +5,9 @@ tests/webrtc_browser.rs.
 
 1. Opens /phone without a token: the page must show its 401 message.
 2. Signs in with the token, picks the route, presses Call.
-3. Lets the call run, presses keypad 1 2 3 (RTCDTMFSender), waits until the
-   server reports the digits (GET /calls/{id}, read by the page).
+3. Lets the call run, optionally waits for a transcript line, presses the
+   keypad (RTCDTMFSender) and waits until the server reports the digits
+   (the page reads them from GET /calls/{id}/events).
 4. Saves a screenshot, hangs up, prints the page's measurements as JSON.
 
 Nothing leaves the machine: the resolver maps every host but 127.0.0.1 to
@@ -38,6 +39,8 @@ def main():
     ap.add_argument("--screenshot", required=True)
     ap.add_argument("--talk-s", type=float, default=6.0)
     ap.add_argument("--digits", default="123")
+    ap.add_argument("--expect-transcript", default="",
+                    help="wait (20 s) for a transcript line containing this text")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--chromedriver", default="/usr/bin/chromedriver")
     args = ap.parse_args()
@@ -83,12 +86,20 @@ def main():
             return out
         out["call_id"] = s["callId"]
         time.sleep(args.talk_s)
+        if args.expect_transcript:
+            try:
+                WebDriverWait(driver, 20, poll_frequency=0.2).until(
+                    lambda d: any(args.expect_transcript in (l.get("text") or "")
+                                  for l in (state(d) or {}).get("transcript") or []))
+            except Exception:  # reported below through the transcript
+                pass
         for d in args.digits:
             driver.find_element(By.ID, f"key-{d}").click()
             time.sleep(0.5)
         try:
-            WebDriverWait(driver, 10, poll_frequency=0.2).until(
-                lambda d: (state(d) or {}).get("heardDigits") == args.digits)
+            if args.digits:
+                WebDriverWait(driver, 10, poll_frequency=0.2).until(
+                    lambda d: (state(d) or {}).get("heardDigits") == args.digits)
         except Exception:  # reported below through heardDigits
             pass
         time.sleep(1.2)  # one more getStats round for the screenshot
