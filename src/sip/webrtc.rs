@@ -18,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use str0m::change::SdpOffer;
 use str0m::format::Codec as RtcCodec;
 use str0m::media::{Frequency, MediaKind, Mid, Pt};
@@ -286,7 +287,15 @@ pub fn offer(
     tokio::spawn(
         async move {
             let id = call;
-            let end = driver.run_and_summarize().await;
+            // str0m panics on broken internal invariants (its docs suggest
+            // catching them): the call still ends and leaves the registry.
+            let end = std::panic::AssertUnwindSafe(driver.run_and_summarize())
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    warn!("browser call driver panicked");
+                    EndReason::TaskFailed("WebRTC driver panicked".into())
+                });
             shared.webrtc.lock().remove(&id);
             call_metrics::call_ended(&shared.calls, &id, "inbound", &end);
             let answered = shared.calls.is_answered(&id);
