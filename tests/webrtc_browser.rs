@@ -207,6 +207,7 @@ fn a_browser_calls_echo_through_the_phone_page() {
         ("POST", "/webrtc/echo", offer),
         ("DELETE", "/webrtc/nope", ""),
         ("GET", "/routes", ""),
+        ("GET", "/calls/nope/events", ""),
     ] {
         let (code, head, body) = request(port, method, path, None, "application/sdp", body);
         assert_eq!(
