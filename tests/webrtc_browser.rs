@@ -132,6 +132,8 @@ fn artifact(name: &str) -> PathBuf {
 /// What the browser script is asked to do.
 struct Browser<'a> {
     route: &'a str,
+    /// Play the call's recording from the page's recent calls afterwards.
+    play_recording: bool,
     digits: &'a str,
     expect_transcript: &'a str,
     wav: &'a Path,
@@ -152,6 +154,7 @@ fn browser_call(server: &Server, b: Browser) -> (serde_json::Value, String) {
         .args(["--token", TOKEN, "--route", b.route])
         .args(["--digits", b.digits])
         .args(["--expect-transcript", b.expect_transcript])
+        .args(b.play_recording.then_some("--play-recording"))
         .arg("--wav")
         .arg(b.wav)
         .arg("--screenshot")
@@ -245,6 +248,7 @@ fn a_browser_calls_echo_through_the_phone_page() {
         &server,
         Browser {
             route: "echo",
+            play_recording: true,
             digits: "123",
             expect_transcript: "",
             wav: &wav,
@@ -322,6 +326,15 @@ fn a_browser_calls_echo_through_the_phone_page() {
         left.rate,
         during["stats"]
     );
+    // The page's recent calls play the recording (fetched with the token).
+    let played = result["recording_player_s"].as_f64().unwrap_or(0.0);
+    eprintln!("the page's player: {played:.2} s of recording");
+    assert!(
+        (played - left.duration_ms() / 1000.0).abs() < 0.5,
+        "the page's player has the {:.1} s recording: {played} s; recent calls: {}\n{ctx}",
+        left.duration_ms() / 1000.0,
+        result["recent_calls"]
+    );
     assert!(
         corr_l >= 0.8,
         "caller side vs the WAV: corr {corr_l:.3}\n{ctx}"
@@ -360,6 +373,7 @@ fn a_browser_sees_the_agents_transcript_live() {
         &server,
         Browser {
             route: "sts",
+            play_recording: false,
             digits: "",
             expect_transcript: "hello caller",
             wav: &wav,

@@ -41,6 +41,8 @@ def main():
     ap.add_argument("--digits", default="123")
     ap.add_argument("--expect-transcript", default="",
                     help="wait (20 s) for a transcript line containing this text")
+    ap.add_argument("--play-recording", action="store_true",
+                    help="after the call, play its recording from the recent calls")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--chromedriver", default="/usr/bin/chromedriver")
     args = ap.parse_args()
@@ -108,6 +110,29 @@ def main():
         driver.find_element(By.ID, "hangup").click()
         wait.until(lambda d: (state(d) or {}).get("state") == "ended")
         out["after"] = state(driver)
+        if args.play_recording:
+            # The recent calls list (from the call records) offers the
+            # call's recording; the page fetches it with the token.
+            def play_buttons(d):
+                return d.find_elements(By.CSS_SELECTOR, "#cdrs button")
+            for _ in range(20):
+                driver.find_element(By.ID, "refresh-cdrs").click()
+                time.sleep(0.5)
+                if play_buttons(driver):
+                    break
+            out["recent_calls"] = driver.find_element(By.ID, "cdrs").text
+            buttons = play_buttons(driver)
+            if buttons:
+                buttons[0].click()
+                try:
+                    WebDriverWait(driver, 10, poll_frequency=0.2).until(
+                        lambda d: d.execute_script(
+                            "const p = document.getElementById('player'); "
+                            "return p.src.startsWith('blob:') && p.duration > 0;"))
+                except Exception:  # reported through the duration below
+                    pass
+                out["recording_player_s"] = driver.execute_script(
+                    "return document.getElementById('player').duration || 0;")
         out["ok"] = True
         return out
     finally:
