@@ -202,6 +202,19 @@ fn a_webrtc_peer_calls_echo_and_the_api_hangs_it_up() {
         "the echo came back: {back} of {sent} frames"
     );
 
+    // The round trip comes from str0m (the connection's RTCP).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let rtt = loop {
+        let (_, body) = http_get(port, &format!("/calls/{id}")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if let Some(rtt) = v["quality"]["rtt_ms"].as_f64() {
+            break rtt;
+        }
+        assert!(Instant::now() < deadline, "no RTT: {v:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!((0.0..50.0).contains(&rtt), "RTT on loopback: {rtt} ms");
+
     // The API's hangup ends a browser call as it ends a SIP call.
     let (code, body) = http_post(port, &format!("/calls/{id}/hangup"), "{}").unwrap();
     assert_eq!(code, 200, "{body}");
@@ -217,5 +230,5 @@ fn a_webrtc_peer_calls_echo_and_the_api_hangs_it_up() {
     // A DELETE for a call that is over finds nothing.
     let (code, _) = common::http_delete(port, &location).unwrap();
     assert_eq!(code, 404);
-    eprintln!("webrtc peer: sent {sent} frames, {back} came back");
+    eprintln!("webrtc peer: sent {sent} frames, {back} came back, RTT {rtt:.2} ms");
 }

@@ -293,6 +293,9 @@ fn a_browser_calls_echo_through_the_phone_page() {
     assert_eq!(view["dtmf"], "123", "{view:#}");
     assert_eq!(view["codec"], "opus", "{view:#}");
     assert_eq!(view["end_reason"], "caller hung up", "{view:#}");
+    // Its round trip is str0m's, from the browser's RTCP.
+    let rtt = view["quality"]["rtt_ms"].as_f64();
+    assert!(rtt.is_some_and(|r| r < 100.0), "RTT {rtt:?}\n{view:#}");
     let received = view["media"]["rx_packets"].as_u64().unwrap_or(0);
     assert!(received > 300, "RTP from the browser: {received}\n{view:#}");
 

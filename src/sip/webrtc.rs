@@ -30,7 +30,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::call::{self, CallSetup, Reporter};
 use super::call_metrics;
-use super::core::{Action, CallCore, DialogInput, EndReason, MediaStart};
+use super::core::{Action, CallCore, CallEvent, DialogInput, EndReason, MediaStart};
 use super::ports::{PortError, RtpPorts};
 use super::shared::Shared;
 use crate::agent;
@@ -203,6 +203,8 @@ pub fn offer(
         .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
         .set_ice_lite(true)
         .set_rtp_mode(true)
+        // The connection's RTT (from the browser's RTCP) for `GET /calls`.
+        .set_stats_interval(Some(Duration::from_secs(1)))
         .clear_codecs();
     let codecs = rtc_cfg.codec_config();
     codecs.enable_opus(true, false);
@@ -282,6 +284,7 @@ pub fn offer(
         commands: cmd_rx,
         recording,
         tx_seq: None,
+        rtt: None,
     };
     let call = id.clone();
     tokio::spawn(
@@ -332,6 +335,8 @@ struct RtcDriver {
     /// The last sequence number sent and its extended value (str0m wants
     /// the rollover counter).
     tx_seq: Option<(u16, u64)>,
+    /// The round trip str0m last measured (RTCP receiver reports).
+    rtt: Option<Duration>,
 }
 
 /// The agent, built in a task of its own.
@@ -601,7 +606,20 @@ impl RtcDriver {
         done: &tokio::sync::mpsc::UnboundedSender<AgentDone>,
     ) -> Option<EndReason> {
         match action {
-            Action::Event(ev) => self.reporter().record(ev),
+            Action::Event(ev) => {
+                let stats = matches!(ev, CallEvent::Stats(_));
+                self.reporter().record(ev);
+                // The session sees no RTCP here (str0m keeps it): the
+                // quality's RTT is str0m's.
+                if let (true, Some(rtt)) = (stats, self.rtt) {
+                    let ms = rtt.as_secs_f64() * 1000.0;
+                    self.shared.calls.update(&self.id, |c| {
+                        if let Some(q) = &mut c.quality {
+                            q.rtt_ms = Some(ms);
+                        }
+                    });
+                }
+            }
             Action::StartAgent(neg) => self.start_agent(*neg, done),
             Action::End(r) => return Some(r),
             // No dialog: the browser's side of a hangup is its own.
@@ -715,6 +733,18 @@ impl RtcDriver {
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         info!("ICE disconnected: the browser is gone");
                         return Err(EndReason::CallerHungUp);
+                    }
+                    Event::MediaEgressStats(s) => {
+                        debug!(rtt = ?s.rtt, "egress stats");
+                        if s.rtt.is_some() {
+                            self.rtt = s.rtt;
+                        }
+                    }
+                    Event::PeerStats(s) => {
+                        debug!(rtt = ?s.rtt, "peer stats");
+                        if s.rtt.is_some() {
+                            self.rtt = s.rtt;
+                        }
                     }
                     Event::RtpPacket(p) => {
                         if let Some(core) = core.as_deref_mut() {
