@@ -232,3 +232,58 @@ fn a_webrtc_peer_calls_echo_and_the_api_hangs_it_up() {
     assert_eq!(code, 404);
     eprintln!("webrtc peer: sent {sent} frames, {back} came back, RTT {rtt:.2} ms");
 }
+
+#[test]
+fn a_peer_that_vanishes_is_hung_up_as_the_caller() {
+    let server = Server::start("[[routes]]\ndial = \"echo\"\nagent = { kind = \"echo\" }\n");
+    let port = server.api_port;
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut rtc = Rtc::builder()
+        .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(sock.local_addr().unwrap(), "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    let mid = api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+    let (offer, pending) = api.apply().unwrap();
+    let (code, head, answer) = post_sdp(port, "/webrtc/echo", &offer.to_sdp_string());
+    assert_eq!(code, 201, "{head}");
+    let id = head
+        .lines()
+        .find_map(|l| {
+            l.split_once("/webrtc/")
+                .map(|(_, id)| id.trim().to_string())
+        })
+        .unwrap();
+    rtc.sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+        .unwrap();
+    let seen = Arc::new(Seen::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let peer = {
+        let (seen, stop) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || run_peer(rtc, sock, mid, &seen, &stop))
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(seen.received.load(Ordering::Relaxed) > 20);
+    // The tab closes: no DELETE, no more packets.
+    stop.store(true, Ordering::Relaxed);
+    peer.join().unwrap();
+    let gone = Instant::now();
+    // Ended by ICE (consent lost) before the RTP timeout, ports given back.
+    let h = server.wait_idle(Duration::from_secs(30));
+    assert_eq!(h["active_calls"], 0, "{h:#}");
+    assert_eq!(h["rtp_ports_in_use"], 0, "{h:#}");
+    let s = gone.elapsed().as_secs_f64();
+    let (_, body) = http_get(port, &format!("/calls/{id}")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["end_reason"],
+        "caller hung up",
+        "{v:#}\n{}",
+        server.log_text()
+    );
+    eprintln!(
+        "a vanished peer's call ended {s:.1} s later: {}",
+        v["end_reason"]
+    );
+}
