@@ -71,6 +71,9 @@ pub struct CallInfo {
     pub ended_at_unix_ms: Option<u64>,
     /// Inbound (we were called) or outbound (we placed it).
     pub direction: Direction,
+    /// How the call's media travels: "sip" (SIP with RTP/SRTP) or "webrtc"
+    /// (a browser: ICE, DTLS-SRTP, `POST /webrtc/{route}`).
+    pub transport: &'static str,
     /// Every agent kind that took the call, in order (fallbacks after the first).
     pub agents_used: Vec<String>,
     /// MOS over the call's one-second quality samples.
@@ -156,6 +159,7 @@ impl CallInfo {
             end_reason: None,
             ended_at_unix_ms: None,
             direction: Direction::Inbound,
+            transport: "sip",
             agents_used: Vec::new(),
             mos_min: None,
             mos_avg: None,

@@ -18,6 +18,10 @@
 #   opus8k Opus caller, agent at 8 kHz (echo with rate = 8000): libopus
 #          decodes and encodes at 8 kHz, as for a G.711-rate AI agent
 #   setup  INVITE -> 200 -> ACK -> BYE, no media: rate, p50/p99 INVITE->200
+#   webrtc (only when asked: --cases webrtc or webrtc:N) browser-like calls:
+#          str0m peers (target/release/examples/load_webrtc, built if
+#          missing) POST /webrtc/opus and send Opus over DTLS-SRTP (ICE);
+#          its own table
 #
 # Options:
 #   --quick              50 calls, 2 s steady window, 200 set-up calls at 100/s
@@ -424,6 +428,22 @@ run_setup() {
     log "case setup: $ok ok, $fail failed in $dt s: $rate calls/s, INVITE->200 p50 $p50 ms p99 $p99 ms, agentline $cores cores"
 }
 
+# ---------------------------------------------------------------- webrtc case
+WEBRTC_ROWS=()
+run_webrtc() {
+    local n=$1 row
+    local client=${LOAD_WEBRTC_BIN:-$REPO/target/release/examples/load_webrtc}
+    if [ ! -x "$client" ]; then
+        (cd "$REPO" && cargo build --release --example load_webrtc >&2) || die "cannot build load_webrtc"
+    fi
+    log "case webrtc: $n calls at $RATE/s"
+    row=$("$client" --api "127.0.0.1:$API_PORT" --pid "$AGENT_PID" --calls "$n" \
+        --rate "$RATE" --steady "$STEADY" --route opus) || die "load_webrtc failed"
+    WEBRTC_ROWS+=("$row")
+    log "case webrtc: $row"
+    wait_idle
+}
+
 # ---------------------------------------------------------------- run
 first=1
 for n0 in $CALLS; do
@@ -441,6 +461,7 @@ for n0 in $CALLS; do
                 if [ -n "$PCAP_DIR" ]; then run_case "$c" "$W/${c%8k}.xml" "$n"
                 else MEDIA_ROWS+=("| $c | $n | skipped: $SKIP_WHY |"); fi ;;
             setup) ;;
+            webrtc) run_webrtc "$n" ;;
             *) die "unknown case $c" ;;
         esac
     done
@@ -456,6 +477,12 @@ echo
 echo "| case | calls | up | sipp ok/failed | agentline cores | calls per core | x plain | x AVR Core (0.5-1.5 cores/call) | RSS per call (kB) | late % | concealed % | tx underrun % | rx % of 50/s | tx % of 50/s | codec errors | sipp cores |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for r in "${MEDIA_ROWS[@]}"; do echo "$r"; done
+if [ ${#WEBRTC_ROWS[@]} -gt 0 ]; then
+    echo
+    echo "| case | calls | connected | offer->connected ms | tx % of 50/s | rx % of 50/s | agentline cores | calls per core |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for r in "${WEBRTC_ROWS[@]}"; do echo "$r"; done
+fi
 if [ ${#SETUP_ROWS[@]} -gt 0 ]; then
     echo
     echo "| case | calls | sipp ok/failed | offered per s | completed per s | INVITE->200 p50 ms | p99 ms | timed by | agentline cores |"

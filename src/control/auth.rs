@@ -1,6 +1,7 @@
 //! Bearer-token access control for the HTTP API (`[api] token_env` /
 //! `token_file`): with a token configured, every route but `/health`, `/ready`
-//! and `/metrics` (probes and scrapers) needs `Authorization: Bearer <token>`.
+//! and `/metrics` (probes and scrapers) and the web phone's static `/phone`
+//! page needs `Authorization: Bearer <token>`.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -11,8 +12,9 @@ use serde_json::json;
 
 use super::ApiState;
 
-/// Paths open without a token.
-const OPEN_PATHS: &[&str] = &["/health", "/ready", "/metrics"];
+/// Paths open without a token. `/phone` is the web phone's static page: it
+/// holds nothing and asks for the token before it calls anything else.
+const OPEN_PATHS: &[&str] = &["/health", "/ready", "/metrics", "/phone"];
 
 /// Lets the request through when no token is configured, the path is open,
 /// or it carries the right token; else 401 with `WWW-Authenticate: Bearer`.

@@ -1,5 +1,6 @@
 //! HTTP control API: `GET /health`, `GET /ready`, `GET /calls`, `GET /calls/{id}`,
-//! `GET /cdrs` and the rest (README, "API").
+//! `GET /cdrs`, browser calls (`POST /webrtc/{route}`, `GET /phone`) and the
+//! rest (README, "API").
 
 pub mod ami;
 mod auth;
@@ -8,6 +9,7 @@ pub mod metrics;
 pub mod ready;
 mod reload;
 mod security;
+mod webrtc;
 
 use std::net::SocketAddr;
 
@@ -46,6 +48,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(ami::routes())
         .merge(cdrs::routes())
         .merge(security::routes())
+        .merge(webrtc::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -329,7 +332,9 @@ pub async fn serve_on(
     state: ApiState,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    // The peer's address: a browser call's `from` (POST /webrtc/{route}).
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
 }

@@ -276,7 +276,7 @@ pub fn admit(shared: Arc<Shared>, mut tx: Transaction, setup: CallSetup) {
 }
 
 /// The recording of a call on `route`, if it records.
-fn recording_for(
+pub(super) fn recording_for(
     shared: &Shared,
     route: &RouteConfig,
     call_id: &str,
@@ -298,7 +298,7 @@ enum Done {
 
 /// The thin async half of a call: moves datagrams, dialog events, timers
 /// and API commands into the [`CallCore`] and carries out its actions.
-struct Driver {
+pub(super) struct Driver {
     shared: Arc<Shared>,
     id: String,
     /// The call's UUID for providers and webhooks (set once answered).
@@ -328,7 +328,7 @@ struct Driver {
 const MAX_DRAIN: usize = 64;
 
 impl Driver {
-    fn core_config(shared: &Shared, setup: &CallSetup, rtp_port: u16) -> CoreConfig {
+    pub(super) fn core_config(shared: &Shared, setup: &CallSetup, rtp_port: u16) -> CoreConfig {
         let cfg = shared.cfg();
         CoreConfig {
             transport: setup.transport,
@@ -733,8 +733,49 @@ impl Driver {
         );
     }
 
-    /// Reports what the call did: the registry (API), webhooks, the log.
+    /// This call's reporting half (registry, webhooks, metrics, log).
+    fn reporter(&self) -> Reporter<'_> {
+        Reporter {
+            shared: &self.shared,
+            id: &self.id,
+            uuid: &self.uuid,
+            webhook_tally: &self.webhook_tally,
+        }
+    }
+
     fn record(&self, ev: CallEvent) {
+        self.reporter().record(ev)
+    }
+
+    fn summarize(&self, end: &EndReason) {
+        self.reporter().summarize(&self.core, end)
+    }
+
+    async fn send(&mut self, t: Transmit) {
+        let r = match t.socket {
+            // Never waits: a packet the socket cannot take now is dropped.
+            Socket::Rtp => self.ports.rtp.try_send_to(&t.bytes, t.to),
+            Socket::Rtcp => self.ports.rtcp.send_to(&t.bytes, t.to).await,
+        };
+        if let Err(e) = r {
+            debug!(error = %e, to = %t.to, "media send failed");
+        }
+    }
+}
+
+/// What a call did, reported to the registry (API), webhooks, metrics and
+/// the log: shared by the SIP driver and the WebRTC one (`super::webrtc`).
+pub(super) struct Reporter<'a> {
+    pub(super) shared: &'a Arc<Shared>,
+    pub(super) id: &'a str,
+    /// The call's UUID for webhooks (empty until the agent starts).
+    pub(super) uuid: &'a str,
+    pub(super) webhook_tally: &'a Arc<agent::webhooks::DeliveryTally>,
+}
+
+impl Reporter<'_> {
+    /// Reports what the call did: the registry (API), webhooks, the log.
+    pub(super) fn record(&self, ev: CallEvent) {
         let calls = &self.shared.calls;
         let id = &self.id;
         match ev {
@@ -903,27 +944,16 @@ impl Driver {
         }
     }
 
-    fn webhook(&self, kind: &str, payload: serde_json::Value) {
+    pub(super) fn webhook(&self, kind: &str, payload: serde_json::Value) {
         if let Some(w) = self.shared.webhooks() {
-            w.send(&self.uuid, kind, payload, &self.webhook_tally);
-        }
-    }
-
-    async fn send(&mut self, t: Transmit) {
-        let r = match t.socket {
-            // Never waits: a packet the socket cannot take now is dropped.
-            Socket::Rtp => self.ports.rtp.try_send_to(&t.bytes, t.to),
-            Socket::Rtcp => self.ports.rtcp.send_to(&t.bytes, t.to).await,
-        };
-        if let Err(e) = r {
-            debug!(error = %e, to = %t.to, "media send failed");
+            w.send(self.uuid, kind, payload, self.webhook_tally);
         }
     }
 
     /// The end-of-call log lines and the `call_ended` webhook.
-    fn summarize(&self, end: &EndReason) {
-        if let Some(st) = self.core.stats() {
-            call_metrics::media_ended(&self.shared.calls, &self.id, &st);
+    pub(super) fn summarize(&self, core: &CallCore, end: &EndReason) {
+        if let Some(st) = core.stats() {
+            call_metrics::media_ended(&self.shared.calls, self.id, &st);
             let (s, q) = (&st.media, &st.quality);
             info!(
                 rx = s.rx_packets,
@@ -939,7 +969,7 @@ impl Driver {
                 "media summary"
             );
         }
-        if let Some(c) = self.shared.calls.get(&self.id) {
+        if let Some(c) = self.shared.calls.get(self.id) {
             if !c.turns.is_empty() {
                 let mut totals: Vec<u64> = c.turns.iter().map(|t| t.total_ms).collect();
                 totals.sort_unstable();
@@ -957,7 +987,7 @@ impl Driver {
             self.webhook("call_ended", serde_json::json!({"reason": end.to_string()}));
         }
         let (sent, failed) = self.webhook_tally.counts();
-        self.shared.calls.update(&self.id, |c| {
+        self.shared.calls.update(self.id, |c| {
             c.webhooks = crate::calls::WebhookTally { sent, failed }
         });
     }
@@ -988,7 +1018,7 @@ fn answer_headers(timer: Option<&super::timer::SessionTimer>) -> Option<Vec<Head
 }
 
 /// The route's ambient sound, if it has one and the file reads.
-async fn load_ambient(route: &RouteConfig) -> Option<Ambient> {
+pub(super) async fn load_ambient(route: &RouteConfig) -> Option<Ambient> {
     let (file, level) = route.ambient.clone()?;
     let parsed = match tokio::fs::read(&file).await {
         Ok(b) => crate::media::wav::Wav::parse(&b).map_err(|e| e.to_string()),
@@ -1009,7 +1039,7 @@ async fn load_ambient(route: &RouteConfig) -> Option<Ambient> {
 
 /// The route's agent for this call: echo/demo directly, providers in a
 /// failover chain (with the route's fallbacks and circuit breakers).
-async fn build_agent(
+pub(super) async fn build_agent(
     shared: &Shared,
     id: &str,
     route: &RouteConfig,

@@ -27,3 +27,4 @@ pub mod shared;
 pub mod tcp_listener;
 pub mod timer;
 pub mod trunk;
+pub mod webrtc;

@@ -133,6 +133,25 @@ impl RtpSocket {
         }
     }
 
+    /// A plain receive while woken (no stamp), for a driver that hands
+    /// every datagram to a protocol stack at once (WebRTC: STUN, DTLS and
+    /// SRTP on one port); never completes while clocked.
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        match &self.inner {
+            Inner::Woken(s) => s.recv_from(buf).await,
+            Inner::Clocked(_) | Inner::Gone => std::future::pending().await,
+        }
+    }
+
+    /// Sends, waiting for room while woken (handshakes that must not be
+    /// lost); while clocked, as [`RtpSocket::try_send_to`].
+    pub async fn send_to(&self, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
+        match &self.inner {
+            Inner::Woken(s) => s.send_to(bytes, to).await,
+            _ => self.try_send_to(bytes, to),
+        }
+    }
+
     /// Sends without waiting; a full socket buffer is `WouldBlock`.
     pub fn try_send_to(&self, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
         match &self.inner {

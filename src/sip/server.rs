@@ -234,6 +234,7 @@ pub async fn start(
         overload: Arc::default(),
         guard: Arc::default(),
         tcp_flows: Default::default(),
+        webrtc: Default::default(),
         auth: Authenticator::new(
             &cfg.domain,
             creds,

@@ -47,6 +47,8 @@ pub struct Shared {
     pub guard: Arc<super::guard::Guard>,
     /// Open SIP TCP flows per source, and which authenticated.
     pub tcp_flows: super::tcp_listener::TcpFlows,
+    /// Browser calls' hangups (`DELETE /webrtc/{id}`).
+    pub webrtc: super::webrtc::WebrtcCalls,
 }
 
 impl Shared {
