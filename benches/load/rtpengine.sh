@@ -95,7 +95,7 @@ harness_workdir rtpengine-load
 RTPE_PID=""
 GEN_PID=""
 cleanup() {
-    [ -n "$GEN_PID" ] && kill "$GEN_PID" 2>/dev/null || true
+    if [ -n "$GEN_PID" ]; then kill "$GEN_PID" 2>/dev/null || true; fi
     if [ -n "$RTPE_PID" ]; then
         kill "$RTPE_PID" 2>/dev/null || true
         wait "$RTPE_PID" 2>/dev/null || true
