@@ -218,6 +218,14 @@ echo "$HEADER"
 echo "$RULE"
 [ -z "$A_ROW" ] || echo "$A_ROW"
 echo "$R_ROW"
+if [ -n "$A_ROW" ]; then
+    echo
+    echo "run.sh's own row for the agentline case (same run):"
+    echo
+    grep -m1 '^| case |' "$W/run.out"
+    grep -m1 '^|---' "$W/run.out"
+    grep -m1 '^| plain |' "$W/run.out"
+fi
 if [ -n "$A_CPC" ] && [ "$A_CPC" != 0 ] && [ "$R_CPC" != 0 ]; then
     echo
     echo "rtpengine / agentline: $(calc "%.2f" "$R_PPC / $A_PPC")x the packets per core, $(calc "%.2f" "$R_CPC / $A_CPC")x the calls per core (rtpengine's call is 2 relayed legs, 200 packets/s; agentline's is 1 terminated leg, 100 packets/s)."
