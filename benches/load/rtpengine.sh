@@ -7,7 +7,9 @@
 # benches/load/rtpengine_load.py), so each call has two legs, A and B. Every
 # 20 ms the generator sends one PCMU packet of looped speech
 # (tests/data/speech_8k.wav) into leg A and one into leg B; rtpengine relays
-# A->B and B->A: per call 100 packets/s in and 100 out. agentline's plain
+# A->B and B->A: per call 100 packets/s in and 100 out. A second row
+# (one-way) has only A send: rtpengine relays A->B, 50 in and 50 out per
+# call, agentline's per-call packet count. agentline's plain
 # case (benches/load/run.sh --cases plain): per call 50 packets/s in from
 # sipp's rtp_stream and 50 out (the echo), each one decoded, through the
 # adaptive jitter buffer, encoded, plus RTCP. Both CPU figures are
@@ -21,6 +23,7 @@
 #   --steady S         steady window in seconds (default 10)
 #   --rate R           new calls per second while ramping up (default 100)
 #   --quick            50 calls, 2 s window
+#   --two-way-only     skip the one-way rtpengine row
 #   --no-agentline     rtpengine only (no run.sh plain case)
 #   --no-install       do not try `apt-get install rtpengine-daemon`
 #   --keep             keep the work dir
@@ -43,6 +46,7 @@ AGENTLINE=1
 INSTALL=1
 KEEP=0
 RTPE_PORTS=${RTPE_PORTS:-20000-29999}
+RTPE_MODES="two-way one-way"
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -50,6 +54,7 @@ while [ $# -gt 0 ]; do
         --steady) STEADY=$2; shift ;;
         --rate) RATE=$2; shift ;;
         --quick) CALLS=50; STEADY=2; SETTLE=0.5 ;;
+        --two-way-only) RTPE_MODES="two-way" ;;
         --no-agentline) AGENTLINE=0 ;;
         --no-install) INSTALL=0 ;;
         --keep) KEEP=1 ;;
@@ -139,47 +144,64 @@ python3 "$REPO/benches/load/rtpengine_load.py" --ng "127.0.0.1:$NG_PORT" --ping 
     die "rtpengine's ng port does not answer"
 log "rtpengine $RTPE_VERSION pid $RTPE_PID (userspace, ng 127.0.0.1:$NG_PORT, RTP $RTPE_PORTS), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
-GEN_OUT=$W/gen.out
-: >"$GEN_OUT"
-python3 "$REPO/benches/load/rtpengine_load.py" --ng "127.0.0.1:$NG_PORT" \
-    --calls "$CALLS" --rate "$RATE" --ulaw "$W/speech.ulaw" --out "$GEN_OUT" \
-    2>"$W/gen.err" &
-GEN_PID=$!
-log "rtpengine: $CALLS calls at $RATE/s"
-t_end=$(( $(date +%s) + CALLS / RATE + 30 ))
-until grep -q '^ready' "$GEN_OUT"; do
-    kill -0 "$GEN_PID" 2>/dev/null || { cat "$W/gen.err" >&2; die "the generator exited"; }
-    [ "$(date +%s)" -lt "$t_end" ] || die "calls not set up in time"
+# run_rtpe MODE (two-way | one-way): one rtpengine row in R_ROWS.
+R_ROWS=()
+R_CPC=""
+R_PPC=""
+R1_CPC=""
+R1_PPC=""
+run_rtpe() {
+    local mode=$1 per_call=100 what="2 legs per call, A->B and B->A" gen_args=()
+    if [ "$mode" = one-way ]; then
+        per_call=50; what="2 legs per call, A->B only"; gen_args=(--one-way)
+    fi
+    local out=$W/gen-$mode.out
+    : >"$out"
+    python3 "$REPO/benches/load/rtpengine_load.py" --ng "127.0.0.1:$NG_PORT" \
+        --calls "$CALLS" --rate "$RATE" --ulaw "$W/speech.ulaw" --out "$out" \
+        "${gen_args[@]}" 2>"$W/gen-$mode.err" &
+    GEN_PID=$!
+    log "rtpengine $mode: $CALLS calls at $RATE/s"
+    local t_end
+    t_end=$(( $(date +%s) + CALLS / RATE + 30 ))
+    until grep -q '^ready' "$out"; do
+        kill -0 "$GEN_PID" 2>/dev/null || { cat "$W/gen-$mode.err" >&2; die "the generator exited"; }
+        [ "$(date +%s)" -lt "$t_end" ] || die "calls not set up in time"
+        sleep 0.2
+    done
+    local up c0 g0 t0 c1 g1 t1
+    up=$(awk '/^ready/{print $2}' "$out")
+    sleep "$SETTLE"
+    kill -0 "$RTPE_PID" 2>/dev/null || die "rtpengine died"
+    c0=$(cpu_ticks "$RTPE_PID"); g0=$(cpu_ticks "$GEN_PID"); t0=$(now)
+    kill -USR1 "$GEN_PID"
+    sleep "$STEADY"
+    kill -USR1 "$GEN_PID"
+    c1=$(cpu_ticks "$RTPE_PID"); g1=$(cpu_ticks "$GEN_PID"); t1=$(now)
     sleep 0.2
-done
-UP=$(awk '/^ready/{print $2}' "$GEN_OUT")
-sleep "$SETTLE"
-kill -0 "$RTPE_PID" 2>/dev/null || die "rtpengine died"
-c0=$(cpu_ticks "$RTPE_PID"); g0=$(cpu_ticks "$GEN_PID"); t0=$(now)
-kill -USR1 "$GEN_PID"
-sleep "$STEADY"
-kill -USR1 "$GEN_PID"
-c1=$(cpu_ticks "$RTPE_PID"); g1=$(cpu_ticks "$GEN_PID"); t1=$(now)
-sleep 0.2
-kill -0 "$RTPE_PID" 2>/dev/null || die "rtpengine died"
-kill "$GEN_PID"
-wait "$GEN_PID" || true
-GEN_PID=""
-# snap <time> <sent> <received> <received with another SSRC>: the two
-# taken in the window (the third is the generator's at exit).
-read -r ta tx0 rx0 ox0 tb tx1 rx1 ox1 < <(awk '/^snap/{n++; if (n <= 2) printf "%s %s %s %s ", $2, $3, $4, $5} END{print ""}' "$GEN_OUT")
-dt=$(calc "%.3f" "$t1 - $t0")
-dts=$(calc "%.3f" "$tb - $ta")
-R_CORES=$(calc "%.3f" "($c1 - $c0) / $HZ / $dt")
-G_CORES=$(calc "%.2f" "($g1 - $g0) / $HZ / $dt")
-R_PPS=$(calc "%.0f" "($tx1 - $tx0 + $rx1 - $rx0) / $dts")
-R_PPC=$(calc "%.0f" "$R_CORES > 0 ? $R_PPS / $R_CORES : 0")
-R_CPC=$(calc "%.0f" "$R_CORES > 0 ? $UP / $R_CORES : 0")
-R_RECV=$(calc "%.1f" "$tx1 > $tx0 ? 100 * ($rx1 - $rx0) / ($tx1 - $tx0) : 0")
-R_EXP=$(calc "%.1f" "100 * ($tx1 - $tx0) / ($UP * 100 * $dts)")
-OTHER=$((ox1 - ox0))
-R_ROW="| rtpengine $RTPE_VERSION, userspace relay (2 legs per call) | $CALLS | $UP | $R_CORES | $R_CPC | $R_PPS | $R_PPC | $R_RECV | rtpengine_load.py ($R_EXP % of 2 x 50/s sent) | $G_CORES |"
-log "rtpengine: $UP calls, $R_CORES cores, $R_CPC calls/core, $R_PPS packets/s in+out, $R_PPC per core; received $R_RECV % of sent ($OTHER with an unexpected SSRC); generator $G_CORES cores"
+    kill -0 "$RTPE_PID" 2>/dev/null || die "rtpengine died"
+    kill "$GEN_PID"
+    wait "$GEN_PID" || true
+    GEN_PID=""
+    # snap <time> <sent> <received> <received with another SSRC>: the two
+    # taken in the window (the third is the generator's at exit).
+    local ta tx0 rx0 ox0 tb tx1 rx1 ox1
+    read -r ta tx0 rx0 ox0 tb tx1 rx1 ox1 < <(awk '/^snap/{n++; if (n <= 2) printf "%s %s %s %s ", $2, $3, $4, $5} END{print ""}' "$out")
+    local dt dts cores gcores pps ppc cpc recv sent_pct
+    dt=$(calc "%.3f" "$t1 - $t0")
+    dts=$(calc "%.3f" "$tb - $ta")
+    cores=$(calc "%.3f" "($c1 - $c0) / $HZ / $dt")
+    gcores=$(calc "%.2f" "($g1 - $g0) / $HZ / $dt")
+    pps=$(calc "%.0f" "($tx1 - $tx0 + $rx1 - $rx0) / $dts")
+    ppc=$(calc "%.0f" "$cores > 0 ? $pps / $cores : 0")
+    cpc=$(calc "%.0f" "$cores > 0 ? $up / $cores : 0")
+    recv=$(calc "%.1f" "$tx1 > $tx0 ? 100 * ($rx1 - $rx0) / ($tx1 - $tx0) : 0")
+    sent_pct=$(calc "%.1f" "100 * ($tx1 - $tx0) / ($up * $per_call * $dts)")
+    if [ "$mode" = two-way ]; then R_CPC=$cpc; R_PPC=$ppc; else R1_CPC=$cpc; R1_PPC=$ppc; fi
+    R_ROWS+=("| rtpengine $RTPE_VERSION, userspace relay ($what) | $CALLS | $up | $cores | $cpc | $pps | $ppc | $recv | rtpengine_load.py ($sent_pct % of $per_call/s per call sent) | $gcores |")
+    log "rtpengine $mode: $up calls, $cores cores, $cpc calls/core, $pps packets/s in+out, $ppc per core; received $recv % of sent ($((ox1 - ox0)) with an unexpected SSRC); generator $gcores cores"
+}
+for mode in $RTPE_MODES; do run_rtpe "$mode"; done
 grep -v '^\[' "$W/rtpengine.log" | head -5 >&2 || true
 kill "$RTPE_PID" 2>/dev/null || true
 wait "$RTPE_PID" 2>/dev/null || true
@@ -217,7 +239,7 @@ echo
 echo "$HEADER"
 echo "$RULE"
 [ -z "$A_ROW" ] || echo "$A_ROW"
-echo "$R_ROW"
+for r in "${R_ROWS[@]}"; do echo "$r"; done
 if [ -n "$A_ROW" ]; then
     echo
     echo "run.sh's own row for the agentline case (same run):"
@@ -226,7 +248,11 @@ if [ -n "$A_ROW" ]; then
     grep -m1 '^|---' "$W/run.out"
     grep -m1 '^| plain |' "$W/run.out"
 fi
-if [ -n "$A_CPC" ] && [ "$A_CPC" != 0 ] && [ "$R_CPC" != 0 ]; then
+if [ -n "$A_CPC" ] && [ "$A_CPC" != 0 ] && [ -n "$R_CPC" ] && [ "$R_CPC" != 0 ]; then
     echo
-    echo "rtpengine / agentline: $(calc "%.2f" "$R_PPC / $A_PPC")x the packets per core, $(calc "%.2f" "$R_CPC / $A_CPC")x the calls per core (rtpengine's call is 2 relayed legs, 200 packets/s; agentline's is 1 terminated leg, 100 packets/s)."
+    echo "rtpengine two-way / agentline: $(calc "%.2f" "$R_PPC / $A_PPC")x the packets per core, $(calc "%.2f" "$R_CPC / $A_CPC")x the calls per core (rtpengine's call: 2 relayed legs, 200 packets/s; agentline's: 1 terminated leg, 100 packets/s)."
+fi
+if [ -n "$A_CPC" ] && [ "$A_CPC" != 0 ] && [ -n "$R1_CPC" ] && [ "$R1_CPC" != 0 ]; then
+    echo
+    echo "rtpengine one-way / agentline: $(calc "%.2f" "$R1_PPC / $A_PPC")x the packets per core, $(calc "%.2f" "$R1_CPC / $A_CPC")x the calls per core (both 100 packets/s per call)."
 fi

@@ -9,7 +9,8 @@ leg A (a socket standing for the caller) and leg B (a socket standing for
 the callee). Then every 20 ms each A socket sends one PCMU packet of looped
 speech to rtpengine's port for A (rtpengine relays it to B) and each B
 socket sends one to rtpengine's port for B (relayed to A): per call 2 x 50
-packets/s into rtpengine and 2 x 50 out. Calls are spread over the 20 ms
+packets/s into rtpengine and 2 x 50 out (with --one-way only A sends:
+50 in and 50 out, agentline's echo's count). Calls are spread over the 20 ms
 in 10 slots, as calls that started at different times would be.
 
 Every socket reads what rtpengine relays to it and counts packets whose
@@ -126,6 +127,8 @@ def main():
     ap.add_argument("--rate", type=int, default=100, help="new calls per second")
     ap.add_argument("--ulaw", help="raw 8 kHz u-law speech, looped")
     ap.add_argument("--out")
+    ap.add_argument("--one-way", action="store_true",
+                    help="only leg A sends (B only receives): 50 packets/s in and out per call")
     ap.add_argument("--ping", action="store_true")
     a = ap.parse_args()
     host, port = a.ng.rsplit(":", 1)
@@ -228,6 +231,8 @@ def main():
         start = random.randrange(len(frames))
         new_leg(sa, ("127.0.0.1", to_a), ssrc_a, ssrc_b, i % SLOTS, start)
         new_leg(sb, ("127.0.0.1", to_b), ssrc_b, ssrc_a, i % SLOTS, (start + 7) % len(frames))
+        if a.one_way:
+            slot_legs[i % SLOTS].pop()  # B receives, never sends
         calls.append((cid, "A%d" % i))
     out.write("ready %d\n" % len(calls))
 
