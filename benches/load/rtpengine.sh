@@ -30,6 +30,8 @@
 # Environment:
 #   RTPE_PORTS         rtpengine's RTP range (default 20000-29999; below the
 #                      kernel's ephemeral range, where the generator binds)
+#   RTPE_SLOTS         send slots per 20 ms in the generator (default 10:
+#                      every 2 ms a tenth of the calls send)
 #   AGENTLINE_BIN, LOAD_RTP_PORTS, LOAD_SIPP_MP: passed to run.sh
 #
 # Exit status: 0 when it ran, or when rtpengine cannot be installed here
@@ -47,6 +49,7 @@ INSTALL=1
 KEEP=0
 RTPE_PORTS=${RTPE_PORTS:-20000-29999}
 RTPE_MODES="two-way one-way"
+RTPE_SLOTS=${RTPE_SLOTS:-10}
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -159,7 +162,7 @@ run_rtpe() {
     : >"$out"
     python3 "$REPO/benches/load/rtpengine_load.py" --ng "127.0.0.1:$NG_PORT" \
         --calls "$CALLS" --rate "$RATE" --ulaw "$W/speech.ulaw" --out "$out" \
-        "${gen_args[@]}" 2>"$W/gen-$mode.err" &
+        --slots "$RTPE_SLOTS" "${gen_args[@]}" 2>"$W/gen-$mode.err" &
     GEN_PID=$!
     log "rtpengine $mode: $CALLS calls at $RATE/s"
     local t_end

@@ -129,6 +129,8 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--one-way", action="store_true",
                     help="only leg A sends (B only receives): 50 packets/s in and out per call")
+    ap.add_argument("--slots", type=int, default=SLOTS,
+                    help="send slots per 20 ms (calls spread over them)")
     ap.add_argument("--ping", action="store_true")
     a = ap.parse_args()
     host, port = a.ng.rsplit(":", 1)
@@ -160,7 +162,8 @@ def main():
     tag = "%d-%d" % (os.getpid(), int(time.time()))
     t_start = time.monotonic()
     t_next = t_start
-    slot_legs = [[] for _ in range(SLOTS)]
+    nslots = a.slots
+    slot_legs = [[] for _ in range(nslots)]
 
     def new_leg(sk, dest, ssrc, peer_ssrc, slot, start_frame):
         leg = [sk, dest, ssrc, random.randrange(65536), random.randrange(1 << 32),
@@ -196,7 +199,7 @@ def main():
                 counts["other"] += 1
 
     # Set up the calls at --rate per second, streaming each as soon as it is up.
-    tick = 0.020 / SLOTS
+    tick = 0.020 / nslots
     slot = 0
     next_tick = time.monotonic()
     for i in range(a.calls):
@@ -207,7 +210,7 @@ def main():
             now = time.monotonic()
             if now >= next_tick:
                 send_slot(slot)
-                slot = (slot + 1) % SLOTS
+                slot = (slot + 1) % nslots
                 next_tick += tick
                 continue
             if now >= t_due:
@@ -229,10 +232,10 @@ def main():
         to_a = media_port(answer, "answer")  # rtpengine's port facing A
         ssrc_a, ssrc_b = random.randrange(1 << 32), random.randrange(1 << 32)
         start = random.randrange(len(frames))
-        new_leg(sa, ("127.0.0.1", to_a), ssrc_a, ssrc_b, i % SLOTS, start)
-        new_leg(sb, ("127.0.0.1", to_b), ssrc_b, ssrc_a, i % SLOTS, (start + 7) % len(frames))
+        new_leg(sa, ("127.0.0.1", to_a), ssrc_a, ssrc_b, i % nslots, start)
+        new_leg(sb, ("127.0.0.1", to_b), ssrc_b, ssrc_a, i % nslots, (start + 7) % len(frames))
         if a.one_way:
-            slot_legs[i % SLOTS].pop()  # B receives, never sends
+            slot_legs[i % nslots].pop()  # B receives, never sends
         calls.append((cid, "A%d" % i))
     out.write("ready %d\n" % len(calls))
 
@@ -240,7 +243,7 @@ def main():
         now = time.monotonic()
         if now >= next_tick:
             send_slot(slot)
-            slot = (slot + 1) % SLOTS
+            slot = (slot + 1) % nslots
             next_tick += tick
             if now - next_tick > 1.0:  # far behind (suspended): do not burst
                 next_tick = now
