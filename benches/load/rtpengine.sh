@@ -229,7 +229,9 @@ if [ "$AGENTLINE" = 1 ]; then
         A_PPS=$(calc "%.0f" "$a_up * 50 * ($a_rx + $a_tx) / 100")
         A_PPC=$(calc "%.0f" "$a_cores > 0 ? $A_PPS / $a_cores : 0")
         A_CPC=$a_cpc
-        A_ROW="| agentline $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), plain PCMU echo (terminates 1 leg) | $a_calls | $a_up | $a_cores | $a_cpc | $A_PPS | $A_PPC | $(calc "%.1f" "$a_rx > 0 ? 100 * $a_tx / $a_rx : 0") | sipp rtp_stream (rx $a_rx %, tx $a_tx % of 50/s) | $a_sipp |"
+        a_label="agentline $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+        [ -z "${AGENTLINE_BIN:-}" ] || a_label="agentline ($AGENTLINE_BIN)"
+        A_ROW="| $a_label, plain PCMU echo (terminates 1 leg) | $a_calls | $a_up | $a_cores | $a_cpc | $A_PPS | $A_PPC | $(calc "%.1f" "$a_rx > 0 ? 100 * $a_tx / $a_rx : 0") | sipp rtp_stream (rx $a_rx %, tx $a_tx % of 50/s) | $a_sipp |"
         log "agentline: $a_up calls, $a_cores cores, $a_cpc calls/core, $A_PPS packets/s, $A_PPC per core"
     else
         log "run.sh failed (see above); no agentline row"
