@@ -62,8 +62,15 @@ fn request(
     (code, head.to_string(), body.to_string())
 }
 
-/// The Python with selenium: target/webrtc-venv, created on first use.
+/// The Python with selenium: target/webrtc-venv, created on first use,
+/// once per test binary (the tests run in parallel: two `venv`/`pip` runs
+/// into one directory break each other).
 fn selenium_python() -> Option<PathBuf> {
+    static PY: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    PY.get_or_init(make_selenium_python).clone()
+}
+
+fn make_selenium_python() -> Option<PathBuf> {
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     let venv = target.join("webrtc-venv");
     let py = venv.join("bin/python");
