@@ -70,11 +70,7 @@ impl Kamailio {
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
-        // SIGTERM: the main process takes its children (fork=yes) with it.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+        common::kamailio::stop(&mut self.child);
         if std::thread::panicking() {
             eprintln!("---- kamailio log ----\n{}", self.log());
         }

@@ -113,8 +113,7 @@ impl Kamailio {
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        common::kamailio::stop(&mut self.child);
     }
 }
 

@@ -57,3 +57,13 @@ pub fn spawn(cfg: &str, dir: &Path) -> Child {
         .spawn()
         .expect("spawn kamailio")
 }
+
+/// Stops kamailio and its children: SIGTERM to the main process, which
+/// takes its forked children with it (SIGKILL would orphan them, still
+/// bound to their ports).
+pub fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
