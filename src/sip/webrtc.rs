@@ -36,6 +36,7 @@ use super::shared::Shared;
 use crate::agent;
 use crate::calls::CallInfo;
 use crate::config::{RouteConfig, SipTransport};
+use crate::media::rtp::{looks_like_rtcp, PayloadType, RtpPacket, SeqNo, Ssrc};
 use crate::media::session::{Direction, Socket, Transmit};
 use crate::sdp::{Codec, Negotiated};
 
@@ -284,6 +285,7 @@ pub fn offer(
         commands: cmd_rx,
         recording,
         tx_seq: None,
+        rx_plain: Vec::with_capacity(1500),
         rtt: None,
     };
     let call = id.clone();
@@ -334,7 +336,9 @@ struct RtcDriver {
     recording: Option<super::recorder::CallRecording>,
     /// The last sequence number sent and its extended value (str0m wants
     /// the rollover counter).
-    tx_seq: Option<(u16, u64)>,
+    tx_seq: Option<(SeqNo, u64)>,
+    /// A received packet as plain RTP for the core (reused).
+    rx_plain: Vec<u8>,
     /// The round trip str0m last measured (RTCP receiver reports).
     rtt: Option<Duration>,
 }
@@ -362,63 +366,35 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 }
 
 /// A decrypted packet from str0m as the plain RTP the core takes (no
-/// header extensions: the core has no use for them).
-fn plain_rtp(p: &str0m::rtp::RtpPacket) -> Vec<u8> {
+/// header extensions: the core has no use for them), written into `out`.
+fn plain_rtp(p: &str0m::rtp::RtpPacket, out: &mut Vec<u8>) {
     let h = &p.header;
-    let mut b = Vec::with_capacity(12 + p.payload.len());
-    b.push(0x80);
-    b.push((u8::from(h.marker) << 7) | (*h.payload_type & 0x7f));
-    b.extend_from_slice(&h.sequence_number.to_be_bytes());
-    b.extend_from_slice(&h.timestamp.to_be_bytes());
-    b.extend_from_slice(&(*h.ssrc).to_be_bytes());
-    b.extend_from_slice(&p.payload);
-    b
-}
-
-/// An RTP packet's fields as str0m's writer wants them.
-#[derive(Debug, PartialEq, Eq)]
-struct RtpOut<'a> {
-    marker: bool,
-    pt: u8,
-    seq: u16,
-    ts: u32,
-    payload: &'a [u8],
+    RtpPacket {
+        marker: h.marker,
+        payload_type: PayloadType(*h.payload_type),
+        seq: SeqNo(h.sequence_number),
+        timestamp: h.timestamp,
+        ssrc: Ssrc(*h.ssrc),
+        payload: &p.payload,
+    }
+    .write(out);
 }
 
 /// Parses the RTP the media session sends (`None` for anything else, its
-/// RTCP on the muxed port included: RFC 5761 packet types 192-223).
-fn parse_rtp(b: &[u8]) -> Option<RtpOut<'_>> {
-    if b.len() < 12 || b[0] >> 6 != 2 || (192..=223).contains(&b[1]) {
+/// RTCP on the muxed port included).
+fn parse_rtp(b: &[u8]) -> Option<RtpPacket<'_>> {
+    if looks_like_rtcp(b) {
         return None;
     }
-    let cc = usize::from(b[0] & 0x0f);
-    let mut at = 12 + 4 * cc;
-    if b[0] & 0x10 != 0 {
-        let words = u16::from_be_bytes([*b.get(at + 2)?, *b.get(at + 3)?]);
-        at += 4 + 4 * usize::from(words);
-    }
-    let mut end = b.len();
-    if b[0] & 0x20 != 0 {
-        end = end.checked_sub(usize::from(*b.last()?))?;
-    }
-    Some(RtpOut {
-        marker: b[1] & 0x80 != 0,
-        pt: b[1] & 0x7f,
-        seq: u16::from_be_bytes([b[2], b[3]]),
-        ts: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
-        payload: b.get(at..end)?,
-    })
+    RtpPacket::parse(b).ok()
 }
 
 /// `seq` extended past the last one sent (`last`: the 16-bit value and
 /// its extension).
-fn extend_seq(last: Option<(u16, u64)>, seq: u16) -> u64 {
+fn extend_seq(last: Option<(SeqNo, u64)>, seq: SeqNo) -> u64 {
     match last {
-        None => u64::from(seq),
-        Some((prev, ext)) => {
-            let delta = i64::from(seq.wrapping_sub(prev) as i16);
-            (ext as i64 + delta).max(0) as u64
-        }
+        None => u64::from(seq.0),
+        Some((prev, ext)) => (ext as i64 + i64::from(prev.delta_to(seq))).max(0) as u64,
     }
 }
 
@@ -749,7 +725,8 @@ impl RtcDriver {
                     Event::RtpPacket(p) => {
                         if let Some(core) = core.as_deref_mut() {
                             let from = self.peer.unwrap_or(self.client);
-                            core.handle_rtp(Instant::now(), from, &plain_rtp(&p));
+                            plain_rtp(&p, &mut self.rx_plain);
+                            core.handle_rtp(Instant::now(), from, &self.rx_plain);
                         }
                     }
                     other => debug!(event = ?other, "WebRTC event"),
@@ -775,9 +752,9 @@ impl RtcDriver {
             return;
         };
         let write = RtpWrite::new(
-            Pt::from(rtp.pt),
+            Pt::from(rtp.payload_type.0),
             ext.into(),
-            rtp.ts,
+            rtp.timestamp,
             Instant::now(),
             rtp.payload.to_vec(),
         )
@@ -804,11 +781,12 @@ mod tests {
         let r = parse_rtp(&b).expect("rtp");
         assert_eq!(
             r,
-            RtpOut {
+            RtpPacket {
                 marker: true,
-                pt: 111,
-                seq: 0xfffe,
-                ts: 960,
+                payload_type: PayloadType(111),
+                seq: SeqNo(0xfffe),
+                timestamp: 960,
+                ssrc: Ssrc(0x01020304),
                 payload: &[9, 8, 7],
             }
         );
@@ -825,14 +803,14 @@ mod tests {
 
     #[test]
     fn sequence_numbers_extend_across_the_wrap() {
-        let a = extend_seq(None, 65534);
+        let a = extend_seq(None, SeqNo(65534));
         assert_eq!(a, 65534);
-        let b = extend_seq(Some((65534, a)), 65535);
-        let c = extend_seq(Some((65535, b)), 0);
-        let d = extend_seq(Some((0, c)), 1);
+        let b = extend_seq(Some((SeqNo(65534), a)), SeqNo(65535));
+        let c = extend_seq(Some((SeqNo(65535), b)), SeqNo(0));
+        let d = extend_seq(Some((SeqNo(0), c)), SeqNo(1));
         assert_eq!((b, c, d), (65535, 65536, 65537));
         // A step back (a resent packet) does not advance it.
-        assert_eq!(extend_seq(Some((1, d)), 0), 65536);
+        assert_eq!(extend_seq(Some((SeqNo(1), d)), SeqNo(0)), 65536);
     }
 
     #[test]
