@@ -383,6 +383,40 @@ pub fn http_delete(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     )
 }
 
+/// One HTTP/1.0 request on 127.0.0.1 with an optional `Authorization`
+/// value and a body of `content_type`: the status, the head and the body.
+pub fn http_exchange(
+    port: u16,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    content_type: &str,
+    body: &str,
+    timeout: Duration,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
+    s.set_read_timeout(Some(timeout)).expect("read timeout");
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Type: {content_type}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send the request");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read the response");
+    let buf = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_string(), body.to_string())
+}
+
 fn http_request(port: u16, request: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
